@@ -1,0 +1,216 @@
+"""Randomized smoothing: seeded noise, batched Monte-Carlo counts, CERTIFY and PREDICT.
+
+The harness owns the noise. For image ``index`` of a run with seed ``seed``, phase ``phase``
+(selection, estimation, prediction) draws its noise in fixed chunks of ``CHUNK`` samples; chunk
+``j`` comes from a generator seeded by SeedSequence([seed, index, phase, j]). Batches are cut
+from that stream, so the i-th noisy sample of an image is the same whatever the batch size,
+the sharding or a resume, and the selection and estimation samples are independent streams.
+Counting happens on the device (bincount), with one host sync per image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bench import stats
+from bench.errors import ModelError
+from bench.protocol import Cost, labels_from_logits
+
+CHUNK = 256  # samples per noise chunk: part of the noise protocol, recorded in every card
+PHASE_SELECT, PHASE_ESTIMATE, PHASE_PREDICT = 0, 1, 2
+
+
+def chunk_seed(seed: int, index: int, phase: int, chunk: int) -> int:
+    """A 63-bit generator seed for one chunk of one phase of one image."""
+    state = np.random.SeedSequence([seed, index, phase, chunk]).generate_state(1, np.uint64)
+    return int(state[0]) & ((1 << 63) - 1)
+
+
+class NoiseStream:
+    """Standard-normal noise for one (image, phase), served in batches of any size."""
+
+    def __init__(self, shape, device, seed: int, index: int, phase: int, chunk: int = CHUNK):
+        self.shape = tuple(shape)
+        self.device = torch.device(device)
+        self.key = (seed, index, phase)
+        self.chunk = chunk
+        self.next_chunk = 0
+        self.pending: torch.Tensor | None = None
+
+    def _generator(self) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(chunk_seed(*self.key, self.next_chunk))
+        self.next_chunk += 1
+        return gen
+
+    def fill(self, out: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` (b, *shape) with the next b samples of the stream."""
+        b, pos = out.shape[0], 0
+        if self.pending is not None:
+            take = min(b, self.pending.shape[0])
+            out[:take].copy_(self.pending[:take])
+            self.pending = self.pending[take:] if take < self.pending.shape[0] else None
+            pos = take
+        while pos < b:
+            gen = self._generator()
+            if b - pos >= self.chunk:
+                torch.randn(
+                    (self.chunk, *self.shape), generator=gen, out=out[pos : pos + self.chunk]
+                )
+                pos += self.chunk
+            else:
+                block = torch.randn(
+                    (self.chunk, *self.shape), generator=gen, device=self.device, dtype=out.dtype
+                )
+                out[pos:].copy_(block[: b - pos])
+                self.pending = block[b - pos :]
+                pos = b
+        return out
+
+
+@dataclass
+class Certificate:
+    """The full record of one CERTIFY call."""
+
+    prediction: int  # certified class, or -1 (abstain)
+    radius: float  # full precision; 0.0 when abstaining
+    p_lower: float  # Clopper-Pearson lower bound on p_A
+    top_class: int  # class chosen by the selection samples
+    count: int  # estimation samples voting for top_class (n_A)
+    n0: int
+    n: int
+    counts_select: list[int] = field(default_factory=list)
+    counts_estimate: list[int] = field(default_factory=list)
+    classifier_passes: int = 0
+    diffusion_passes: int = 0
+    seconds: float = 0.0
+
+
+class Smooth:
+    """A smoothed classifier g around a base classifier f, as in Cohen et al. (2019).
+
+    ``base_classifier`` is a network returning logits (B, K) or a callable returning labels
+    (B,), applied to images in [0, 1] plus N(0, sigma^2 I) noise; sigma is in [0, 1] pixel
+    units. Results depend on (seed, index), never on batch_size.
+    """
+
+    ABSTAIN = stats.ABSTAIN
+
+    def __init__(self, base_classifier, num_classes: int, sigma: float, *, chunk: int = CHUNK):
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.base_classifier = base_classifier
+        self.num_classes = num_classes
+        self.sigma = float(sigma)
+        self.chunk = chunk
+        self.cost: Cost = getattr(base_classifier, "cost", Cost())
+        if isinstance(base_classifier, torch.nn.Module):
+            base_classifier.eval()  # BatchNorm in train mode would couple the samples of a batch
+
+    # ----- Cohen-compatible API -------------------------------------------------------------
+    def certify(self, x, n0=100, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
+                generator=None, index=0):
+        """(label, radius): CERTIFY with n0 selection and n estimation samples; -1 abstains."""
+        cert = self.certify_record(x, n0, n, alpha, batch_size, seed=seed, generator=generator,
+                                   index=index)
+        return cert.prediction, cert.radius
+
+    def predict(self, x, n=100_000, alpha=0.001, batch_size=1000, *, seed=0, generator=None,
+                index=0) -> int:
+        """PREDICT: the top class if it beats the runner-up in a binomial test at alpha, else -1."""
+        seed = _resolve_seed(seed, generator)
+        x = self._prepare(x)
+        counts = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_PREDICT)
+        counts = self._checked(counts.cpu().tolist(), index)
+        return stats.predict_decision(counts, alpha)
+
+    # ----- full record ----------------------------------------------------------------------
+    def certify_record(self, x, n0=100, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
+                       generator=None, index=0) -> Certificate:
+        """CERTIFY with every number kept: counts, p_A bound, radius, forward passes, seconds."""
+        _check_sizes(n0, n, alpha, batch_size)
+        seed = _resolve_seed(seed, generator)
+        start = time.perf_counter()
+        x = self._prepare(x)
+        c0 = self.sample_counts(x, n0, batch_size, seed=seed, index=index, phase=PHASE_SELECT)
+        # Selection on the device; estimation uses an independent noise stream.
+        c1 = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_ESTIMATE)
+        both = torch.stack([c0, c1]).cpu().tolist()  # the one host sync of this image
+        counts_select = self._checked(both[0], index)
+        counts_estimate = self._checked(both[1], index)
+        top = int(np.argmax(counts_select))
+        count = counts_estimate[top]
+        prediction, radius, p_lower = stats.certify_decision(top, count, n, alpha, self.sigma)
+        samples = n0 + n
+        return Certificate(
+            prediction=prediction, radius=radius, p_lower=p_lower, top_class=top, count=count,
+            n0=n0, n=n, counts_select=counts_select, counts_estimate=counts_estimate,
+            classifier_passes=samples * self.cost.classifier_passes,
+            diffusion_passes=samples * self.cost.diffusion_passes,
+            seconds=time.perf_counter() - start,
+        )
+
+    def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, seed: int, index: int,
+                      phase: int) -> torch.Tensor:
+        """Label histogram (K + 1 bins, the last for invalid outputs) of f on num noisy copies."""
+        k = self.num_classes
+        counts = torch.zeros(k + 1, dtype=torch.long, device=x.device)
+        stream = NoiseStream(x.shape, x.device, seed, index, phase, self.chunk)
+        buffer = torch.empty((min(batch_size, num), *x.shape), dtype=x.dtype, device=x.device)
+        done = 0
+        with torch.inference_mode():
+            while done < num:
+                b = min(batch_size, num - done)
+                batch = stream.fill(buffer[:b]).mul_(self.sigma).add_(x)
+                labels = self._labels(self.base_classifier(batch))
+                counts += torch.bincount(labels, minlength=k + 1)
+                done += b
+        return counts
+
+    # ----- helpers --------------------------------------------------------------------------
+    def _labels(self, out: torch.Tensor) -> torch.Tensor:
+        if out.is_floating_point():
+            return labels_from_logits(out, self.num_classes)
+        out = out.long().reshape(-1)
+        valid = (out >= 0) & (out < self.num_classes)
+        return torch.where(valid, out, torch.full_like(out, self.num_classes))
+
+    def _checked(self, counts: list[int], index: int) -> list[int]:
+        bad = counts[-1]
+        if bad:
+            raise ModelError(
+                f"the base classifier returned NaN/inf logits or out-of-range labels for {bad} "
+                f"noisy copies of image {index}; check the model's weights and input range"
+            )
+        return counts[:-1]
+
+    @staticmethod
+    def _prepare(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.shape[0] == 1:
+            x = x[0]
+        if x.dim() != 3:
+            raise ValueError(f"expected one image (C, H, W), got shape {tuple(x.shape)}")
+        return x.float() if not x.is_floating_point() else x
+
+
+def _resolve_seed(seed: int, generator: torch.Generator | None) -> int:
+    if generator is not None:
+        return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return int(seed)
+
+
+def _check_sizes(n0: int, n: int, alpha: float, batch_size: int) -> None:
+    if n0 < 1 or n < 1:
+        raise ValueError(f"n0 and n must be at least 1, got n0={n0}, n={n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")

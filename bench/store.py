@@ -1,0 +1,177 @@
+"""The results store: SQLite (WAL) with one durable transaction per certificate, plus exports.
+
+A run is keyed by the hash of its protocol card, so re-running the same command finds the
+same run and skips images already certified. Exports (``certs.tsv``, ``summary.json``) are
+derived from the store and can be rebuilt at any time (no torch needed).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bench.errors import StoreError
+
+SCHEMA_VERSION = 1
+DB_NAME = "certbench.sqlite"
+TSV_COLUMNS = (
+    "idx", "label", "predict", "radius", "correct", "time",
+    "top_class", "count", "n0", "n", "p_lower", "classifier_passes", "diffusion_passes", "device",
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    card TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certs (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    idx INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    predict INTEGER NOT NULL,
+    radius REAL NOT NULL,
+    correct INTEGER NOT NULL,
+    time REAL NOT NULL,
+    top_class INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    n0 INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    p_lower REAL NOT NULL,
+    classifier_passes INTEGER NOT NULL,
+    diffusion_passes INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    counts_select TEXT NOT NULL,
+    counts_estimate TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
+"""
+
+
+class Store:
+    """A results folder: ``<root>/certbench.sqlite`` plus ``<root>/runs/<run>/`` exports."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.root / DB_NAME, timeout=30)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StoreError(
+                    f"{self.root / DB_NAME} has schema version {version}, this certbench writes "
+                    f"{SCHEMA_VERSION}; use another --results folder"
+                )
+            with self.db:
+                self.db.executescript(_SCHEMA)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open the results store {self.root / DB_NAME} ({exc}); "
+                "pass another --results folder"
+            ) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ----- runs -----------------------------------------------------------------------------
+    def open_run(self, run_id: str, card: Mapping[str, Any]) -> None:
+        """Create the run, or check that an existing run with this id has the same card."""
+        text = json.dumps(card, sort_keys=True)
+        row = self.db.execute("SELECT card FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is not None:
+            old = json.loads(row["card"])
+            if old.get("identity") != card.get("identity"):
+                raise StoreError(f"run {run_id} exists with a different protocol card")
+            return
+        now = time.time()
+        with self.db:
+            self.db.execute(
+                "INSERT INTO runs (run_id, method, dataset, card, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, card["identity"]["method"], card["identity"]["dataset"], text, now, now),
+            )
+
+    def run_card(self, run_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT card FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in {self.root / DB_NAME}")
+        return json.loads(row["card"])
+
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT r.run_id, r.card, COUNT(c.idx) AS images FROM runs r "
+            "LEFT JOIN certs c ON c.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created"
+        ).fetchall()
+        return [{"run_id": r["run_id"], "card": json.loads(r["card"]), "images": r["images"]}
+                for r in rows]
+
+    # ----- certificates ---------------------------------------------------------------------
+    def done_indices(self, run_id: str) -> set[int]:
+        rows = self.db.execute("SELECT idx FROM certs WHERE run_id = ?", (run_id,))
+        return {r[0] for r in rows}
+
+    def add_cert(self, run_id: str, record: Mapping[str, Any]) -> None:
+        """Commit one certificate durably (its own transaction): a kill loses at most this one."""
+        values = dict(record)
+        values["counts_select"] = json.dumps(list(values["counts_select"]))
+        values["counts_estimate"] = json.dumps(list(values["counts_estimate"]))
+        values["run_id"] = run_id
+        values["created"] = time.time()
+        cols = ", ".join(values)
+        marks = ", ".join(f":{c}" for c in values)
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO certs ({cols}) VALUES ({marks})", values)
+            self.db.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def certs(self, run_id: str, indices: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """Certificates of a run ordered by image index (optionally only the given indices)."""
+        rows = self.db.execute(
+            "SELECT * FROM certs WHERE run_id = ? ORDER BY idx", (run_id,)
+        ).fetchall()
+        keep = set(indices) if indices is not None else None
+        out = []
+        for r in rows:
+            if keep is not None and r["idx"] not in keep:
+                continue
+            d = dict(r)
+            d["counts_select"] = json.loads(d["counts_select"])
+            d["counts_estimate"] = json.loads(d["counts_estimate"])
+            out.append(d)
+        return out
+
+
+def write_tsv(path: Path, certs: Iterable[Mapping[str, Any]]) -> None:
+    """Cohen's columns first (radius at full precision, time in seconds), extra columns after."""
+    lines = ["\t".join(TSV_COLUMNS)]
+    for c in certs:
+        row = {**c, "time": c["time"]}
+        lines.append("\t".join(_fmt(row[col]) for col in TSV_COLUMNS))
+    _atomic_write(path, "\n".join(lines) + "\n")
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    _atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
