@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sigma", type=float, default=0.25, help="noise std in [0,1] pixel units")
     run.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
     run.add_argument("--n", type=int, default=None,
-                     help="estimation samples (default 10,000 on digits, else 100,000)")
+                     help="estimation samples (default 5,000 on digits, else 100,000)")
     run.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
     run.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass")
     run.add_argument("--subset", default="full", help="named image subset (see 'list')")
@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a one-line usage error already printed
+        return int(exc.code or 0)
     command = args.command
     if command is None:
         parser.print_help()

@@ -31,7 +31,7 @@ from bench.smoothing import CHUNK, Smooth
 PROTOCOL_VERSION = 1
 # Defaults per dataset: N0, N, alpha follow Cohen et al.; the embedded default is sized to
 # finish in well under two minutes on a 2-core CPU.
-DEFAULT_N = {"digits": 10_000}
+DEFAULT_N = {"digits": 5_000}
 COHEN_N = 100_000
 MAX_SIGMA = 10.0
 MAX_N = 10**9

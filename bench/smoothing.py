@@ -167,7 +167,8 @@ class Smooth:
         with torch.inference_mode():
             while done < num:
                 b = min(batch_size, num - done)
-                batch = stream.fill(buffer[:b]).mul_(self.sigma).add_(x)
+                noise = stream.fill(buffer[:b])
+                batch = torch.add(x, noise, alpha=self.sigma, out=noise)  # one pass: x + s*z
                 labels = self._labels(self.base_classifier(batch))
                 counts += torch.bincount(labels, minlength=k + 1)
                 done += b

@@ -203,9 +203,11 @@ def test_wrong_hash_and_wrong_shape_checkpoints(cli, tmp_path):
         "    datasets:\n      digits:\n        classifier: bad-hash\n")
     code, _, err = cli("run", "--method", "g2", "--extra-registry", extra, "--results", tmp_path)
     assert code == 2 and "bad-hash" in err and "sha256" in err and len(err.splitlines()) == 1
-    zoo = ROOT / "bench" / "zoo" / "digits-cnn-gaussian-0.25.safetensors"
-    code, _, err = cli("run", "--model", zoo, "--arch", "mnist_cnn", "--results", tmp_path)
+    bare = tmp_path / "weights.safetensors"  # a state dict without its model card
+    bare.write_bytes((ROOT / "bench" / "zoo" / "digits-cnn-gaussian-0.25.safetensors").read_bytes())
+    code, _, err = cli("run", "--model", bare, "--arch", "mnist_cnn", "--results", tmp_path)
     assert code == 2 and "does not fit architecture mnist_cnn" in err
+    assert "shape" in err and len(err.splitlines()) == 1
 
 
 def test_nan_model_stops_without_corrupting_the_store(cli, tmp_path):
