@@ -157,7 +157,8 @@ def format_summary(summary: dict[str, Any], new_images: int) -> str:
     ca = met["certified_accuracy"]
     table = tabulate([["certified accuracy (%)", *(100 * v for v in ca.values())]],
                      headers=["radius", *ca.keys()], floatfmt=".1f")
-    tail = (f"ACR {met['acr']:.3f}   abstain {100 * met['abstain_rate']:.1f}%   per image: "
+    tail = (f"ACR {met['acr']:.3f}   abstain {100 * met['abstain_rate']:.1f}%   max certifiable "
+            f"radius {met['max_certifiable_radius']:.3f}\nper image: "
             f"{cost['classifier_passes']:,.0f} classifier + {cost['diffusion_passes']:,.0f} "
             f"diffusion passes, {cost['seconds']:.3f} s ({cost['samples_per_second']:,.0f} "
             f"samples/s on {', '.join(cost['devices'])})")

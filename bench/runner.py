@@ -20,13 +20,13 @@ import torch
 from tqdm import tqdm
 
 import bench
-from bench import datasets, metrics
+from bench import datasets, metrics, stats
 from bench import store as store_mod
 from bench.errors import ConfigError
 from bench.nets import load_network, sha256_file
 from bench.protocol import Context, Cost, Method
 from bench.registry import Registry, load_registry
-from bench.smoothing import CHUNK, Smooth
+from bench.smoothing import Smooth, chunk_size
 
 PROTOCOL_VERSION = 1
 # Defaults per dataset: N0, N, alpha follow Cohen et al.; the embedded default is sized to
@@ -216,8 +216,9 @@ def prepare(opts: RunOptions) -> Prepared:
         "m": cost.m,
         "alpha": opts.alpha,
         "seed": opts.seed,
-        "noise": {"chunk": CHUNK, "scheme": "torch.randn per chunk, SeedSequence(seed, idx, "
-                  "phase, chunk); phases select=0 estimate=1"},
+        "noise": {"chunk": chunk_size(ds.info.shape),
+                  "scheme": "torch.randn in whole chunks from a generator seeded by "
+                            "SeedSequence([seed, idx, phase]); phases select=0 estimate=1"},
     }
     run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     card = {
@@ -298,6 +299,9 @@ def summarize(card: Mapping[str, Any], certs: list[Mapping[str, Any]]) -> dict[s
             "certified_accuracy": {f"{r:g}": v for r, v in ca.items()},
             "acr": metrics.average_certified_radius(radii, correct),
             "abstain_rate": metrics.abstain_rate([c["predict"] for c in certs]),
+            # The largest radius any image can reach at this sigma, N and alpha.
+            "max_certifiable_radius": stats.max_radius(ident["sigma"], ident["n"],
+                                                       ident["alpha"]),
         },
         "cost_per_image": {
             "samples": samples,

@@ -1,10 +1,10 @@
 """Randomized smoothing: seeded noise, batched Monte-Carlo counts, CERTIFY and PREDICT.
 
-The harness owns the noise. For image ``index`` of a run with seed ``seed``, phase ``phase``
-(selection, estimation, prediction) draws its noise in fixed chunks of ``CHUNK`` samples; chunk
-``j`` comes from a generator seeded by SeedSequence([seed, index, phase, j]). Batches are cut
-from that stream, so the i-th noisy sample of an image is the same whatever the batch size,
-the sharding or a resume, and the selection and estimation samples are independent streams.
+The harness owns the noise. Image ``index`` of a run with seed ``seed`` has one generator per
+phase (selection, estimation, prediction), seeded by SeedSequence([seed, index, phase]); it
+is only ever asked for whole chunks of ``chunk_size(shape)`` samples, and batches are cut from
+that stream. So the i-th noisy sample of an image is the same whatever the batch size, the
+sharding or a resume, and the selection and estimation samples are independent streams.
 Counting happens on the device (bincount), with one host sync per image.
 """
 
@@ -20,32 +20,37 @@ from bench import stats
 from bench.errors import ModelError
 from bench.protocol import Cost, labels_from_logits
 
-CHUNK = 256  # samples per noise chunk: part of the noise protocol, recorded in every card
+CHUNK = 1024  # samples per noise draw (fewer for large images): part of the noise protocol
+CHUNK_FLOATS = 1 << 24  # at most 16M floats (64 MB) per draw, e.g. 111 ImageNet images
 PHASE_SELECT, PHASE_ESTIMATE, PHASE_PREDICT = 0, 1, 2
 
 
-def chunk_seed(seed: int, index: int, phase: int, chunk: int) -> int:
-    """A 63-bit generator seed for one chunk of one phase of one image."""
-    state = np.random.SeedSequence([seed, index, phase, chunk]).generate_state(1, np.uint64)
+def chunk_size(shape) -> int:
+    """Samples per noise draw for images of this shape (a function of the shape only)."""
+    dim = int(np.prod(shape))
+    return max(1, min(CHUNK, CHUNK_FLOATS // dim))
+
+
+def stream_seed(seed: int, index: int, phase: int) -> int:
+    """A 63-bit generator seed for one phase of one image."""
+    state = np.random.SeedSequence([seed, index, phase]).generate_state(1, np.uint64)
     return int(state[0]) & ((1 << 63) - 1)
 
 
 class NoiseStream:
-    """Standard-normal noise for one (image, phase), served in batches of any size."""
+    """Standard-normal noise for one (image, phase), served in batches of any size.
 
-    def __init__(self, shape, device, seed: int, index: int, phase: int, chunk: int = CHUNK):
+    The generator only ever draws whole chunks of identical size, so its state advances the
+    same way whatever the batch size; a partly used chunk is kept for the next batch.
+    """
+
+    def __init__(self, shape, device, seed: int, index: int, phase: int):
         self.shape = tuple(shape)
         self.device = torch.device(device)
-        self.key = (seed, index, phase)
-        self.chunk = chunk
-        self.next_chunk = 0
+        self.chunk = chunk_size(self.shape)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(stream_seed(seed, index, phase))
         self.pending: torch.Tensor | None = None
-
-    def _generator(self) -> torch.Generator:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(chunk_seed(*self.key, self.next_chunk))
-        self.next_chunk += 1
-        return gen
 
     def fill(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` (b, *shape) with the next b samples of the stream."""
@@ -56,16 +61,13 @@ class NoiseStream:
             self.pending = self.pending[take:] if take < self.pending.shape[0] else None
             pos = take
         while pos < b:
-            gen = self._generator()
             if b - pos >= self.chunk:
-                torch.randn(
-                    (self.chunk, *self.shape), generator=gen, out=out[pos : pos + self.chunk]
-                )
+                torch.randn((self.chunk, *self.shape), generator=self.generator,
+                            out=out[pos : pos + self.chunk])
                 pos += self.chunk
             else:
-                block = torch.randn(
-                    (self.chunk, *self.shape), generator=gen, device=self.device, dtype=out.dtype
-                )
+                block = torch.randn((self.chunk, *self.shape), generator=self.generator,
+                                    device=self.device, dtype=out.dtype)
                 out[pos:].copy_(block[: b - pos])
                 self.pending = block[b - pos :]
                 pos = b
@@ -100,7 +102,7 @@ class Smooth:
 
     ABSTAIN = stats.ABSTAIN
 
-    def __init__(self, base_classifier, num_classes: int, sigma: float, *, chunk: int = CHUNK):
+    def __init__(self, base_classifier, num_classes: int, sigma: float):
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         if num_classes < 1:
@@ -108,7 +110,6 @@ class Smooth:
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = float(sigma)
-        self.chunk = chunk
         self.cost: Cost = getattr(base_classifier, "cost", Cost())
         if isinstance(base_classifier, torch.nn.Module):
             base_classifier.eval()  # BatchNorm in train mode would couple the samples of a batch
@@ -161,7 +162,7 @@ class Smooth:
         """Label histogram (K + 1 bins, the last for invalid outputs) of f on num noisy copies."""
         k = self.num_classes
         counts = torch.zeros(k + 1, dtype=torch.long, device=x.device)
-        stream = NoiseStream(x.shape, x.device, seed, index, phase, self.chunk)
+        stream = NoiseStream(x.shape, x.device, seed, index, phase)
         buffer = torch.empty((min(batch_size, num), *x.shape), dtype=x.dtype, device=x.device)
         done = 0
         with torch.inference_mode():
