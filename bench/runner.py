@@ -133,6 +133,15 @@ class ModelResolver:
             f"{', '.join(sorted(self.registry.models)) or 'none'}"
         )
 
+    def trained_on(self, entry: Mapping[str, Any]):
+        """The dataset whose statistics the model's input layer uses (a CIFAR-10 model keeps
+        CIFAR-10's mean/std when certified on an imagefolder of CIFAR-like images)."""
+        own = entry.get("dataset")
+        if own and own != self.info.name and own in datasets.DATASET_NAMES \
+                and own != "imagefolder":
+            return datasets.dataset_info(own)
+        return self.info
+
     def path_of(self, name: str, entry: Mapping[str, Any]) -> Path:
         path = Path(entry["path"])
         if path.is_absolute():
@@ -143,7 +152,7 @@ class ModelResolver:
 
     def __call__(self, name: str) -> torch.nn.Module:
         entry = self.entry(name)
-        net = load_network(name, entry, dataset=self.info, device=self.device,
+        net = load_network(name, entry, dataset=self.trained_on(entry), device=self.device,
                            base_dir=self.base_dir)
         self.hashes[name] = entry.get("sha256") or sha256_file(self.path_of(name, entry))
         return net

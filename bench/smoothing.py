@@ -198,7 +198,18 @@ class Smooth:
             x = x[0]
         if x.dim() != 3:
             raise ValueError(f"expected one image (C, H, W), got shape {tuple(x.shape)}")
-        return x.float() if not x.is_floating_point() else x
+        if not x.is_floating_point():
+            raise ValueError(f"expected a float image in [0, 1], got dtype {x.dtype}; divide "
+                             "by 255 (sigma and radii are in [0, 1] pixel units)")
+        low, high = x.aminmax()
+        low, high = float(low), float(high)
+        if low < -1e-6 or high > 1 + 1e-6:
+            raise ValueError(
+                f"expected an image in [0, 1] (sigma and radii are in those pixel units), got "
+                f"values in [{low:.3g}, {high:.3g}]; put any normalization inside the base "
+                "classifier, after the noise"
+            )
+        return x
 
 
 def _resolve_seed(seed: int, generator: torch.Generator | None) -> int:

@@ -39,7 +39,7 @@ def test_constant_classifier_radius_is_exact():
 
 def test_certified_radius_exceeds_truth_no_more_often_than_alpha():
     """Coverage: P(reported radius > true radius) <= alpha for every image."""
-    sigma, alpha, n0, n, trials = 0.5, 0.05, 20, 200, 1000
+    sigma, alpha, n0, n, trials = 0.25, 0.05, 20, 200, 1000
     true_radius = sigma * norm.ppf(0.9)  # p_A = 0.9
     f, x = linear_at_distance(true_radius, sigma)
     smooth = Smooth(f, 10, sigma)
@@ -133,3 +133,13 @@ def test_max_radius_agrees_with_constant_certificate():
     smooth = Smooth(ConstantClassifier(0, 10), 10, 1.0)
     _, radius = smooth.certify(torch.rand(INFO.shape), 1, 1000, 0.001, 1000)
     assert radius == pytest.approx(stats.max_radius(1.0, 1000, 0.001), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (torch.rand(1, 8, 8) * 2 - 1, "put any normalization inside the base classifier"),
+    ((torch.rand(1, 8, 8) * 255).to(torch.uint8), "divide by 255"),
+    (torch.rand(2, 1, 8, 8), "expected one image"),
+])
+def test_rejects_inputs_outside_the_pixel_contract(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        Smooth(ConstantClassifier(0, 10), 10, 0.25).certify(bad, 10, 100, 0.001, 50)
