@@ -227,3 +227,20 @@ def test_nan_model_stops_without_corrupting_the_store(cli, tmp_path):
     with sqlite3.connect(tmp_path / "certbench.sqlite") as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert con.execute("SELECT COUNT(*) FROM certs").fetchone()[0] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sigma", ["0.25", "0.5", "1.0"])
+def test_readme_digits_table_is_what_the_commands_produce(tmp_path, sigma):
+    """README's certified-accuracy table comes from `python -m bench run --sigma S` (~1 min)."""
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith(f"| {sigma} | ") and line.count("|") == 11)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    proc = run_process("run", "--sigma", sigma, "--results", tmp_path, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text())
+    ca = summary["metrics"]["certified_accuracy"]
+    measured = [f"{100 * ca[r]:.1f}" for r in ("0", "0.25", "0.5", "0.75", "1")]
+    assert measured == cells[1:6]
+    assert f"{summary['metrics']['acr']:.3f}" == cells[6]
+    assert f"{100 * summary['metrics']['abstain_rate']:.1f}%" == cells[7]
