@@ -152,17 +152,22 @@ def subset_names(name: str) -> tuple[str, ...]:
     return tuple(_SUBSETS[name])
 
 
+def check_subset(name: str, subset: str) -> None:
+    """Fail with the valid names if the dataset or its subset is unknown (no data needed)."""
+    _check_name(name)
+    rules = _SUBSETS[name]
+    if subset not in rules:
+        raise ConfigError(f"dataset {name!r} has no subset {subset!r}; valid: {', '.join(rules)}")
+
+
 def resolve_subset(name: str, subset: str, length: int) -> list[int]:
     """Indices into the test split (of ``length`` images) that ``subset`` selects.
 
     A rule that reaches past the split is an error rather than a silent truncation: a
     truncated subset would no longer be the protocol its name promises.
     """
-    _check_name(name)
-    rules = _SUBSETS[name]
-    if subset not in rules:
-        raise ConfigError(f"dataset {name!r} has no subset {subset!r}; valid: {', '.join(rules)}")
-    rule = rules[subset]
+    check_subset(name, subset)
+    rule = _SUBSETS[name][subset]
     if rule is None:
         return list(range(length))
     if rule[-1] >= length:

@@ -23,7 +23,7 @@ import bench
 from bench import datasets, metrics, stats
 from bench import store as store_mod
 from bench.errors import ConfigError
-from bench.nets import load_network, sha256_file
+from bench.nets import load_network
 from bench.protocol import Context, Cost, Method
 from bench.registry import Registry, load_registry
 from bench.smoothing import Smooth, chunk_size
@@ -142,19 +142,11 @@ class ModelResolver:
             return datasets.dataset_info(own)
         return self.info
 
-    def path_of(self, name: str, entry: Mapping[str, Any]) -> Path:
-        path = Path(entry["path"])
-        if path.is_absolute():
-            return path
-        if entry.get("source") == "zoo":
-            return Path(bench.__file__).resolve().parent / "zoo" / path
-        return self.base_dir / path
-
     def __call__(self, name: str) -> torch.nn.Module:
         entry = self.entry(name)
         net = load_network(name, entry, dataset=self.trained_on(entry), device=self.device,
                            base_dir=self.base_dir)
-        self.hashes[name] = entry.get("sha256") or sha256_file(self.path_of(name, entry))
+        self.hashes[name] = net.checkpoint_sha256
         return net
 
 
@@ -187,13 +179,9 @@ def prepare(opts: RunOptions) -> Prepared:
     registry = load_registry(opts.registry, extra=opts.extra_registries,
                              datasets=datasets.DATASET_NAMES)
     entry = registry.method(opts.method)
-    if opts.dataset not in datasets.DATASET_NAMES:
-        datasets.dataset_info(opts.dataset)  # raises the one-line "unknown dataset" error
+    datasets.check_subset(opts.dataset, opts.subset)
     n = opts.n if opts.n is not None else DEFAULT_N.get(opts.dataset, COHEN_N)
     check_sizes(opts, n)
-    subset_names = datasets.subset_names(opts.dataset)
-    if opts.subset not in subset_names:
-        datasets.resolve_subset(opts.dataset, opts.subset, 0)  # raises with the valid names
     device = resolve_device(opts.device)
     method = build_method(registry, opts.method, opts.params)
     ds = datasets.load_split(opts.dataset, "test", data_dir=opts.data_dir,

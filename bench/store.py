@@ -155,8 +155,7 @@ def write_tsv(path: Path, certs: Iterable[Mapping[str, Any]]) -> None:
     """Cohen's columns first (radius at full precision, time in seconds), extra columns after."""
     lines = ["\t".join(TSV_COLUMNS)]
     for c in certs:
-        row = {**c, "time": c["time"]}
-        lines.append("\t".join(_fmt(row[col]) for col in TSV_COLUMNS))
+        lines.append("\t".join(_fmt(c[col]) for col in TSV_COLUMNS))
     _atomic_write(path, "\n".join(lines) + "\n")
 
 

@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bench
 from bench import datasets
 from bench.errors import ConfigError
+from bench.nets.loaders import ZOO_DIR
 from bench.protocol import TrainContext
 from bench.registry import load_registry
 from bench.runner import build_method, resolve_device
-
-ZOO = Path(bench.__file__).resolve().parent / "zoo"
 
 
 @dataclass
@@ -57,7 +55,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     device = resolve_device(opts.device)
     train_set = datasets.load_split(opts.dataset, "train", data_dir=opts.data_dir)
     test_set = datasets.load_split(opts.dataset, "test", data_dir=opts.data_dir)
-    out_dir = Path(opts.out) if opts.out else ZOO
+    out_dir = Path(opts.out) if opts.out else ZOO_DIR
     ctx = TrainContext(
         dataset=train_set.info, sigma=opts.sigma, device=device, seed=opts.seed,
         train=train_set.tensors(), test=test_set.tensors(), out_dir=out_dir, name=opts.name,
@@ -66,7 +64,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     )
     card = method.train(ctx, ctx.options)
     weights = Path(card["weights"])
-    in_zoo = weights.resolve().parent == ZOO
+    in_zoo = weights.resolve().parent == ZOO_DIR
     card["registry_entry"] = {
         "arch": card["arch"], "source": "zoo" if in_zoo else "state_dict",
         "path": weights.name if in_zoo else str(weights), "sha256": card["sha256"],

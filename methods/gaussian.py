@@ -7,7 +7,6 @@ network). Certification is the shared harness, unchanged.
 
 from __future__ import annotations
 
-import json
 import platform
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,10 +82,5 @@ def train_noise_augmented(ctx: TrainContext, method: str, loss_fn) -> dict[str, 
         "python": platform.python_version(), "command": ctx.command,
     }
     out = Path(ctx.out_dir) / f"{name}.safetensors"
-    sha = save_zoo_model(net[1], out, card)
-    card["sha256"] = sha
-    card["weights"] = str(out)
-    card_path = out.with_suffix(".json")
-    if not card_path.exists():
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    card["sha256"] = save_zoo_model(net[1], out, card)
+    return {**card, "weights": str(out)}

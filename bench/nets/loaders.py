@@ -27,11 +27,12 @@ from bench.errors import ConfigError, ModelError
 from bench.nets.archs import ARCHITECTURES, build_arch
 from bench.nets.normalize import InputCenterLayer, NormalizeLayer
 from bench.protocol import DatasetInfo
+from bench.registry import INPUT_LAYERS as REGISTRY_INPUT_LAYERS
+from bench.registry import MODEL_SOURCES
 
 # The package's own model folder; relative ``zoo`` paths resolve against it.
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
-SOURCES = ("zoo", "cohen", "state_dict", "auto")
-INPUT_LAYERS = ("normalize", "center", "none")
+SOURCES, INPUT_LAYERS = MODEL_SOURCES, REGISTRY_INPUT_LAYERS
 # Where training scripts nest the weights inside a saved dict.
 _NESTED_KEYS = ("state_dict", "net", "model")
 # Wrapper prefixes: DataParallel's ``module.`` and ``Sequential(input_layer, net)``'s ``1.``.
@@ -82,9 +83,7 @@ def load_network(
     num_classes = _num_classes(name, entry, dataset)
     path = _resolve_path(name, entry, source, Path(base_dir))
 
-    expected = entry.get("sha256")
-    if expected:
-        _check_sha256(name, path, str(expected))
+    sha256 = _checked_sha256(name, path, entry.get("sha256"))
 
     ckpt = _read_checkpoint(name, path, source)
     arch = _resolve_arch(name, path, entry.get("arch"), ckpt)
@@ -97,6 +96,7 @@ def load_network(
 
     layer = _input_layer(layer_kind, dataset)
     model = net if layer is None else nn.Sequential(layer, net)
+    model.checkpoint_sha256 = sha256  # recorded in protocol cards
     return model.to(device).eval()
 
 
@@ -164,14 +164,18 @@ def _resolve_path(name: str, entry: Mapping[str, Any], source: str, base_dir: Pa
     return path
 
 
-def _check_sha256(name: str, path: Path, expected: str) -> None:
-    want = expected.strip().lower().removeprefix("sha256:")
+def _checked_sha256(name: str, path: Path, expected: Any) -> str:
+    """The file's sha256, which must equal ``expected`` when the registry pins one."""
     actual = sha256_file(path)
+    if not expected:
+        return actual
+    want = str(expected).strip().lower().removeprefix("sha256:")
     if actual != want:
         raise ModelError(
             f"model {name}: {path} has sha256 {actual[:12]}…, the registry expects {want[:12]}…; "
             "re-download the file or update the entry's sha256"
         )
+    return actual
 
 
 def _read_checkpoint(name: str, path: Path, source: str) -> _Checkpoint:
