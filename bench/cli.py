@@ -23,8 +23,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+# Command names that are not valid module names.
+_MODULES = {"import": "import_tsv"}
+
+
 def _command_module(name: str):
-    return importlib.import_module(f"bench.commands.{name.replace('-', '_')}")
+    module = _MODULES.get(name, name.replace("-", "_"))
+    return importlib.import_module(f"bench.commands.{module}")
 
 
 def build_parser() -> argparse.ArgumentParser:

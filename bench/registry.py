@@ -21,12 +21,15 @@ import yaml
 
 from bench.errors import ConfigError
 
-MODEL_SOURCES = ("zoo", "cohen", "state_dict", "auto")
+MODEL_SOURCES = ("zoo", "cohen", "state_dict", "auto", "timm", "torchvision", "diffusers",
+                 "python")
+# Library models whose weights may come from the library's hub (no path needed).
+HUB_SOURCES = ("timm", "torchvision")
 INPUT_LAYERS = ("normalize", "center", "none")
 MODEL_FIELDS = {
     "arch": str, "source": str, "path": str, "sha256": str, "dataset": str, "input_layer": str,
     "sigma": (int, float), "trained_by": str, "num_classes": int, "url": str,
-    "description": str, "trained_with": str,
+    "description": str, "trained_with": str, "image_size": int, "mean": list, "std": list,
 }
 METHOD_FIELDS = {
     "adapter": str, "description": str, "paper": dict, "params": dict, "datasets": dict,
@@ -81,10 +84,20 @@ class MethodEntry:
         """This method's models and overrides for one dataset (empty if none registered)."""
         return self.datasets.get(dataset) or {}
 
+    @property
+    def reported_only(self) -> bool:
+        """A method known only from its paper's numbers: nobody has written its adapter."""
+        return not self.adapter
+
     def load_adapter(self):
         """Import the adapter class named by ``module:Class`` (errors name the entry)."""
-        module_name, _, class_name = self.adapter.partition(":")
         where = f"{self.origin}: methods.{self.name}.adapter"
+        if self.reported_only:
+            raise ConfigError(
+                f"{where}: method {self.name!r} is reported-only (no adapter): the registry has "
+                "its paper's numbers but no code to certify it; add an adapter to run it"
+            )
+        module_name, _, class_name = self.adapter.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -182,9 +195,11 @@ def _validate_model(where: str, name: str, data: Any) -> ModelEntry:
     if source not in MODEL_SOURCES:
         raise ConfigError(
             f"{where}.source: expected one of {', '.join(MODEL_SOURCES)}, got {source!r}")
-    if "path" not in data:
-        raise ConfigError(f"{where}.path: missing (the checkpoint file)")
-    if source in ("zoo", "state_dict") and "arch" not in data:
+    if "path" not in data and source not in HUB_SOURCES:
+        what = {"diffusers": "a diffusers folder or Hub repo id",
+                "python": "a 'module:Class' denoiser"}.get(source, "the checkpoint file")
+        raise ConfigError(f"{where}.path: missing ({what})")
+    if source in ("zoo", "state_dict", *HUB_SOURCES) and "arch" not in data:
         raise ConfigError(f"{where}.arch: missing (required for source {source!r})")
     if "sha256" in data and not SHA256_RE.match(data["sha256"]):
         raise ConfigError(
@@ -194,6 +209,16 @@ def _validate_model(where: str, name: str, data: Any) -> ModelEntry:
             f"{where}.input_layer: expected one of {', '.join(INPUT_LAYERS)}, "
             f"got {data['input_layer']!r}"
         )
+    for key in ("mean", "std"):
+        values = data.get(key)
+        if values is not None and (not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                or (key == "std" and min(values) <= 0)):
+            raise ConfigError(f"{where}.{key}: expected a list of per-channel numbers, got "
+                              f"{values!r}")
+    if "image_size" in data and data["image_size"] < 1:
+        raise ConfigError(f"{where}.image_size: expected a positive size, got "
+                          f"{data['image_size']!r}")
     if "sigma" in data and not 0 <= data["sigma"] <= 10:
         raise ConfigError(f"{where}.sigma: expected a value in [0, 10], got {data['sigma']!r}")
     return ModelEntry(name=name, fields=dict(data), origin=where.split(":")[0])
@@ -203,8 +228,16 @@ def _validate_method(where: str, name: str, data: Any, models: Mapping[str, Any]
                      datasets: Iterable[str] | None) -> MethodEntry:
     _check_fields(where, data, METHOD_FIELDS)
     if "adapter" not in data:
-        raise ConfigError(f"{where}.adapter: missing (a 'module:Class' string)")
-    if not ADAPTER_RE.match(data["adapter"]):
+        # Reported-only entry: the paper's numbers, no code. It must have something to show
+        # and nothing that would need an adapter.
+        if not data.get("reported"):
+            raise ConfigError(f"{where}.adapter: missing (a 'module:Class' string; only a "
+                              "reported-only entry with 'reported' rows may omit it)")
+        for key in ("params", "datasets"):
+            if key in data:
+                raise ConfigError(f"{where}.{key}: a reported-only method (no adapter) cannot "
+                                  "have params or datasets; add an adapter")
+    elif not ADAPTER_RE.match(data["adapter"]):
         raise ConfigError(f"{where}.adapter: expected 'module:Class', got {data['adapter']!r}")
     if "paper" in data:
         _check_fields(f"{where}.paper", data["paper"], PAPER_FIELDS)
@@ -243,7 +276,7 @@ def _validate_method(where: str, name: str, data: Any, models: Mapping[str, Any]
                     f"{rwhere}.accuracy.{radius}: expected a percentage in [0, 100], got {acc!r}"
                 )
     return MethodEntry(
-        name=name, adapter=data["adapter"], origin=where.split(":")[0],
+        name=name, adapter=data.get("adapter", ""), origin=where.split(":")[0],
         description=data.get("description", ""), paper=data.get("paper") or {},
         params=data.get("params") or {}, datasets=data.get("datasets") or {},
         reported=tuple(reported),

@@ -61,6 +61,8 @@ class RunOptions:
     extra_registries: tuple[Path, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = True
+    # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
+    budget: int | None = None
 
 
 @dataclass
@@ -180,21 +182,30 @@ def prepare(opts: RunOptions) -> Prepared:
                              datasets=datasets.DATASET_NAMES)
     entry = registry.method(opts.method)
     datasets.check_subset(opts.dataset, opts.subset)
+    if opts.budget is not None and opts.n is not None:
+        raise ConfigError("--budget sets N (= budget // m); drop --n or --budget")
+    if opts.budget is not None and not 1 <= opts.budget <= MAX_N:
+        raise ConfigError(f"--budget must be in [1, {MAX_N}] predictions per image, got "
+                          f"{opts.budget}")
     n = opts.n if opts.n is not None else DEFAULT_N.get(opts.dataset, COHEN_N)
     check_sizes(opts, n)
     device = resolve_device(opts.device)
-    method = build_method(registry, opts.method, opts.params)
+    config = dict(entry.dataset_config(opts.dataset))
+    # Precedence: the method's params < the dataset's registry params < --param overrides.
+    method = build_method(registry, opts.method,
+                          {**(config.pop("params", None) or {}), **opts.params})
     ds = datasets.load_split(opts.dataset, "test", data_dir=opts.data_dir,
                              image_size=opts.image_size)
     indices = datasets.resolve_subset(opts.dataset, opts.subset, len(ds))
     resolver = ModelResolver(registry, ds.info, device, models_dir(opts.models_dir), opts.arch)
-    config = dict(entry.dataset_config(opts.dataset))
-    ctx_params = {**method.params, **(config.pop("params", None) or {})}
+    ctx_params = dict(method.params)
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
                   params=ctx_params, config=config, model_override=opts.model,
                   model_loader=resolver)
     base = method.base_classifier(ctx)
     cost: Cost = getattr(base, "cost", Cost())
+    if opts.budget is not None:
+        n = budget_n(opts.budget, cost.m, opts.method)
     smooth = Smooth(base, ds.info.num_classes, opts.sigma)
     identity = {
         "protocol": PROTOCOL_VERSION,
@@ -221,13 +232,17 @@ def prepare(opts: RunOptions) -> Prepared:
     card = {
         "run_id": run_id,
         "identity": identity,
-        "budget": {"predictions_per_image": n * cost.m, "n0": opts.n0, "n": n, "m": cost.m},
+        "budget": {"predictions_per_image": n * cost.m, "n0": opts.n0, "n": n, "m": cost.m,
+                   "requested": opts.budget},
         "cost_per_sample": {"classifier_passes": cost.classifier_passes,
                             "diffusion_passes": cost.diffusion_passes},
         "radius_grid": list(datasets.radius_grid(opts.dataset)),
         "paper": dict(entry.paper),
         "environment": environment(device),
     }
+    describe = getattr(base, "describe", None)
+    if callable(describe):  # e.g. a denoiser's timestep, DiffSmooth's sigma/sigma' pairing
+        card["base_classifier"] = _jsonable(describe())
     return Prepared(opts=opts, run_id=run_id, card=card, smooth=smooth, dataset=ds,
                     indices=indices, grid=datasets.radius_grid(opts.dataset), device=device, n=n)
 
@@ -243,8 +258,11 @@ def run(opts: RunOptions) -> RunResult:
         bar = tqdm(todo, desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
                    unit="img", disable=not opts.progress, dynamic_ncols=True)
         samples = opts.n0 + prep.n
+        begin_image = getattr(prep.smooth.base_classifier, "begin_image", None)
         for idx in bar:
             x, label = prep.dataset[idx]
+            if callable(begin_image):  # per-image internal randomness (DiffSmooth fresh noise)
+                begin_image(opts.seed, idx)
             cert = prep.smooth.certify_record(x.to(prep.device), opts.n0, prep.n, opts.alpha,
                                               opts.batch, seed=opts.seed, index=idx)
             store.add_cert(prep.run_id, {
@@ -261,6 +279,14 @@ def run(opts: RunOptions) -> RunResult:
         return RunResult(run_id=prep.run_id, folder=folder, summary=summary, new_images=len(todo))
     finally:
         store.close()
+
+
+def budget_n(budget: int, m: int, method: str) -> int:
+    """N for a budget of ``budget`` predictions per image at ``m`` predictions per sample."""
+    if budget < m:
+        raise ConfigError(f"--budget {budget} is smaller than {method}'s m = {m} predictions per "
+                          f"noisy sample; use a budget of at least {m}")
+    return budget // m
 
 
 def select_todo(prep: Prepared, done: set[int]) -> list[int]:

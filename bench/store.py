@@ -116,6 +116,36 @@ class Store:
         return [{"run_id": r["run_id"], "card": json.loads(r["card"]), "images": r["images"]}
                 for r in rows]
 
+    def runs_of(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        """Runs (optionally of one dataset) with their kind: reproduced (certified here) or
+        claimed (imported from someone's per-image TSV)."""
+        out = []
+        for r in self.runs():
+            if dataset is not None and r["card"]["identity"]["dataset"] != dataset:
+                continue
+            out.append({**r, "kind": run_kind(r["card"])})
+        return out
+
+    def add_certs(self, run_id: str, records: Iterable[Mapping[str, Any]]) -> int:
+        """Commit many certificates in one transaction (imports: all of a file or none)."""
+        rows = []
+        now = time.time()
+        for record in records:
+            values = dict(record)
+            values["counts_select"] = json.dumps(list(values["counts_select"]))
+            values["counts_estimate"] = json.dumps(list(values["counts_estimate"]))
+            values["run_id"] = run_id
+            values["created"] = now
+            rows.append(values)
+        if not rows:
+            return 0
+        cols = ", ".join(rows[0])
+        marks = ", ".join(f":{c}" for c in rows[0])
+        with self.db:
+            self.db.executemany(f"INSERT OR REPLACE INTO certs ({cols}) VALUES ({marks})", rows)
+            self.db.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (now, run_id))
+        return len(rows)
+
     # ----- certificates ---------------------------------------------------------------------
     def done_indices(self, run_id: str) -> set[int]:
         rows = self.db.execute("SELECT idx FROM certs WHERE run_id = ?", (run_id,))
@@ -149,6 +179,11 @@ class Store:
             d["counts_estimate"] = json.loads(d["counts_estimate"])
             out.append(d)
         return out
+
+
+def run_kind(card: Mapping[str, Any]) -> str:
+    """Cards written by the runner have no kind: they are reproduced by this harness."""
+    return card.get("identity", {}).get("kind", "reproduced")
 
 
 def write_tsv(path: Path, certs: Iterable[Mapping[str, Any]]) -> None:

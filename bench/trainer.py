@@ -6,7 +6,7 @@ pastes into ``registry.yaml`` (with the file's sha256) so the new model can be c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class TrainOptions:
     batch: int | None = None
     lr: float | None = None
     arch: str | None = None
+    recipe: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # method params (--param KEY=VALUE)
     seed: int = 0
     device: str = "auto"
     data_dir: Path | None = None
@@ -41,7 +43,7 @@ class TrainOptions:
 def train(opts: TrainOptions) -> dict[str, Any]:
     registry = load_registry(opts.registry, extra=opts.extra_registries,
                              datasets=datasets.DATASET_NAMES)
-    method = build_method(registry, opts.method, {})
+    method = build_method(registry, opts.method, opts.params)
     if not method.supports_training():
         raise ConfigError(f"method {opts.method!r} has nothing to train; trainable methods: "
                           + ", ".join(sorted(_trainable(registry))))
@@ -59,7 +61,8 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     ctx = TrainContext(
         dataset=train_set.info, sigma=opts.sigma, device=device, seed=opts.seed,
         train=train_set.tensors(), test=test_set.tensors(), out_dir=out_dir, name=opts.name,
-        options={"epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "arch": opts.arch},
+        options={"epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "arch": opts.arch,
+                 "recipe": opts.recipe},
         progress=opts.progress, command=opts.command,
     )
     card = method.train(ctx, ctx.options)

@@ -41,8 +41,10 @@ def test_train_rejects_untrainable_methods_and_bad_values(cli, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["digits-cnn-gaussian-0.25", "digits-cnn-gaussian-0.5",
-                                  "digits-cnn-gaussian-1"])
+@pytest.mark.parametrize("name", sorted(
+    name for name, entry in load_registry(ROOT / "registry.yaml").models.items()
+    if entry.get("source") == "zoo"
+    and entry.get("trained_by") in ("gaussian", "smoothadv", "macer", "consistency")))
 def test_zoo_model_is_reproduced_bit_for_bit_by_its_command(cli, tmp_path, name):
     """Re-run the recorded training command; on a CPU like the one that trained the zoo
     (x86_64, torch 2.14.1) the weights are identical (other CPUs may differ in the last bits)."""

@@ -19,6 +19,9 @@ def add_arguments(p) -> None:
     p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
     p.add_argument("--n", type=int, default=None,
                      help="estimation samples (default 5,000 on digits, else 100,000)")
+    p.add_argument("--budget", type=int, default=None,
+                     help="predictions per image N x m: sets N = budget // m (the method's m); "
+                          "N0 comes on top")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
     p.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass")
     p.add_argument("--subset", default="full", help="named image subset (see 'list')")
@@ -49,15 +52,15 @@ def run(args) -> int:
         data_dir=args.data_dir, models_dir=args.models_dir, model=args.model, arch=args.arch,
         image_size=args.image_size, registry=args.registry,
         extra_registries=tuple(args.extra_registry), params=dict(args.param),
-        progress=not args.quiet,
+        progress=not args.quiet, budget=args.budget,
     )
     result = run(opts)
-    print(format_summary(result.summary, result.new_images))
+    print(format_summary(result.summary, result.new_images, args.budget))
     print(f"results: {result.folder / 'certs.tsv'}  {result.folder / 'summary.json'}")
     return 0
 
 
-def format_summary(summary: dict[str, Any], new_images: int) -> str:
+def format_summary(summary: dict[str, Any], new_images: int, requested: int | None = None) -> str:
     """The certified-accuracy table on the radius grid, ACR, abstain rate and cost."""
     ident = summary["identity"]
     imgs = summary["images"]
@@ -67,6 +70,9 @@ def format_summary(summary: dict[str, Any], new_images: int) -> str:
             f"{imgs['subset_size']} images, {new_images} new)  sigma={ident['sigma']:g}  "
             f"N0={ident['n0']:,}  N={ident['n']:,}  m={ident['m']}  alpha={ident['alpha']:g}  "
             f"seed={ident['seed']}  run {summary['run_id']}")
+    if requested:  # this invocation's budget (the stored card keeps the first one's)
+        head += (f"\nbudget {requested:,} predictions/image: N = {requested:,} // m = "
+                 f"{ident['n']:,} (+ N0 = {ident['n0']:,} selection samples)")
     ca = met["certified_accuracy"]
     table = tabulate([["certified accuracy (%)", *(100 * v for v in ca.values())]],
                      headers=["radius", *ca.keys()], floatfmt=".1f")
@@ -75,4 +81,9 @@ def format_summary(summary: dict[str, Any], new_images: int) -> str:
             f"{cost['classifier_passes']:,.0f} classifier + {cost['diffusion_passes']:,.0f} "
             f"diffusion passes, {cost['seconds']:.3f} s ({cost['samples_per_second']:,.0f} "
             f"samples/s on {', '.join(cost['devices'])})")
+    den = (summary.get("base_classifier") or {}).get("denoiser")
+    if den:  # the timestep matched to sigma (the factor 2 of the [-1, 1] range included)
+        tail += (f"\ndenoiser: t* = {den['t_star']} of {den['timesteps']}, s_t/2 = "
+                 f"{den['s_t_over_2']:.4f} (sigma {den['sigma']:g}), sqrt(abar) = "
+                 f"{den['sqrt_alpha_bar']:.4f}")
     return "\n".join([head, table, tail])

@@ -22,6 +22,13 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--arch", default=None)
+    p.add_argument("--recipe", choices=("auto", "project", "reference"), default="auto",
+                   help="project: cosine lr 0.05, batch 64, 60 epochs; reference: the method's "
+                        "published recipe (StepLR, crop+flip on cifar10); auto: reference on "
+                        "cifar10, project elsewhere")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method parameter (e.g. epsilon=0.5, steps=4, m=2), repeatable; "
+                        "see the method's registry entry and adapter for the names")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", type=Path, default=None)
@@ -38,6 +45,7 @@ def run(args) -> int:
     if not 0 < args.sigma <= 10:
         raise ConfigError(f"--sigma must be in (0, 10], got {args.sigma:g}")
     opts = TrainOptions(
+        params=parse_params(args.param), recipe=args.recipe,
         method=args.method, dataset=args.dataset, sigma=args.sigma, epochs=args.epochs,
         batch=args.batch, lr=args.lr, arch=args.arch, seed=args.seed, device=args.device,
         data_dir=args.data_dir, out=args.out, name=args.name, progress=not args.quiet,
@@ -54,3 +62,18 @@ def run(args) -> int:
     return 0
 
 
+def parse_params(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs; values are read as YAML scalars (0.5 -> float, true -> bool)."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        if key.strip() in params:
+            raise ConfigError(f"--param {key.strip()} given twice")
+        params[key.strip()] = value if parsed is None else parsed
+    return params

@@ -33,6 +33,8 @@ from bench.registry import MODEL_SOURCES
 # The package's own model folder; relative ``zoo`` paths resolve against it.
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 SOURCES, INPUT_LAYERS = MODEL_SOURCES, REGISTRY_INPUT_LAYERS
+# Sources loaded through another library (bench.nets.external, bench.diffusion).
+EXTERNAL_SOURCES = ("timm", "torchvision", "diffusers", "python")
 # Where training scripts nest the weights inside a saved dict.
 _NESTED_KEYS = ("state_dict", "net", "model")
 # Wrapper prefixes: DataParallel's ``module.`` and ``Sequential(input_layer, net)``'s ``1.``.
@@ -81,6 +83,9 @@ def load_network(
         allowed = ", ".join(INPUT_LAYERS)
         raise ConfigError(f"model {name}: unknown input_layer {layer_kind!r}; use one of {allowed}")
     num_classes = _num_classes(name, entry, dataset)
+    if source in EXTERNAL_SOURCES:
+        model = _load_external(name, source, entry, num_classes, Path(base_dir))
+        return model.to(device).eval()
     path = _resolve_path(name, entry, source, Path(base_dir))
 
     sha256 = _checked_sha256(name, path, entry.get("sha256"))
@@ -98,6 +103,58 @@ def load_network(
     model = net if layer is None else nn.Sequential(layer, net)
     model.checkpoint_sha256 = sha256  # recorded in protocol cards
     return model.to(device).eval()
+
+
+def _load_external(name: str, source: str, entry: Mapping[str, Any], num_classes: int,
+                   base_dir: Path) -> nn.Module:
+    """timm/torchvision classifiers (resize + own normalization inside) and denoisers.
+
+    Classifiers keep the library's class count unless the entry sets ``num_classes``.
+    """
+    from bench.nets import external
+
+    classes = entry.get("num_classes")
+    if source == "python":
+        from bench.diffusion import load_python
+
+        model = load_python(name, str(entry["path"]))
+        model.checkpoint_sha256 = None
+        return model
+    if source == "diffusers":
+        from bench.diffusion import load_diffusers
+
+        folder = _diffusers_folder(entry["path"], base_dir)
+        model = load_diffusers(name, str(folder) if folder else str(entry["path"]))
+        sha = None
+        if folder is not None:
+            weights = next(iter(sorted(folder.glob("unet/*.safetensors"))
+                                + sorted(folder.glob("*.safetensors"))
+                                + sorted(folder.glob("unet/*.bin")) + sorted(folder.glob("*.bin"))),
+                           None)
+            sha = _checked_sha256(name, weights, entry.get("sha256")) if weights else None
+        model.checkpoint_sha256 = sha
+        return model
+    path = _resolve_path(name, entry, source, base_dir) if entry.get("path") else None
+    sha = _checked_sha256(name, path, entry.get("sha256")) if path else None
+
+    def read_state(net):
+        ckpt = _read_checkpoint(name, path, "auto")
+        return _fit_state(name, path, str(entry["arch"]), ckpt.state, net)
+
+    load = external.load_timm if source == "timm" else external.load_torchvision
+    model, _ = load(name, entry, classes, path, read_state)
+    model.checkpoint_sha256 = sha
+    return model
+
+
+def _diffusers_folder(raw: Any, base_dir: Path) -> Path | None:
+    """A local diffusers folder: absolute, in the zoo, or under the models dir; else None
+    (then ``raw`` is a Hub repo id)."""
+    path = Path(str(raw)).expanduser()
+    for candidate in ([path] if path.is_absolute() else [ZOO_DIR / path, base_dir / path, path]):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
 
 
 def save_zoo_model(net: nn.Module, path: Path, card: Mapping[str, Any]) -> str:

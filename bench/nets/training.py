@@ -1,21 +1,32 @@
-"""A small, seeded training loop and noisy-accuracy evaluation shared by training-based methods.
+"""A small, seeded, resumable training loop and noisy-accuracy evaluation for training methods.
 
 Methods supply the per-batch loss (Gaussian augmentation, SmoothAdv, MACER, ...); the loop
-owns shuffling, the optimizer and schedule, the progress bar and determinism (every random
-draw comes from generators seeded by the run seed).
+owns shuffling, augmentation, the optimizer and schedule, the progress bar, determinism (every
+random draw comes from generators seeded by the run seed) and crash recovery: with a checkpoint
+path it saves model, optimizer, schedule and every RNG state after each epoch, and a rerun with
+the same settings resumes there and ends with the same weights, bit for bit, as an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from bench.errors import ConfigError
+
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+SCHEDULES = ("cosine", "multistep")
+AUGMENTS = ("none", "crop-flip")
 
 
 @dataclass
@@ -26,40 +37,136 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
+    # "cosine": annealed per optimizer step over all epochs (the project recipe);
+    # "multistep": lr x gamma at each epoch in ``milestones`` (the references' StepLR/MultiStepLR).
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    augment: str = "none"  # "crop-flip": random crop with 4-pixel zero padding + horizontal flip
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"unknown augmentation {self.augment!r}; use one of {AUGMENTS}")
+        self.milestones = tuple(int(m) for m in self.milestones)
 
 
 def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                      settings: TrainSettings, *, device: torch.device, progress: bool = True,
-                     desc: str = "train") -> dict:
-    """SGD with momentum and a cosine schedule over ``epochs``; returns a small history."""
+                     desc: str = "train", epoch_hook: Callable[[int], None] | None = None,
+                     checkpoint: Path | None = None,
+                     fingerprint: Mapping[str, Any] | None = None) -> dict:
+    """SGD with momentum over ``epochs``; returns a small history.
+
+    ``epoch_hook(e)`` runs before epoch ``e`` (0-based), for epoch-dependent losses (epsilon
+    warm-up, deferred regularizers). ``checkpoint``: file to save/resume from; ``fingerprint``
+    (settings, method, params, ...) must match for a resume, so a changed command never
+    silently continues an unrelated run.
+    """
     torch.manual_seed(settings.seed)  # weight init of layers created lazily inside loss_fn
     net.to(device).train()
     x, y = x.to(device), y.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay)
     steps_per_epoch = -(-len(x) // settings.batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.epochs * steps_per_epoch)
-    shuffle = torch.Generator().manual_seed(settings.seed)
-    noise = torch.Generator(device=device).manual_seed(settings.seed + 1)
-    start = time.perf_counter()
-    bar = tqdm(range(settings.epochs), desc=desc, unit="epoch", disable=not progress,
-               dynamic_ncols=True)
-    last_loss = float("nan")
-    for _ in bar:
-        order = torch.randperm(len(x), generator=shuffle).to(device)
+    if settings.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.epochs * steps_per_epoch)
+    else:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(settings.milestones),
+                                                     gamma=settings.gamma)
+    gens = {
+        "shuffle": torch.Generator().manual_seed(settings.seed),
+        "noise": torch.Generator(device=device).manual_seed(settings.seed + 1),
+        "augment": torch.Generator().manual_seed(settings.seed + 2),
+    }
+    fingerprint = _canonical({"settings": asdict(settings), "samples": len(x),
+                              **(fingerprint or {})})
+    state = {"epoch": 0, "seconds": 0.0, "final_loss": float("nan")}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = _resume(Path(checkpoint), fingerprint, net, opt, sched, gens, device)
+    start = time.perf_counter() - state["seconds"]
+    bar = tqdm(range(state["epoch"], settings.epochs), desc=desc, unit="epoch",
+               disable=not progress, dynamic_ncols=True, initial=state["epoch"],
+               total=settings.epochs)
+    last_loss = state["final_loss"]
+    for epoch in bar:
+        if epoch_hook is not None:
+            epoch_hook(epoch)
+        order = torch.randperm(len(x), generator=gens["shuffle"]).to(device)
         total = torch.zeros((), device=device)
         for i in range(0, len(x), settings.batch):
             idx = order[i : i + settings.batch]
-            loss = loss_fn(net, x[idx], y[idx], noise)
+            xb = x[idx]
+            if settings.augment == "crop-flip":
+                xb = crop_flip(xb, gens["augment"])
+            loss = loss_fn(net, xb, y[idx], gens["noise"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if settings.schedule == "cosine":
+                sched.step()
             total += loss.detach() * len(idx)
+        if settings.schedule != "cosine":
+            sched.step()
         last_loss = float(total) / len(x)  # one host sync per epoch
         bar.set_postfix(loss=f"{last_loss:.4f}")
+        if checkpoint is not None:
+            save_checkpoint(Path(checkpoint), {
+                "fingerprint": fingerprint, "epoch": epoch + 1, "final_loss": last_loss,
+                "seconds": time.perf_counter() - start, "net": net.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gens": {k: g.get_state() for k, g in gens.items()},
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            })
     net.eval()
-    return {"final_loss": last_loss, "seconds": time.perf_counter() - start}
+    return {"final_loss": last_loss, "seconds": time.perf_counter() - start,
+            "resumed_from_epoch": state["epoch"]}
+
+
+def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write atomically (temp file + rename): a crash mid-write leaves the previous epoch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(payload), tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, fingerprint: str, net, opt, sched, gens, device) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"checkpoint {path} was written by a different training configuration; "
+            "rerun the original command to resume it, or delete the file to start over"
+        )
+    net.load_state_dict(ckpt["net"])
+    opt.load_state_dict(ckpt["opt"])
+    sched.load_state_dict(ckpt["sched"])
+    for key, gen in gens.items():
+        gen.set_state(ckpt["gens"][key])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    return {"epoch": ckpt["epoch"], "seconds": ckpt["seconds"], "final_loss": ckpt["final_loss"]}
+
+
+def _canonical(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded image (offset 0..2*pad per axis) + random h-flip,
+    one draw per image (torchvision's RandomCrop(padding=4) + RandomHorizontalFlip)."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    offs = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen).tolist()
+    flips = (torch.rand(b, generator=gen) < 0.5).tolist()
+    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs)])
+    flip_idx = [i for i, f in enumerate(flips) if f]
+    if flip_idx:
+        out[flip_idx] = out[flip_idx].flip(-1)
+    return out
 
 
 @torch.no_grad()

@@ -1,0 +1,41 @@
+"""``python -m bench import``: ingest a per-image TSV as *claimed* results.
+
+Reads Cohen's format (``idx label predict radius correct time``), repairs the DDS reference
+code's running-count ``correct`` column (and says so), and stores the rows as a claimed run:
+shown on tables and leaderboards as claimed, never as reproduced by this harness.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "import a Cohen-format per-image TSV as claimed results"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--tsv", type=Path, required=True)
+    p.add_argument("--method", required=True, help="method name shown on the leaderboard")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--sigma", type=float, required=True)
+    p.add_argument("--n", type=int, default=100_000, help="estimation samples N (default 1e5)")
+    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--m", type=int, default=1, help="predictions per noisy sample (DiffSmooth)")
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--subset", default="claimed", help="named subset the images come from")
+    p.add_argument("--source", default="", help="where the file comes from (paper, URL)")
+    p.add_argument("--results", type=Path, default=Path("results"))
+
+
+def run(args) -> int:
+    from bench.importer import ImportOptions, import_tsv
+
+    result = import_tsv(ImportOptions(
+        tsv=args.tsv, method=args.method, dataset=args.dataset, sigma=args.sigma, n=args.n,
+        n0=args.n0, m=args.m, alpha=args.alpha, subset=args.subset, source=args.source,
+        results=args.results))
+    for note in result.notes:
+        print(note)
+    print(f"imported {result.images} images as claimed run {result.run_id} "
+          f"({args.method} on {args.dataset}, sigma {args.sigma:g})")
+    print(f"results: {result.folder / 'certs.tsv'}  {result.folder / 'summary.json'}")
+    return 0

@@ -1,0 +1,38 @@
+"""``python -m bench leaderboard``: Markdown and static HTML leaderboards from the store.
+
+Writes ``index.html``, ``<dataset>.html`` and ``<dataset>.md`` for every dataset with rows,
+and copies each run's protocol card and per-image TSV under ``runs/`` so the links work
+offline. Reported numbers come from the registry (``--registry``/``--extra-registry``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.commands.common import common_registry
+
+HELP = "write Markdown and static HTML leaderboards"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", type=Path, default=Path("leaderboards"))
+    p.add_argument("--results", type=Path, default=Path("results"))
+    common_registry(p)
+
+
+def run(args) -> int:
+    from bench.leaderboard import build
+    from bench.registry import load_registry
+    from bench.store import DB_NAME, Store
+
+    registry = load_registry(args.registry, extra=args.extra_registry)
+    # Reading never creates a store: without one, only the registry's numbers are shown.
+    store = Store(args.results) if (args.results / DB_NAME).is_file() else None
+    try:
+        files = build(store, registry, args.out)
+    finally:
+        if store is not None:
+            store.close()
+    pages = [f for f in files if f.suffix == ".html"]
+    print(f"wrote {len(files)} files to {args.out}: " + ", ".join(f.name for f in pages))
+    return 0

@@ -1,0 +1,57 @@
+"""``python -m bench table``: the standardized certified-accuracy table of one dataset.
+
+One row per run in the store (reproduced and claimed) plus the registry's reported rows; the
+best value per radius is marked within each protocol (dataset, subset, alpha, budget), then
+the best-over-sigma envelope per method. Certified accuracy carries an exact 95%
+Clopper-Pearson interval over the image sample.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.commands.common import common_registry
+
+HELP = "print the standardized table of a dataset (markdown, latex or csv)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    p.add_argument("--budget", type=int, default=None,
+                   help="only rows of this budget (N x m predictions per image)")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--no-reported", action="store_true", help="leave out the papers' numbers")
+    p.add_argument("--no-ci", action="store_true", help="no intervals in markdown/latex cells")
+    p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
+    common_registry(p)
+
+
+def run(args) -> int:
+    from bench.errors import ConfigError
+    from bench.registry import load_registry
+    from bench.store import DB_NAME, Store
+    from bench.table import collect_rows, radius_grid, render
+
+    registry = load_registry(args.registry, extra=args.extra_registry)
+    # Reading never creates a store: without one, only the registry's numbers are shown.
+    store = Store(args.results) if (args.results / DB_NAME).is_file() else None
+    try:
+        rows = collect_rows(store, None if args.no_reported else registry, args.dataset,
+                            args.budget)
+    finally:
+        if store is not None:
+            store.close()
+    if not rows:
+        raise ConfigError(f"no runs or reported numbers for dataset {args.dataset!r}"
+                          + (f" at budget {args.budget:,}" if args.budget else "")
+                          + f" in {args.results}; run 'python -m bench run' first")
+    grid = sorted(set(radius_grid(args.dataset)).union(*(r.accuracy for r in rows)))
+    text = render(rows, args.format, grid, ci=not args.no_ci)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0

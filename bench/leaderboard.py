@@ -1,0 +1,269 @@
+"""Leaderboards: Markdown per dataset and a static, offline HTML site (jinja2, no torch).
+
+The site is plain files: ``index.html``, one page per dataset, ``<dataset>.md`` and, under
+``runs/<run>/``, a copy of each run's protocol card and per-image TSV so every row's links work
+when the folder is served or opened from disk. Nothing is loaded from a CDN: sorting is a few
+lines of inline JavaScript and the plots are inline SVG written here.
+
+Rows are ranked only against rows of the same protocol (dataset, subset, alpha, budget); the
+same-compute view groups protocols by budget (N x m predictions per image). Rank order is the
+area under the certified-accuracy curve on the grid (the sum over the grid radii), which,
+unlike ACR, exists for reported rows too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
+
+from bench import store as store_mod
+from bench import table
+from bench.table import Row
+
+KIND_NOTES = {
+    "reproduced": "certified by this harness (protocol card and per-image TSV linked)",
+    "claimed": "per-image TSV submitted by the authors and imported; not re-certified here",
+    "reported": "numbers printed in the paper (source given); no per-image data",
+}
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
+           "#e377c2", "#7f7f7f", "#bcbd22")
+DASH = {"reproduced": "", "claimed": "6 3", "reported": "2 3"}
+
+
+@dataclass
+class Group:
+    """One protocol: its rows (ranked), plot and title."""
+
+    title: str
+    rows: list[dict[str, Any]]
+    plot: Markup
+    grid: list[float]
+
+
+def _environment() -> Environment:
+    return Environment(loader=PackageLoader("bench", "templates"),
+                       autoescape=select_autoescape(["html", "xml"], default=True),
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def rank_score(row: Row, grid: Sequence[float]) -> float:
+    """Area under the certified-accuracy curve on the grid (missing radii count 0)."""
+    return sum(v for r in grid if isinstance(v := row.accuracy.get(r), float) and math.isfinite(v))
+
+
+def _cell(value: float | None, best: float | None, lo=None, hi=None) -> dict[str, Any]:
+    if value is None or not math.isfinite(value):
+        return {"text": "-", "sort": "", "best": False, "title": ""}
+    title = f"95% CI over images: {100 * lo:.1f} to {100 * hi:.1f}" if lo is not None else ""
+    return {"text": f"{100 * value:.1f}", "sort": f"{value:.6f}", "title": title,
+            "best": best is not None and value >= best - 1e-12}
+
+
+def _row_view(row: Row, grid: Sequence[float], best: Mapping[Any, float], rank: int,
+              color: str) -> dict[str, Any]:
+    cells = []
+    for r in grid:
+        lo, hi = row.interval.get(r, (None, None))
+        cells.append(_cell(row.accuracy.get(r), best.get(r), lo, hi))
+    links = []
+    if row.folder:
+        links = [("card", f"runs/{row.folder}/card.json"), ("TSV", f"runs/{row.folder}/certs.tsv")]
+    elif row.paper_url.startswith(("https://", "http://")):  # never a javascript: URL
+        links = [("paper", row.paper_url)]
+    return {
+        "rank": rank, "kind": row.kind, "method": row.method, "description": row.description,
+        "sigma": row.sigma_label, "sigma_sort": row.sigma if isinstance(row.sigma, float) else "",
+        "n0": row.n0, "n": row.n, "m": row.m, "alpha": row.alpha, "images": row.images,
+        "subset": row.subset_label, "cells": cells,
+        "acr": (f"{row.acr:.3f}" if row.acr is not None and math.isfinite(row.acr) else "-"),
+        "acr_sort": row.acr if row.acr is not None and math.isfinite(row.acr) else "",
+        "acr_best": "acr" in best and row.acr is not None and row.acr >= best["acr"] - 1e-12,
+        "abstain": (f"{100 * row.abstain:.1f}" if row.abstain is not None else "-"),
+        "abstain_sort": row.abstain if row.abstain is not None else "",
+        "cost": table.format_cost(row), "cost_sort": (row.classifier_passes or 0)
+        + (row.diffusion_passes or 0) if row.classifier_passes is not None else "",
+        "seconds": f"{row.seconds:.3f}" if row.seconds is not None else "-",
+        "seconds_sort": row.seconds if row.seconds is not None else "",
+        "device": row.device, "source": row.source, "setting": row.setting, "links": links,
+        "color": color, "run_id": row.run_id,
+    }
+
+
+def build_group(rows: Sequence[Row], grid: Sequence[float], title: str) -> Group:
+    """Rank rows of one protocol and draw their curves."""
+    best = table.best_values(rows, grid)
+    ordered = sorted(rows, key=lambda r: -rank_score(r, grid))
+    views = []
+    for i, row in enumerate(ordered):
+        views.append(_row_view(row, grid, best, i + 1, PALETTE[i % len(PALETTE)]))
+    plot = svg_plot([(_label(row), v["kind"], v["color"], row.accuracy)
+                     for v, row in zip(views, ordered, strict=True)], grid)
+    return Group(title=title, rows=views, plot=plot, grid=list(grid))
+
+
+def _label(row: Row) -> str:
+    """Legend text: what tells the row apart from others of the same method."""
+    parts = [row.method, f"sigma={row.sigma_label}"]
+    if row.setting:
+        parts.append(row.setting)
+    return " ".join(parts)
+
+
+def svg_plot(curves: Sequence[tuple[str, str, str, Mapping[float, float]]],
+             grid: Sequence[float], width: int = 620, height: int = 320) -> Markup:
+    """Certified accuracy (%) against radius, one polyline per row; labels are escaped."""
+    left, right, top, bottom = 48, 240, 14, 40
+    height = max(height, top + 16 * len(curves) + 20)  # room for every legend entry
+    pw, ph = width - left - right, height - top - bottom
+    rmax = max(grid) if grid and max(grid) > 0 else 1.0
+
+    def x(r: float) -> float:
+        return left + pw * r / rmax
+
+    def y(v: float) -> float:
+        return top + ph * (1 - v)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="certified accuracy versus radius">']
+    for tick in range(0, 101, 20):
+        yy = y(tick / 100)
+        parts.append(f'<line x1="{left}" y1="{yy:.1f}" x2="{left + pw}" y2="{yy:.1f}" '
+                     f'stroke="#ddd"/><text x="{left - 6}" y="{yy + 4:.1f}" font-size="11" '
+                     f'text-anchor="end">{tick}</text>')
+    for r in grid:
+        parts.append(f'<text x="{x(r):.1f}" y="{top + ph + 16}" font-size="11" '
+                     f'text-anchor="middle">{r:g}</text>')
+    parts.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" '
+                 f'stroke="#333"/><line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" '
+                 f'stroke="#333"/>')
+    parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" font-size="12" '
+                 f'text-anchor="middle">L2 radius</text>')
+    parts.append(f'<text x="12" y="{top + ph / 2:.1f}" font-size="12" text-anchor="middle" '
+                 f'transform="rotate(-90 12 {top + ph / 2:.1f})">certified accuracy (%)</text>')
+    for i, (label, kind, color, acc) in enumerate(curves):
+        pts = [(r, acc[r]) for r in sorted(acc)
+               if r <= rmax and isinstance(acc[r], float) and math.isfinite(acc[r])]
+        if not pts:
+            continue
+        dash = f' stroke-dasharray="{DASH[kind]}"' if DASH.get(kind) else ""
+        coords = " ".join(f"{x(r):.1f},{y(v):.1f}" for r, v in pts)
+        parts.append(f'<polyline class="curve curve-{kind}" fill="none" stroke="{color}" '
+                     f'stroke-width="2"{dash} points="{coords}"><title>{escape(label)} '
+                     f'({kind})</title></polyline>')
+        for r, v in pts:
+            parts.append(f'<circle cx="{x(r):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"/>')
+        ly = top + 10 + 16 * i
+        if ly < height - 10:
+            parts.append(f'<line x1="{left + pw + 10}" y1="{ly - 4}" x2="{left + pw + 30}" '
+                         f'y2="{ly - 4}" stroke="{color}" stroke-width="2"{dash}/>'
+                         f'<text x="{left + pw + 34}" y="{ly}" font-size="11">'
+                         f'{escape(_short(label))}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - every label above went through escape()
+
+
+def _short(text: str, limit: int = 34) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def dataset_page(rows: Sequence[Row], dataset: str) -> dict[str, Any]:
+    """The view model of one dataset: budgets -> protocol groups, plus envelopes."""
+    grid = table.grid_of(rows, dataset)
+    budgets: dict[Any, list[Group]] = {}
+    for members in table.group_by_protocol(rows).values():
+        budgets.setdefault(members[0].budget, []).append(
+            build_group(members, grid, table.protocol_title(members[0])))
+    env_groups = [build_group(m, grid, "best over sigma: " + table.protocol_title(m[0]))
+                  for m in table.group_by_protocol(table.envelopes(rows)).values()]
+    ordered = sorted(budgets.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+    counts = {k: sum(1 for r in rows if r.kind == k) for k in table.KINDS}
+    return {"dataset": dataset, "grid": grid, "budgets": ordered, "envelopes": env_groups,
+            "counts": counts}
+
+
+def export_run_files(store: store_mod.Store, row: Row, out: Path) -> None:
+    """Copy a run's protocol card (with its metrics) and per-image TSV into the site."""
+    folder = out / "runs" / row.folder
+    certs = store.certs(row.run_id)
+    store_mod.write_tsv(folder / "certs.tsv", certs)
+    card = store.run_card(row.run_id)
+    card = {**card, "kind": row.kind, "images": {"certified": row.images,
+                                                "subset_size": row.subset_size},
+            "metrics": {"certified_accuracy": {f"{r:g}": v for r, v in row.accuracy.items()},
+                        "certified_accuracy_ci95_over_images":
+                            {f"{r:g}": list(v) for r, v in row.interval.items()},
+                        "acr": row.acr, "abstain_rate": row.abstain},
+            "cost_per_image": {"classifier_passes": row.classifier_passes,
+                               "diffusion_passes": row.diffusion_passes,
+                               "seconds": row.seconds, "devices": row.device}}
+    store_mod.write_json(folder / "card.json", card)
+
+
+def build(store: store_mod.Store | None, registry, out: str | Path) -> list[Path]:
+    """Write the Markdown and HTML leaderboards of every dataset with rows; return the files."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table.collect_rows(store, registry)
+    datasets = sorted({r.dataset for r in rows})
+    env = _environment()
+    written: list[Path] = []
+    if store is not None:
+        for row in rows:
+            if row.folder:
+                export_run_files(store, row, out)
+    pages = []
+    for ds in datasets:
+        ds_rows = [r for r in rows if r.dataset == ds]
+        page = dataset_page(ds_rows, ds)
+        pages.append(page)
+        html = env.get_template("dataset.html").render(page=page, kinds=KIND_NOTES)
+        written.append(_write(out / f"{ds}.html", html))
+        written.append(_write(out / f"{ds}.md", markdown_page(ds_rows, ds)))
+    index = env.get_template("index.html").render(pages=pages, kinds=KIND_NOTES)
+    written.append(_write(out / "index.html", index))
+    written.append(_write(out / "README.md", markdown_index(pages)))
+    return written
+
+
+def markdown_page(rows: Sequence[Row], dataset: str) -> str:
+    """The dataset's leaderboard as Markdown: kinds explained, tables, links to run files."""
+    lines = [f"# Certified L2 robustness leaderboard: {dataset}", "",
+             "Generated by `python -m bench leaderboard` from the results store and the "
+             "registry. Rows are compared only within one protocol (dataset, subset, alpha, "
+             "budget = N x m predictions per image).", ""]
+    lines += [f"- **{k}**: {note}" for k, note in KIND_NOTES.items()]
+    lines += ["", table.render(rows, "markdown", table.grid_of(rows, dataset)).rstrip(), ""]
+    runs = [r for r in rows if r.folder]
+    if runs:
+        lines += ["## Run files", ""]
+        for r in runs:
+            lines.append(f"- {r.kind} `{_md(r.method)}` sigma {r.sigma_label}, run {r.run_id}: "
+                         f"[card](runs/{r.folder}/card.json), [TSV](runs/{r.folder}/certs.tsv)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def markdown_index(pages: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["# Leaderboards", "", "Open `index.html` for the sortable tables and plots.", ""]
+    for p in pages:
+        c = p["counts"]
+        lines.append(f"- [{p['dataset']}]({p['dataset']}.md): {c['reproduced']} reproduced, "
+                     f"{c['claimed']} claimed, {c['reported']} reported rows")
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("`", "'")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+

@@ -1,0 +1,196 @@
+"""Validate method submissions: schema, adapter import, models, and a smoke certification.
+
+What a maintainer would check by hand before accepting a new method, in one command:
+
+1. the registry files parse and pass the strict schema (errors name file, entry and field);
+2. the adapter imports, is a ``bench.protocol.Method`` and accepts its registered params;
+3. every model the entry references resolves to a file whose sha256 matches the registry
+   (models not downloaded are listed, not failed: weights live outside the repository);
+4. the real runner certifies two images with a tiny N into a temporary results folder, so
+   the base classifier is exercised end to end exactly as a benchmark run would.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import CertbenchError
+
+SMOKE_IMAGES = 2
+SMOKE_N0 = 10
+SMOKE_N = 64
+
+
+@dataclass
+class MethodReport:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'OK  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+@dataclass
+class Report:
+    methods: list[MethodReport] = field(default_factory=list)
+    registry_error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.registry_error and all(m.ok for m in self.methods)
+
+    def lines(self) -> list[str]:
+        if self.registry_error:
+            return [f"FAIL registry: {self.registry_error}"]
+        if not self.methods:
+            return ["FAIL no methods to validate"]
+        return [m.line() for m in self.methods]
+
+
+def _model_refs(entry) -> list[tuple[str, str, str]]:
+    """(dataset, role, model name) for every model an entry references."""
+    refs = []
+    for dataset, block in entry.datasets.items():
+        for role, ref in (block or {}).items():
+            if role == "params":
+                continue
+            names = ref.values() if isinstance(ref, dict) else [ref]
+            refs += [(dataset, role, name) for name in names]
+    return refs
+
+
+def check_models(registry, entry, models_dir: Path) -> tuple[int, list[str]]:
+    """Resolve and hash-check the entry's models; (checked, notes). Raises on a bad hash."""
+    from bench.errors import ConfigError
+    from bench.nets.loaders import ZOO_DIR, sha256_file
+
+    checked, notes = 0, []
+    for dataset, role, name in _model_refs(entry):
+        model = registry.model(name)
+        base = ZOO_DIR if model["source"] == "zoo" else models_dir
+        path = Path(model["path"])
+        path = path if path.is_absolute() else base / path
+        where = f"{model.origin}: models.{name}"
+        if not path.is_file():
+            if model["source"] == "zoo":
+                raise ConfigError(f"{where}.path: zoo file {path} is missing")
+            notes.append(f"{name} not downloaded")
+            continue
+        if "sha256" in model.fields:
+            digest = sha256_file(path)
+            if digest != model["sha256"]:
+                raise ConfigError(f"{where}.sha256: {path} has sha256 {digest}, the registry "
+                                  f"says {model['sha256']} (methods.{entry.name}.datasets."
+                                  f"{dataset}.{role})")
+        else:
+            notes.append(f"{name} has no sha256")
+        checked += 1
+    return checked, notes
+
+
+def smoke_target(entry, dataset: str | None) -> tuple[str, float]:
+    """Dataset and sigma for the smoke run: digits when registered, else the first dataset;
+    the first registered sigma of a per-sigma model mapping, else 0.25."""
+    if dataset is None:
+        names = list(entry.datasets)
+        dataset = "digits" if not names or "digits" in names else names[0]
+    sigma = 0.25
+    for role, ref in (entry.dataset_config(dataset) or {}).items():
+        if role != "params" and isinstance(ref, dict) and ref:
+            sigma = float(sorted(ref)[0])
+            break
+    return dataset, sigma
+
+
+def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir) -> str:
+    """Certify two images with a tiny N through the real runner; describe what came out."""
+    from bench.errors import ConfigError, DataError, ModelError
+    from bench.runner import RunOptions, run
+
+    ds, sigma = smoke_target(entry, dataset)
+    with tempfile.TemporaryDirectory(prefix="certbench-validate-") as tmp:
+        try:
+            result = run(RunOptions(
+                method=entry.name, dataset=ds, sigma=sigma, n0=SMOKE_N0, n=SMOKE_N,
+                batch=SMOKE_N, max_images=SMOKE_IMAGES, results=Path(tmp),
+                registry=registry_path, extra_registries=tuple(extra), data_dir=data_dir,
+                models_dir=models_dir, device="cpu", progress=False))
+        except DataError as exc:  # the data is not on this machine: not the entry's fault
+            return f"smoke NOT RUN ({ds} data not available here: {exc})"
+        except ModelError as exc:
+            if "not found" not in str(exc):
+                raise
+            return f"smoke NOT RUN (weights not downloaded here: {exc})"
+        certified = result.summary["images"]["certified"]
+        tsv = (result.folder / "certs.tsv").read_text().splitlines()
+    if certified != SMOKE_IMAGES or len(tsv) != SMOKE_IMAGES + 1:
+        raise ConfigError(f"methods.{entry.name}: smoke run certified {certified} images, "
+                          f"expected {SMOKE_IMAGES}")
+    radii = [float(line.split("\t")[3]) for line in tsv[1:]]
+    if not all(math.isfinite(r) and r >= 0 for r in radii):
+        raise ConfigError(f"methods.{entry.name}: smoke run produced radii {radii}")
+    return (f"smoke {SMOKE_IMAGES} images on {ds} sigma {sigma:g} N={SMOKE_N}: radii "
+            + ", ".join(f"{r:.3f}" for r in radii))
+
+
+def validate_method(registry, name: str, registry_path, extra, dataset, smoke_run: bool,
+                    data_dir, models_dir) -> MethodReport:
+    entry = registry.method(name)
+    if entry.reported_only:
+        return MethodReport(name, True, f"reported-only, no adapter (cannot be run or smoke "
+                                        f"tested); {len(entry.reported)} reported rows valid")
+    from bench.runner import build_method
+    from bench.runner import models_dir as default_models_dir
+
+    try:
+        build_method(registry, name, {})
+        parts = [f"adapter {entry.adapter} imports"]
+        checked, notes = check_models(registry, entry, default_models_dir(models_dir))
+        parts.append(f"{checked} model(s) hash-checked" + (f" ({'; '.join(notes)})"
+                                                           if notes else ""))
+        if entry.reported:
+            parts.append(f"{len(entry.reported)} reported rows")
+        if smoke_run:
+            parts.append(smoke(entry, registry_path, extra, dataset, data_dir, models_dir))
+    except CertbenchError as exc:
+        return MethodReport(name, False, str(exc))
+    except Exception as exc:  # an adapter bug must be reported, not crash the whole report
+        return MethodReport(name, False, f"{entry.origin}: methods.{name}: "
+                                         f"{type(exc).__name__}: {exc}")
+    return MethodReport(name, True, "; ".join(parts))
+
+
+def validate(registry_path: str | Path | None = None, *, extra: Iterable[str | Path] = (),
+             methods: Sequence[str] = (), dataset: str | None = None, smoke: bool = True,
+             data_dir: Path | None = None, models_dir: Path | None = None) -> Report:
+    """Validate the chosen methods (default: those of the extra files, else all)."""
+    from bench import datasets
+    from bench.registry import load_registry
+
+    extra = [Path(p) for p in extra]
+    try:
+        registry = load_registry(registry_path, extra=extra, datasets=datasets.DATASET_NAMES)
+    except CertbenchError as exc:
+        return Report(registry_error=str(exc))
+    if methods:
+        names = list(methods)
+        for name in names:
+            try:
+                registry.method(name)
+            except CertbenchError as exc:
+                return Report(registry_error=str(exc))
+    elif extra:
+        extra_files = {str(p) for p in extra}
+        names = [m.name for m in registry.methods.values() if m.origin in extra_files]
+    else:
+        names = list(registry.methods)
+    report = Report()
+    for name in names:
+        report.methods.append(validate_method(registry, name, registry_path, extra, dataset,
+                                              smoke, data_dir, models_dir))
+    return report

@@ -1,0 +1,1 @@
+"""Worked examples for CONTRIBUTING.md (CI runs them)."""

@@ -1,0 +1,115 @@
+"""DiffSmooth (Zhang, Chen, Zhang, Xiao, Li; USENIX Security 2023).
+
+Base classifier: denoise x + delta once (bench.diffusion), then average the softmax of a
+smoothed-trained classifier over m local Gaussian draws with std sigma' (``local_sigma``) and
+hand argmax of the average to the outer count: one vote per outer sample, never m. The certified
+radius uses the outer sigma only. By default the m local draws are drawn once from a fixed seed
+and reused for every outer sample and image (the paper's fix_local_noise), so f is deterministic
+and independent of batch splits; ``local_noise: fresh`` draws new ones per outer sample from a
+stream seeded per image. Cost per outer sample: 1 diffusion pass, m classifier passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.diffusion import Denoiser, denoiser_for
+from bench.errors import ConfigError
+from bench.protocol import Context, Cost, Method
+from bench.smoothing import NoiseStream
+
+LOCAL_NOISE = ("fixed", "fresh")
+PHASE_LOCAL = 7  # the fresh local-noise stream of an image; distinct from the harness's phases
+
+
+class DiffSmoothClassifier(nn.Module):
+    """Noisy images -> mean softmax over m local draws around their denoising, (B, K)."""
+
+    def __init__(self, denoiser: Denoiser, classifier: nn.Module, num_classes: int, *,
+                 shape: tuple[int, int, int], m: int, local_sigma: float,
+                 local_noise: str = "fixed", local_seed: int = 42):
+        super().__init__()
+        self.denoiser, self.classifier = denoiser, classifier
+        self.num_classes, self.shape = num_classes, tuple(shape)
+        self.m, self.local_sigma = int(m), float(local_sigma)
+        self.local_noise, self.local_seed = local_noise, int(local_seed)
+        self.cost = Cost(m=self.m, classifier_passes=self.m, diffusion_passes=1)
+        gen = torch.Generator().manual_seed(self.local_seed)
+        # The fixed draws: (m, C, H, W), the same for every outer sample of every image.
+        self.register_buffer("fixed_noise", torch.randn((self.m, *self.shape), generator=gen))
+        self.stream: NoiseStream | None = None
+        self.pairing: dict[str, Any] = {}
+        self.begin_image(0, 0)
+
+    def begin_image(self, seed: int, index: int) -> None:
+        """Restart the fresh local-noise stream for one image (called by the runner)."""
+        if self.local_noise == "fresh":
+            self.stream = NoiseStream((self.m, *self.shape), self.fixed_noise.device,
+                                      self.local_seed + seed, index, PHASE_LOCAL)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        clean = self.denoiser(x)  # (B, C, H, W) in [0, 1]
+        if self.local_noise == "fixed":
+            noise = self.fixed_noise.to(x.device, x.dtype).unsqueeze(0)
+        else:
+            noise = self.stream.fill(torch.empty((b, self.m, *self.shape), dtype=x.dtype,
+                                                 device=x.device))
+        # No clipping of x_hat + eps' (as in the paper's code).
+        batch = torch.add(clean.unsqueeze(1), noise, alpha=self.local_sigma)
+        logits = self.classifier(batch.reshape(b * self.m, *self.shape))
+        probs = torch.softmax(logits.float(), dim=1).view(b, self.m, -1)
+        return probs.mean(dim=1)  # one row per outer sample: its single vote is the argmax
+
+    def describe(self) -> dict[str, Any]:
+        return {"denoiser": self.denoiser.describe(), "m": self.m,
+                "local_sigma": self.local_sigma,
+                "local_noise": (f"fixed (seed {self.local_seed})"
+                                if self.local_noise == "fixed" else "fresh (per image stream)"),
+                "pairing": self.pairing}
+
+
+class DiffSmooth(Method):
+    id = "diffsmooth"
+    defaults: Mapping[str, Any] = {"m": 5, "local_sigma": 0.25, "local_noise": "fixed",
+                                   "local_seed": 42, "denoiser": None}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        p = self.params
+        m, ls = p["m"], p["local_sigma"]
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ConfigError(f"diffsmooth: m must be a positive integer, got {m!r}")
+        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 < ls <= 10:
+            raise ConfigError(f"diffsmooth: local_sigma must be in (0, 10], got {ls!r}")
+        if p["local_noise"] not in LOCAL_NOISE:
+            raise ConfigError(f"diffsmooth: local_noise must be one of {', '.join(LOCAL_NOISE)}, "
+                              f"got {p['local_noise']!r}")
+        if isinstance(p["local_seed"], bool) or not isinstance(p["local_seed"], int) \
+                or p["local_seed"] < 0:
+            raise ConfigError(f"diffsmooth: local_seed must be a non-negative integer, got "
+                              f"{p['local_seed']!r}")
+
+    def base_classifier(self, ctx: Context) -> DiffSmoothClassifier:
+        p = {**self.params, **ctx.params}  # the runner passes the merged params
+        denoiser = denoiser_for(ctx, self.id, p.get("denoiser"))
+        name = ctx.model_for_sigma("classifier", self.id)
+        classifier = ctx.load_model(name)
+        base = DiffSmoothClassifier(
+            denoiser, classifier, ctx.dataset.num_classes, shape=ctx.dataset.shape, m=p["m"],
+            local_sigma=float(p["local_sigma"]), local_noise=p["local_noise"],
+            local_seed=p["local_seed"]).to(ctx.device).eval()
+        entry = getattr(ctx.model_loader, "entry", None)
+        trained = None
+        if entry is not None:
+            try:
+                trained = entry(name).get("sigma")
+            except ConfigError:
+                trained = None
+        base.pairing = {"outer_sigma": ctx.sigma, "local_sigma": float(p["local_sigma"]),
+                        "classifier": name, "classifier_trained_sigma": trained}
+        return base

@@ -1,0 +1,182 @@
+"""Metrics and standardized tables on hand-made certificate sets (exact expected values)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pandas as pd
+import pytest
+from scipy.stats import beta
+
+from bench import metrics, table
+from bench.store import Store
+from bench.table import Row
+
+# Ten images: radii and correctness chosen so every number below can be counted by hand.
+RADII = [0.0, 0.1, 0.3, 0.5, 0.5, 0.8, 1.2, 0.0, 0.9, 0.2]
+CORRECT = [1, 1, 1, 1, 1, 1, 1, 0, 0, 0]  # the last three wrong (one of them abstained)
+PREDICT = [3, 1, 4, 1, 5, 9, 2, -1, 7, 0]
+GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_certified_accuracy_counts_correct_images_with_radius_at_least_r():
+    ca = metrics.certified_accuracy(RADII, CORRECT, GRID)
+    # r=0: 7 correct; r=0.25: 0.3,0.5,0.5,0.8,1.2; r=0.5: 0.5,0.5,0.8,1.2; r=0.75: 0.8,1.2; r=1: 1.2
+    assert ca == {0.0: 0.7, 0.25: 0.5, 0.5: 0.4, 0.75: 0.2, 1.0: 0.1}
+    # A radius just below a grid point never counts at it (no rounding up).
+    assert metrics.certified_accuracy([0.2499999], [1], [0.25]) == {0.25: 0.0}
+    assert [metrics.certified_count(RADII, CORRECT, r) for r in GRID] == [7, 5, 4, 2, 1]
+
+
+def test_acr_and_abstain():
+    # Wrong images contribute 0 even with a radius (0.9 and 0.2 are wrong predictions).
+    assert metrics.average_certified_radius(RADII, CORRECT) == pytest.approx(3.4 / 10)
+    assert metrics.abstain_rate(PREDICT) == pytest.approx(0.1)
+
+
+def test_interval_is_exact_two_sided_clopper_pearson():
+    lo, hi = metrics.sample_interval(7, 10)
+    assert lo == pytest.approx(beta.ppf(0.025, 7, 4))
+    assert hi == pytest.approx(beta.ppf(0.975, 8, 3))
+    assert lo == pytest.approx(0.3475, abs=1e-4) and hi == pytest.approx(0.9333, abs=1e-4)
+    assert metrics.sample_interval(0, 10)[0] == 0.0 and metrics.sample_interval(10, 10)[1] == 1.0
+    lo, hi = metrics.sample_interval(500, 1000)
+    assert hi - lo < 0.07  # ~ +-3.1 points at n = 1000
+    assert all(math.isnan(v) for v in metrics.sample_interval(0, 0))
+    with pytest.raises(ValueError):
+        metrics.sample_interval(11, 10)
+
+
+def test_envelope_is_the_best_value_per_radius():
+    a = {0.0: 0.9, 0.5: 0.5, 1.0: 0.0}
+    b = {0.0: 0.7, 0.5: 0.6, 1.0: 0.3, 1.5: 0.2}
+    c = {0.0: float("nan"), 0.5: 0.55}
+    assert metrics.envelope([a, b, c]) == {0.0: 0.9, 0.5: 0.6, 1.0: 0.3, 1.5: 0.2}
+    assert metrics.envelope([]) == {}
+
+
+def test_grids_match_the_datasets_module():
+    from bench import datasets
+
+    for name in datasets.DATASET_NAMES:
+        assert table.radius_grid(name) == datasets.radius_grid(name), name
+
+
+def _card(run_id, sigma, alpha=0.001, n=1000, method="toy", kind=None, subset_size=10):
+    ident = {"method": method, "dataset": "digits", "sigma": sigma, "n0": 100, "n": n, "m": 1,
+             "alpha": alpha, "subset": "dev", "subset_size": subset_size}
+    if kind:
+        ident["kind"] = kind
+    return {"run_id": run_id, "identity": ident, "radius_grid": list(GRID)}
+
+
+def _certs(radii, correct, predict):
+    return [{"idx": i, "label": p if c else 0, "predict": p, "radius": r, "correct": c,
+             "time": 0.5, "top_class": p, "count": 900, "n0": 100, "n": 1000, "p_lower": 0.9,
+             "classifier_passes": 1100, "diffusion_passes": 0, "device": "cpu",
+             "counts_select": [], "counts_estimate": []}
+            for i, (r, c, p) in enumerate(zip(radii, correct, predict, strict=True))]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path)
+    # Two sigmas of one method, same protocol; a third run at another alpha (another protocol).
+    s.open_run("a", _card("a", 0.25))
+    s.add_certs("a", _certs(RADII, CORRECT, PREDICT))
+    s.open_run("b", _card("b", 0.5))
+    s.add_certs("b", _certs([r * 2 for r in RADII], [1, 1, 0, 0, 1, 1, 1, 0, 0, 0], PREDICT))
+    s.open_run("c", _card("c", 0.25, alpha=0.01))
+    s.add_certs("c", _certs([1.0] * 10, [1] * 10, [1] * 10))
+    yield s
+    s.close()
+
+
+def test_rows_from_store_carry_metrics_interval_and_cost(store):
+    rows = {r.run_id: r for r in table.rows_from_store(store)}
+    a = rows["a"]
+    assert a.kind == "reproduced" and a.images == 10 and a.budget == 1000
+    assert a.accuracy[0.5] == 0.4 and a.acr == pytest.approx(0.34)
+    assert a.interval[0.5] == metrics.sample_interval(4, 10)
+    assert a.abstain == pytest.approx(0.1)
+    assert a.classifier_passes == 1100 and a.seconds == 0.5 and a.device == "cpu"
+    assert a.protocol == rows["b"].protocol != rows["c"].protocol
+
+
+def test_best_values_only_within_a_protocol_and_envelope(store):
+    rows = table.rows_from_store(store)
+    groups = table.group_by_protocol(rows)
+    assert sorted(len(g) for g in groups.values()) == [1, 2]
+    pair = next(g for g in groups.values() if len(g) == 2)
+    best = table.best_values(pair, GRID)
+    # sigma 0.5 doubles the radii: at r=1.0 it has 0.5 (x2: 1.0,1.6,2.4) -> 3/10 vs 1/10.
+    assert best[1.0] == pytest.approx(0.3) and best[0.0] == pytest.approx(0.7)
+    env = table.envelopes(rows)
+    assert len(env) == 1 and env[0].envelope_of == ("0.25", "0.5")
+    b = next(r for r in rows if r.run_id == "b")
+    a = next(r for r in rows if r.run_id == "a")
+    assert env[0].accuracy == {r: max(a.accuracy[r], b.accuracy[r]) for r in GRID}
+    assert env[0].interval == {} and env[0].acr is None  # no honest interval for a max
+
+
+def test_markdown_marks_best_per_protocol_and_shows_intervals(store):
+    text = table.render(table.rows_from_store(store), "markdown", GRID)
+    lines = [ln for ln in text.splitlines() if ln.startswith("| toy")]
+    assert len(lines) == 2 + 1 + 1  # the pair, the lone alpha=0.01 run, the envelope
+    # The alpha=0.01 run is best in its own protocol (it is alone), 100% everywhere.
+    lone = next(ln for ln in lines if "0.01" in ln)
+    assert lone.count("**100.0**") == len(GRID)
+    first = next(ln for ln in lines if "| 0.25 " in ln and "0.001" in ln)
+    lo, hi = metrics.sample_interval(7, 10)
+    assert f"**70.0** [{100 * lo:.1f}, {100 * hi:.1f}]" in first
+    assert "Clopper-Pearson" in text and "best over sigma" in text
+
+
+def test_latex_is_booktabs_with_textbf(store):
+    text = table.render(table.rows_from_store(store), "latex", GRID)
+    assert r"\toprule" in text and r"\midrule" in text and r"\bottomrule" in text
+    assert r"\textbf{70.0}" in text and "\x02" not in text and "\x04" not in text
+    assert r"{\scriptsize[" in text
+
+
+def test_csv_has_numbers_and_interval_columns(store):
+    df = pd.read_csv(io.StringIO(table.render(table.rows_from_store(store), "csv", GRID)))
+    row = df[(df["sigma"] == "0.25") & (df["alpha"] == 0.001) & (df["kind"] == "reproduced")]
+    assert float(row["r=0.5"].iloc[0]) == pytest.approx(40.0)
+    assert float(row["r=0.5 ci_low"].iloc[0]) == pytest.approx(
+        100 * metrics.sample_interval(4, 10)[0])
+    assert (df["kind"] == "reproduced envelope").sum() == 1
+
+
+def test_reported_rows_from_registry_and_budget_filter():
+    from bench.registry import load_registry
+    from tests.conftest import ROOT
+
+    reg = load_registry(ROOT / "registry.yaml")
+    rows = table.collect_rows(None, reg, "cifar10")
+    assert rows and all(r.kind == "reported" and r.source for r in rows)
+    gauss = [r for r in rows if r.method == "gaussian" and "Table 1" in r.source]
+    assert len(gauss) == 1 and gauss[0].accuracy[0.5] == pytest.approx(0.428)
+    assert {r.method for r in rows} >= {"smoothmix", "boosting", "macer"}
+    assert all(r.budget == 10_000 for r in table.collect_rows(None, reg, "imagenet", 10_000))
+
+
+def test_partial_runs_are_not_ranked_against_complete_ones(tmp_path):
+    s = Store(tmp_path)
+    s.open_run("full", _card("full", 0.25))
+    s.add_certs("full", _certs(RADII, CORRECT, PREDICT))
+    s.open_run("part", _card("part", 0.5))
+    s.add_certs("part", _certs(RADII[:4], CORRECT[:4], PREDICT[:4]))
+    rows = table.rows_from_store(s)
+    s.close()
+    assert len(table.group_by_protocol(rows)) == 2
+    part = next(r for r in rows if r.run_id == "part")
+    assert part.subset_label == "dev (4/10)"
+
+
+def test_row_cost_format():
+    row = Row(kind="reproduced", method="m", dataset="digits", sigma=0.25, n0=1, n=2, m=1,
+              alpha=0.1, subset="dev", subset_size=1, images=1, accuracy={},
+              classifier_passes=5100.0, diffusion_passes=5100.0)
+    assert table.format_cost(row) == "5,100 + 5,100 diff."

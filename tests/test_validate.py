@@ -1,0 +1,69 @@
+"""``validate``: one line per method, OK only after schema, adapter, models and a smoke run."""
+
+from __future__ import annotations
+
+from tests.conftest import ROOT
+
+EXAMPLE = ROOT / "examples" / "my_method.yaml"
+
+
+def entry(tmp_path, text, name="sub.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_example_submission_passes(cli):
+    code, out, err = cli("validate", "--extra-registry", EXAMPLE)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("OK   ensemble-example:")
+    assert "4 model(s) hash-checked" in out and "smoke 2 images on digits" in out
+
+
+def test_bad_adapter_fails_naming_the_entry(cli, tmp_path):
+    bad = entry(tmp_path, "methods:\n  broken:\n    adapter: examples.ensemble:Nope\n")
+    code, out, _ = cli("validate", "--extra-registry", bad, "--no-smoke")
+    assert code == 1
+    assert out.startswith("FAIL broken:") and "methods.broken.adapter" in out
+    assert "has no class 'Nope'" in out
+
+
+def test_schema_error_names_file_entry_and_field(cli, tmp_path):
+    bad = entry(tmp_path, "methods:\n  typo:\n    adapter: examples.ensemble:SoftmaxEnsemble\n"
+                          "    parms: {weight: 0.5}\n")
+    code, out, _ = cli("validate", "--extra-registry", bad)
+    assert code == 1
+    assert out.startswith("FAIL registry:") and "methods.typo.parms: unknown field" in out
+    assert "did you mean 'params'" in out and str(bad) in out
+
+
+def test_hash_mismatch_fails(cli, tmp_path):
+    text = EXAMPLE.read_text().replace("ensemble-example:", "tampered:")
+    text = ("models:\n  wrong-hash:\n    arch: digits_cnn\n    source: zoo\n"
+            "    path: digits-cnn-gaussian-0.25.safetensors\n    sha256: " + "ab" * 32 + "\n"
+            + text.replace("partner: {0.25: digits-cnn-gaussian-0.5",
+                           "partner: {0.25: wrong-hash"))
+    code, out, _ = cli("validate", "--extra-registry", entry(tmp_path, text), "--no-smoke")
+    assert code == 1
+    assert out.startswith("FAIL tampered:") and "models.wrong-hash.sha256" in out
+    assert "methods.tampered.datasets.digits.partner" in out
+
+
+def test_adapter_crash_in_smoke_run_is_a_fail_line(cli, tmp_path):
+    # A weight outside [0, 1] makes the example's classifier raise at construction.
+    text = EXAMPLE.read_text().replace("ensemble-example:", "crashy:").replace(
+        "params: {weight: 0.5}", "params: {weight: 3}")
+    code, out, _ = cli("validate", "--extra-registry", entry(tmp_path, text))
+    assert code == 1 and out.startswith("FAIL crashy:") and "weight must be in [0, 1]" in out
+
+
+def test_reported_only_method_says_it_has_no_adapter(cli, tmp_path):
+    code, out, _ = cli("validate", "--method", "smoothmix", "--method", "boosting")
+    assert code == 0
+    assert out.count("reported-only, no adapter") == 2
+    code, _, err = cli("run", "--method", "boosting", "--results", tmp_path)
+    assert code == 2 and "reported-only (no adapter)" in err
+    bad = entry(tmp_path, "methods:\n  empty:\n    description: nothing to show\n")
+    code, out, _ = cli("validate", "--extra-registry", bad)
+    assert code == 1 and "methods.empty.adapter: missing" in out
