@@ -53,6 +53,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from bench.errors import ConfigError, DataError
+from bench.grids import DATASET_NAMES, grid_for
 from bench.protocol import DatasetInfo
 
 if TYPE_CHECKING:  # torchvision and scikit-learn are imported where used: they cost ~2 s each
@@ -60,14 +61,6 @@ if TYPE_CHECKING:  # torchvision and scikit-learn are imported where used: they 
 
 PathLike = str | os.PathLike[str]
 
-DATASET_NAMES: tuple[str, ...] = (
-    "digits",
-    "mnist",
-    "fashion-mnist",
-    "cifar10",
-    "imagenet",
-    "imagefolder",
-)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,15 +89,6 @@ _SUBSETS["cifar10"].update(
 )
 _SUBSETS["imagenet"].update(cohen500=range(0, 50_000, 100))
 
-# (step, largest radius) of each dataset's reporting grid.
-_RADIUS_GRIDS: dict[str, tuple[float, float]] = {
-    "digits": (0.25, 2.0),
-    "mnist": (0.25, 2.5),
-    "fashion-mnist": (0.25, 2.5),
-    "cifar10": (0.25, 2.25),
-    "imagenet": (0.5, 3.0),
-    "imagefolder": (0.5, 3.0),
-}
 
 # idx file stems per split (each may also be gzipped), and where torchvision keeps them.
 _IDX_STEMS = {
@@ -187,8 +171,7 @@ def subset_hash(indices: Sequence[int]) -> str:
 def radius_grid(name: str) -> tuple[float, ...]:
     """L2 radii (pixel units in [0, 1]) at which certified accuracy is reported."""
     _check_name(name)
-    step, top = _RADIUS_GRIDS[name]
-    return tuple(round(i * step, 4) for i in range(round(top / step) + 1))
+    return grid_for(name)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,10 +27,11 @@ from pathlib import Path
 from bench import store as store_mod
 from bench import table
 from bench.errors import ConfigError, DataError
+from bench.grids import DATASET_NAMES
 
 REQUIRED = ("idx", "label", "predict", "radius", "correct")
 _TIME_RE = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
-KNOWN_DATASETS = tuple(table.RADIUS_GRIDS)
+KNOWN_DATASETS = DATASET_NAMES
 
 
 @dataclass

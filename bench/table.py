@@ -26,26 +26,15 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench import metrics
+from bench.grids import grid_for
 from bench.store import Store, run_kind
 
 KINDS = ("reproduced", "claimed", "reported")
 FORMATS = ("markdown", "latex", "csv")
 CI_LEVEL = 0.95
-# A copy of bench.datasets' reporting grids (that module imports torch); a test keeps them equal.
-RADIUS_GRIDS: dict[str, tuple[float, float]] = {
-    "digits": (0.25, 2.0),
-    "mnist": (0.25, 2.5),
-    "fashion-mnist": (0.25, 2.5),
-    "cifar10": (0.25, 2.25),
-    "imagenet": (0.5, 3.0),
-    "imagefolder": (0.5, 3.0),
-}
-
-
 def radius_grid(dataset: str) -> tuple[float, ...]:
     """The dataset's reporting grid (radii in [0, 1] pixel units)."""
-    step, top = RADIUS_GRIDS.get(dataset, (0.25, 2.0))
-    return tuple(round(i * step, 4) for i in range(round(top / step) + 1))
+    return grid_for(dataset)
 
 
 @dataclass

@@ -66,15 +66,23 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         progress=opts.progress, command=opts.command,
     )
     card = method.train(ctx, ctx.options)
+    card["registry_entry"] = registry_entry(card, opts)
+    return card
+
+
+def registry_entry(card: dict[str, Any], opts: TrainOptions) -> dict[str, Any]:
+    """The ``models:`` entry for what was just trained: a zoo/state-dict file, or a diffusers
+    folder (a denoiser), which has no classifier arch."""
     weights = Path(card["weights"])
     in_zoo = weights.resolve().parent == ZOO_DIR
-    card["registry_entry"] = {
-        "arch": card["arch"], "source": "zoo" if in_zoo else "state_dict",
-        "path": weights.name if in_zoo else str(weights), "sha256": card["sha256"],
-        "dataset": opts.dataset, "sigma": opts.sigma, "trained_by": opts.method,
-        "trained_with": opts.command,
-    }
-    return card
+    path = weights.name if in_zoo else str(weights)
+    if weights.is_dir():
+        entry = {"source": "diffusers", "path": path}
+    else:
+        entry = {"arch": card["arch"], "source": "zoo" if in_zoo else "state_dict", "path": path,
+                 "sigma": opts.sigma}  # a denoiser folder serves every sigma: no sigma
+    return {**entry, "sha256": card["sha256"], "dataset": opts.dataset,
+            "trained_by": opts.method, "trained_with": opts.command}
 
 
 def _trainable(registry) -> list[str]:

@@ -100,6 +100,8 @@ def train_noise_augmented(ctx: TrainContext, method: str, loss_fn, *,
         "final_loss": round(history["final_loss"], 5),
         "train_seconds": round(history["seconds"], 1),
         "device": str(ctx.device), "torch": torch.__version__,
+        # CPU float reductions depend on the thread count: bit-for-bit retraining needs it.
+        "cpu_threads": torch.get_num_threads(),
         "python": platform.python_version(), "command": ctx.command,
     }
     if params:

@@ -56,13 +56,6 @@ def test_envelope_is_the_best_value_per_radius():
     assert metrics.envelope([]) == {}
 
 
-def test_grids_match_the_datasets_module():
-    from bench import datasets
-
-    for name in datasets.DATASET_NAMES:
-        assert table.radius_grid(name) == datasets.radius_grid(name), name
-
-
 def _card(run_id, sigma, alpha=0.001, n=1000, method="toy", kind=None, subset_size=10):
     ident = {"method": method, "dataset": "digits", "sigma": sigma, "n0": 100, "n": n, "m": 1,
              "alpha": alpha, "subset": "dev", "subset_size": subset_size}

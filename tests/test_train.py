@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bench.nets import sha256_file
 from bench.registry import load_registry
@@ -44,12 +45,18 @@ def test_train_rejects_untrainable_methods_and_bad_values(cli, tmp_path):
 @pytest.mark.parametrize("name", sorted(
     name for name, entry in load_registry(ROOT / "registry.yaml").models.items()
     if entry.get("source") == "zoo"
-    and entry.get("trained_by") in ("gaussian", "smoothadv", "macer", "consistency")))
+    and entry.get("trained_by") in ("gaussian", "smoothadv", "macer", "consistency", "clean")))
 def test_zoo_model_is_reproduced_bit_for_bit_by_its_command(cli, tmp_path, name):
     """Re-run the recorded training command; on a CPU like the one that trained the zoo
     (x86_64, torch 2.14.1) the weights are identical (other CPUs may differ in the last bits)."""
     entry = load_registry(ROOT / "registry.yaml").model(name)
+    card = json.loads((ROOT / "bench" / "zoo" / entry["path"]).with_suffix(".json").read_text())
     args = entry["trained_with"].split()[3:]  # drop "python -m bench"
-    code, _, err = cli(*args, "--out", tmp_path, "--quiet")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(card.get("cpu_threads", threads))  # CPU sums depend on the split
+    try:
+        code, _, err = cli(*args, "--out", tmp_path, "--quiet")
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0, err
     assert sha256_file(tmp_path / entry["path"]) == entry["sha256"]

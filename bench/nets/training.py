@@ -134,7 +134,7 @@ def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 def _resume(path: Path, fingerprint: str, net, opt, sched, gens, device) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("fingerprint") != fingerprint:
         raise ConfigError(
             f"checkpoint {path} was written by a different training configuration; "
