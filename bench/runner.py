@@ -45,7 +45,7 @@ class RunOptions:
     n0: int = 100
     n: int | None = None
     alpha: float = 0.001
-    batch: int = 1000
+    batch: int = 1024  # a whole noise chunk: the stream then writes straight into the batch
     subset: str = "full"
     max_images: int | None = None
     shard: tuple[int, int] = (0, 1)

@@ -22,11 +22,13 @@ from bench.diffusion import Denoiser
 from bench.nets import load_network
 from bench.nets.loaders import ZOO_DIR
 from bench.registry import load_registry
+from bench.runner import RunOptions
 from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, NoiseStream, Smooth
 from methods.dds import DDSClassifier
 from methods.diffsmooth import DiffSmoothClassifier
 
-N0, N, BATCH, SIGMA, M, REPEATS = 100, 5_000, 1000, 0.25, 5, 5
+N0, N, SIGMA, M, REPEATS = 100, 5_000, 0.25, 5, 5
+BATCH = RunOptions.batch  # the CLI default
 
 pytestmark = pytest.mark.skipif(not (ZOO_DIR / "digits-ddpm").is_dir(),
                                 reason="train the zoo's digits-ddpm first")

@@ -20,9 +20,11 @@ import torch
 
 from bench.datasets import load_split
 from bench.nets import load_network
+from bench.runner import RunOptions
 from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, NoiseStream, Smooth
 
-N0, N, BATCH, SIGMA, REPEATS = 100, 20_000, 1000, 0.25, 15
+N0, N, SIGMA, REPEATS = 100, 20_000, 0.25, 15
+BATCH = RunOptions.batch  # the CLI default
 
 
 class FreeLogits:

@@ -244,3 +244,22 @@ def test_readme_digits_table_is_what_the_commands_produce(tmp_path, sigma):
     assert measured == cells[1:6]
     assert f"{summary['metrics']['acr']:.3f}" == cells[6]
     assert f"{100 * summary['metrics']['abstain_rate']:.1f}%" == cells[7]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gaussian", "smoothadv", "macer", "consistency"])
+@pytest.mark.parametrize("sigma", ["0.25", "0.5", "1"])
+def test_readme_training_methods_table_is_what_the_commands_produce(tmp_path, method, sigma):
+    """README's SmoothAdv/MACER/consistency table comes from `run --method M --sigma S`."""
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith(f"| {sigma} | {method} | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    proc = run_process("run", "--method", method, "--sigma", sigma, "--results", tmp_path,
+                       "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text())
+    ca = summary["metrics"]["certified_accuracy"]
+    measured = [f"{100 * ca[r]:.1f}" for r in ("0", "0.25", "0.5", "0.75", "1", "1.25")]
+    assert measured == cells[2:8]
+    assert f"{summary['metrics']['acr']:.3f}" == cells[8]
+    assert f"{100 * summary['metrics']['abstain_rate']:.1f}%" == cells[9]

@@ -38,7 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--sigma", type=float, default=0.25, help="noise std in [0,1] pixel units")
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--alpha", type=float, default=0.001)
-    p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+    p.add_argument("--batch", type=int, default=1024, help="noisy samples per forward pass")
     p.add_argument("--subset", default="full")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
