@@ -187,7 +187,7 @@ def import_tsv(opts: ImportOptions) -> ImportResult:
         stored_card = store.run_card(run_id)
     finally:
         store.close()
-    folder = Path(opts.results) / "runs" / table.run_folder_name(stored_card)
+    folder = store_mod.run_folder(opts.results, stored_card)
     store_mod.write_tsv(folder / "certs.tsv", certs)
     row = table.row_from_certs(stored_card, certs)
     store_mod.write_json(folder / "summary.json", {

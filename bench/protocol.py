@@ -181,12 +181,11 @@ class TrainContext:
     progress: bool = True
     command: str = ""  # the command line, recorded in the model card
 
-    def model_name(self, method: str, arch: str) -> str:
-        """The given name, or ``<dataset>-<arch family>-<method>-<sigma>``."""
+    def model_name(self, method: str, arch: str, *, with_sigma: bool = True) -> str:
+        """The given name, or ``<dataset>-<arch family>-<method>[-<sigma>]`` (no sigma for a
+        model trained without noise)."""
         if self.name:
             return self.name
-        family = arch.replace("_", "-")
-        prefix = f"{self.dataset.name}-"
-        if family.startswith(prefix):
-            family = family[len(prefix):]
-        return f"{self.dataset.name}-{family}-{method}-{self.sigma:g}"
+        family = arch.replace("_", "-").removeprefix(f"{self.dataset.name}-")
+        name = f"{self.dataset.name}-{family}-{method}"
+        return f"{name}-{self.sigma:g}" if with_sigma else name

@@ -258,11 +258,8 @@ def run(opts: RunOptions) -> RunResult:
         bar = tqdm(todo, desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
                    unit="img", disable=not opts.progress, dynamic_ncols=True)
         samples = opts.n0 + prep.n
-        begin_image = getattr(prep.smooth.base_classifier, "begin_image", None)
         for idx in bar:
             x, label = prep.dataset[idx]
-            if callable(begin_image):  # per-image internal randomness (DiffSmooth fresh noise)
-                begin_image(opts.seed, idx)
             cert = prep.smooth.certify_record(x.to(prep.device), opts.n0, prep.n, opts.alpha,
                                               opts.batch, seed=opts.seed, index=idx)
             store.add_cert(prep.run_id, {
@@ -296,12 +293,6 @@ def select_todo(prep: Prepared, done: set[int]) -> list[int]:
     if prep.opts.max_images is not None:
         mine = mine[: prep.opts.max_images]
     return [idx for idx in mine if idx not in done]
-
-
-def run_folder(results: Path, card: Mapping[str, Any]) -> Path:
-    ident = card["identity"]
-    name = f"{ident['method']}-{ident['dataset']}-sigma{ident['sigma']:g}-{card['run_id']}"
-    return Path(results) / "runs" / name
 
 
 def summarize(card: Mapping[str, Any], certs: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -341,7 +332,7 @@ def export(store: store_mod.Store, run_id: str, indices: list[int]) -> tuple[Pat
     """Write certs.tsv and summary.json for a run from the store."""
     card = store.run_card(run_id)
     certs = store.certs(run_id, indices)
-    folder = run_folder(store.root, card)
+    folder = store_mod.run_folder(store.root, card)
     store_mod.write_tsv(folder / "certs.tsv", certs)
     summary = summarize(card, certs)
     store_mod.write_json(folder / "summary.json", summary)

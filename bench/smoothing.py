@@ -127,6 +127,7 @@ class Smooth:
         """PREDICT: the top class if it beats the runner-up in a binomial test at alpha, else -1."""
         seed = _resolve_seed(seed, generator)
         x = self._prepare(x)
+        self._begin_image(seed, index)
         counts = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_PREDICT)
         counts = self._checked(counts.cpu().tolist(), index)
         return stats.predict_decision(counts, alpha)
@@ -139,6 +140,7 @@ class Smooth:
         seed = _resolve_seed(seed, generator)
         start = time.perf_counter()
         x = self._prepare(x)
+        self._begin_image(seed, index)
         c0 = self.sample_counts(x, n0, batch_size, seed=seed, index=index, phase=PHASE_SELECT)
         # Selection on the device; estimation uses an independent noise stream.
         c1 = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_ESTIMATE)
@@ -176,6 +178,13 @@ class Smooth:
         return counts
 
     # ----- helpers --------------------------------------------------------------------------
+    def _begin_image(self, seed: int, index: int) -> None:
+        """Let a base classifier with its own randomness (DiffSmooth's fresh local noise)
+        restart it for this (seed, image), so its draws depend on neither batching nor order."""
+        begin_image = getattr(self.base_classifier, "begin_image", None)
+        if callable(begin_image):
+            begin_image(seed, index)
+
     def _labels(self, out: torch.Tensor) -> torch.Tensor:
         if out.is_floating_point():
             return labels_from_logits(out, self.num_classes)

@@ -8,6 +8,7 @@ derived from the store and can be rebuilt at any time (no torch needed).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -184,6 +185,19 @@ class Store:
 def run_kind(card: Mapping[str, Any]) -> str:
     """Cards written by the runner have no kind: they are reproduced by this harness."""
     return card.get("identity", {}).get("kind", "reproduced")
+
+
+def run_folder_name(card: Mapping[str, Any]) -> str:
+    """``[claimed-]<method>-<dataset>-sigma<S>-<run id>``: where a run's exports live."""
+    ident = card["identity"]
+    prefix = "claimed-" if run_kind(card) == "claimed" else ""
+    # An imported method name is free text: keep it from escaping the runs/ folder.
+    method = re.sub(r"[^A-Za-z0-9._+-]+", "_", ident["method"]).strip(".") or "_"
+    return f"{prefix}{method}-{ident['dataset']}-sigma{ident['sigma']:g}-{card['run_id']}"
+
+
+def run_folder(root: Path, card: Mapping[str, Any]) -> Path:
+    return Path(root) / "runs" / run_folder_name(card)
 
 
 def write_tsv(path: Path, certs: Iterable[Mapping[str, Any]]) -> None:

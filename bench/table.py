@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from tabulate import tabulate
 
 from bench import metrics
 from bench.grids import grid_for
-from bench.store import Store, run_kind
+from bench.store import Store, run_folder_name, run_kind
 
 KINDS = ("reproduced", "claimed", "reported")
 FORMATS = ("markdown", "latex", "csv")
@@ -99,15 +98,6 @@ class Row:
 
 
 # ----- collecting rows ---------------------------------------------------------------------------
-def run_folder_name(card: Mapping[str, Any]) -> str:
-    """Same folder name as the runner's exports: <method>-<dataset>-sigma<S>-<run id>."""
-    ident = card["identity"]
-    prefix = "claimed-" if run_kind(card) == "claimed" else ""
-    # An imported method name is free text: keep it from escaping the runs/ folder.
-    method = re.sub(r"[^A-Za-z0-9._+-]+", "_", ident["method"]).strip(".") or "_"
-    return f"{prefix}{method}-{ident['dataset']}-sigma{ident['sigma']:g}-{card['run_id']}"
-
-
 def row_from_certs(card: Mapping[str, Any], certs: Sequence[Mapping[str, Any]],
                    description: str = "") -> Row:
     """Metrics of one stored run, with the over-images interval at each radius."""

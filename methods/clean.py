@@ -14,25 +14,22 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from bench.protocol import BaseClassifier, Context, LogitClassifier, Method, TrainContext
-from methods.gaussian import DEFAULT_ARCH, train_noise_augmented
+from bench.protocol import Method, TrainContext
+from methods.gaussian import DEFAULT_ARCH, Gaussian, train_noise_augmented
 
 
 class Clean(Method):
     id = "clean"
     defaults: Mapping[str, Any] = {}
 
-    def base_classifier(self, ctx: Context) -> BaseClassifier:
-        """Certifying a clean classifier directly is plain randomized smoothing of it."""
-        net = ctx.load_model(ctx.model_for_sigma("classifier", self.id))
-        return LogitClassifier(net, ctx.dataset.num_classes)
+    # Certifying a clean classifier directly is plain randomized smoothing of it.
+    base_classifier = Gaussian.base_classifier
 
     def train(self, ctx: TrainContext, options: Mapping[str, Any]) -> dict[str, Any]:
         arch = ctx.options.get("arch") or DEFAULT_ARCH.get(ctx.dataset.name, "net")
-        family = arch.replace("_", "-").removeprefix(f"{ctx.dataset.name}-")
-        name = ctx.name or f"{ctx.dataset.name}-{family}-clean"
-        clean_ctx = dataclasses.replace(ctx, sigma=0.0, name=name)
-        return train_noise_augmented(clean_ctx, self.id, clean_loss)
+        name = ctx.model_name(self.id, arch, with_sigma=False)
+        return train_noise_augmented(dataclasses.replace(ctx, sigma=0.0, name=name), self.id,
+                                     clean_loss)
 
 
 def clean_loss(net, xb, yb, gen):

@@ -46,7 +46,7 @@ class DiffSmoothClassifier(nn.Module):
         self.begin_image(0, 0)
 
     def begin_image(self, seed: int, index: int) -> None:
-        """Restart the fresh local-noise stream for one image (called by the runner)."""
+        """Restart the fresh local-noise stream for one image (Smooth calls it per image)."""
         if self.local_noise == "fresh":
             self.stream = NoiseStream((self.m, *self.shape), self.fixed_noise.device,
                                       self.local_seed + seed, index, PHASE_LOCAL)

@@ -24,20 +24,6 @@ def test_budget_below_m_is_an_error():
         budget_n(4, 5, "diffsmooth")
 
 
-@pytest.fixture
-def toy_registry(tmp_path, monkeypatch):
-    (tmp_path / "toy_cmp_denoiser.py").write_text(
-        "import torch\nfrom torch import nn\n\n\nclass ZeroEps(nn.Module):\n"
-        "    def __init__(self):\n        super().__init__()\n"
-        "        b = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)\n"
-        "        self.alphas_cumprod = torch.cumprod(1 - b, 0)\n\n"
-        "    def forward(self, x, t):\n        return torch.zeros_like(x)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    reg = tmp_path / "extra.yaml"
-    reg.write_text("models:\n  toy-zero-eps: {source: python, path: 'toy_cmp_denoiser:ZeroEps'}\n")
-    return reg
-
-
 def test_runner_budget_sets_n_from_the_methods_m(toy_registry, tmp_path, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     opts = RunOptions(method="diffsmooth", dataset="digits", budget=1000, n0=30,

@@ -52,20 +52,6 @@ def test_dds_with_an_exact_denoiser_classifies_the_clean_image():
     assert base.describe()["denoiser"]["t_star"] == 396
 
 
-@pytest.fixture
-def toy_registry(tmp_path, monkeypatch):
-    (tmp_path / "toy_dds_denoiser.py").write_text(
-        "import torch\nfrom torch import nn\n\n\nclass ZeroEps(nn.Module):\n"
-        "    def __init__(self):\n        super().__init__()\n"
-        "        b = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)\n"
-        "        self.alphas_cumprod = torch.cumprod(1 - b, 0)\n\n"
-        "    def forward(self, x, t):\n        return torch.zeros_like(x)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    reg = tmp_path / "extra.yaml"
-    reg.write_text("models:\n  toy-zero-eps: {source: python, path: 'toy_dds_denoiser:ZeroEps'}\n")
-    return reg
-
-
 def test_dds_run_records_timestep_and_cost(cli, tmp_path, toy_registry):
     code, out, err = cli("run", "--method", "dds", "--dataset", "digits", "--n", "200",
                          "--n0", "20", "--max-images", "2", "--quiet", "--results",

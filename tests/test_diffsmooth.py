@@ -157,21 +157,6 @@ def test_bad_params_are_one_line_errors(params, message):
         DiffSmooth(**params)
 
 
-@pytest.fixture
-def toy_registry(tmp_path, monkeypatch):
-    """A registry with a zero-eps denoiser module (source python) on sys.path."""
-    (tmp_path / "toy_ds_denoiser.py").write_text(
-        "import torch\nfrom torch import nn\n\n\nclass ZeroEps(nn.Module):\n"
-        "    def __init__(self):\n        super().__init__()\n"
-        "        b = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)\n"
-        "        self.alphas_cumprod = torch.cumprod(1 - b, 0)\n\n"
-        "    def forward(self, x, t):\n        return torch.zeros_like(x)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    reg = tmp_path / "extra.yaml"
-    reg.write_text("models:\n  toy-zero-eps: {source: python, path: 'toy_ds_denoiser:ZeroEps'}\n")
-    return reg
-
-
 def test_cli_params_reach_the_card(cli, tmp_path, toy_registry):
     code, out, err = cli("run", "--method", "diffsmooth", "--dataset", "digits", "--n", "100",
                          "--n0", "20", "--max-images", "1", "--sigma", "0.5", "--quiet",

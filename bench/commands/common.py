@@ -28,3 +28,37 @@ def common_registry(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", type=Path, help="registry file (default: ./registry.yaml)")
     p.add_argument("--extra-registry", type=Path, action="append", default=[],
                    help="additional registry file with more models/methods (repeatable)")
+
+
+def certification_options(p: argparse.ArgumentParser) -> None:
+    """The protocol and I/O options of every command that certifies (run, compare)."""
+    p.add_argument("--sigma", type=float, default=0.25, help="noise std in [0,1] pixel units")
+    p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
+    p.add_argument("--batch", type=int, default=1024,
+                   help="noisy copies per forward pass (a multiple of the 1024-sample noise chunk "
+                        "avoids a copy; never changes results)")
+    p.add_argument("--subset", default="full", help="named image subset (see 'list')")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="where non-zoo checkpoints live (default $CERTBENCH_MODELS or ./models)")
+    p.add_argument("--param", type=param, action="append", default=[],
+                   help="override a method param: KEY=VALUE (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    common_registry(p)
+
+
+def certification_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunOptions fields set by :func:`certification_options` (plus --dataset)."""
+    return {
+        "dataset": args.dataset, "sigma": args.sigma, "n0": args.n0, "alpha": args.alpha,
+        "batch": args.batch, "subset": args.subset, "max_images": args.max_images,
+        "seed": args.seed, "device": args.device, "results": args.results,
+        "data_dir": args.data_dir, "models_dir": args.models_dir, "registry": args.registry,
+        "extra_registries": tuple(args.extra_registry), "params": dict(args.param),
+        "progress": not args.quiet,
+    }

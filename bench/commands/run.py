@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from bench.commands.common import common_registry, param, shard
+from bench.commands.common import certification_fields, certification_options, shard
 
 HELP = "certify a dataset subset with one method"
 
@@ -15,46 +14,24 @@ HELP = "certify a dataset subset with one method"
 def add_arguments(p) -> None:
     p.add_argument("--method", default="gaussian")
     p.add_argument("--dataset", default="digits")
-    p.add_argument("--sigma", type=float, default=0.25, help="noise std in [0,1] pixel units")
-    p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
     p.add_argument("--n", type=int, default=None,
-                     help="estimation samples (default 5,000 on digits, else 100,000)")
+                   help="estimation samples (default 5,000 on digits, else 100,000)")
     p.add_argument("--budget", type=int, default=None,
-                     help="predictions per image N x m: sets N = budget // m (the method's m); "
-                          "N0 comes on top")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
-    p.add_argument("--batch", type=int, default=1024,
-                   help="noisy copies per forward pass (a multiple of the 1024-sample noise chunk "
-                        "avoids a copy; never changes results)")
-    p.add_argument("--subset", default="full", help="named image subset (see 'list')")
-    p.add_argument("--max-images", type=int, default=None)
+                   help="predictions per image N x m: sets N = budget // m (the method's m); "
+                        "N0 comes on top")
     p.add_argument("--shard", type=shard, default=(0, 1), help="I/K: every K-th image from I")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--results", type=Path, default=Path("results"))
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--models-dir", type=Path, default=None,
-                     help="where non-zoo checkpoints live (default $CERTBENCH_MODELS or ./models)")
     p.add_argument("--model", default=None, help="registered model name or local checkpoint")
     p.add_argument("--arch", default=None, help="architecture of a --model state dict")
     p.add_argument("--image-size", type=int, default=None, help="imagefolder resolution")
-    p.add_argument("--param", type=param, action="append", default=[],
-                     help="override a method param: KEY=VALUE (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    common_registry(p)
+    certification_options(p)
 
 
 def run(args) -> int:
     from bench.runner import RunOptions, run
 
     opts = RunOptions(
-        method=args.method, dataset=args.dataset, sigma=args.sigma, n0=args.n0, n=args.n,
-        alpha=args.alpha, batch=args.batch, subset=args.subset, max_images=args.max_images,
-        shard=args.shard, seed=args.seed, device=args.device, results=args.results,
-        data_dir=args.data_dir, models_dir=args.models_dir, model=args.model, arch=args.arch,
-        image_size=args.image_size, registry=args.registry,
-        extra_registries=tuple(args.extra_registry), params=dict(args.param),
-        progress=not args.quiet, budget=args.budget,
+        **certification_fields(args), method=args.method, n=args.n, budget=args.budget,
+        shard=args.shard, model=args.model, arch=args.arch, image_size=args.image_size,
     )
     result = run(opts)
     print(format_summary(result.summary, result.new_images, args.budget))
