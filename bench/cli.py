@@ -1,7 +1,9 @@
 """The command line: parse, call library functions, print. No certification logic lives here.
 
 User mistakes (``CertbenchError``) print one line on stderr and exit 2, never a traceback.
-Each subcommand lives in its own module under :mod:`bench.commands`.
+Each subcommand lives in its own module under :mod:`bench.commands`. The program names itself
+as it was started: ``python -m bench`` (:mod:`bench.__main__`) or ``certbench`` (the console
+script, :func:`console_main`), in ``--help`` and in the ``(see '... --help')`` of errors.
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ def _command_module(name: str):
     return importlib.import_module(f"bench.commands.{module}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m bench", description=__doc__)
+DEFAULT_PROG = "python -m bench"
+SCRIPT_PROG = "certbench"
+
+
+def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name in COMMANDS:
         module = _command_module(name)
@@ -41,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run one command line (``argv``, default ``sys.argv[1:]``); returns the exit code.
+
+    ``prog`` is how usage and errors name the program (default ``python -m bench``).
+    """
+    parser = build_parser(prog or DEFAULT_PROG)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a one-line usage error already printed
@@ -58,3 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("certbench: interrupted; finished images are saved, rerun to resume\n")
         return 130
+
+
+def console_main() -> int:
+    """The ``certbench`` console script: ``main`` under its own name."""
+    return main(prog=SCRIPT_PROG)

@@ -16,8 +16,10 @@ from typing import Any
 
 from tabulate import tabulate
 
+from bench.budget import n_for_budget
 from bench.errors import ConfigError
-from bench.runner import RunOptions, budget_n, build_method, run
+from bench.records import RunSummary
+from bench.runner import RunOptions, run
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Row:
     setting: str
     n: int
     m: int
-    summary: dict[str, Any]
+    summary: RunSummary
 
 
 def configurations(opts: CompareOptions) -> list[tuple[str, dict[str, Any]]]:
@@ -59,10 +61,10 @@ def configurations(opts: CompareOptions) -> list[tuple[str, dict[str, Any]]]:
                           f"{', '.join(names)}")
     out: list[tuple[str, dict[str, Any]]] = []
     for name in names:
-        method = build_method(registry, name, {})
+        method = registry.method(name).instantiate(opts.dataset)
         if "m" in method.params and name != opts.baseline:
             for m in opts.ms:
-                budget_n(opts.budget, int(m), name)  # fail before any model is loaded
+                n_for_budget(opts.budget, int(m), name)  # fail before any model is loaded
             out += [(name, {"m": int(m)}) for m in opts.ms]
         else:
             out.append((name, {}))
@@ -77,7 +79,7 @@ def compare(opts: CompareOptions) -> list[Row]:
                            n=None, params={**opts.base.params, **params})
         result = run(run_opts)
         s = result.summary
-        n, m = s["identity"]["n"], s["identity"]["m"]
+        n, m = s.card.identity["n"], s.card.identity["m"]
         rows.append(Row(method=name, setting=f"N = {n:,}, m = {m}", n=n, m=m, summary=s))
     return rows
 
@@ -86,17 +88,16 @@ def format_table(rows: Sequence[Row], *, markdown: bool = False) -> str:
     """DiffSmooth Table 6's shape: certified accuracy per radius, ACR and cost per image."""
     if not rows:
         return "(no rows)"
-    radii = list(rows[0].summary["metrics"]["certified_accuracy"])
+    radii = list(rows[0].summary.accuracy)
     body = []
     for r in rows:
-        met, cost = r.summary["metrics"], r.summary["cost_per_image"]
-        ca = met["certified_accuracy"]
-        body.append([r.method, r.setting, *(100 * ca[k] for k in radii), met["acr"],
-                     met["max_certifiable_radius"], cost["diffusion_passes"],
-                     cost["classifier_passes"], cost["seconds"], r.summary["images"]["certified"]])
+        s = r.summary
+        body.append([r.method, r.setting, *(100 * s.accuracy[k] for k in radii), s.acr,
+                     s.max_certifiable_radius, s.diffusion_passes, s.classifier_passes,
+                     s.seconds, s.images])
     # R max: the largest radius N and alpha allow at this sigma (smaller N, smaller R max).
-    headers = ["method", "setting", *radii, "ACR", "R max", "diffusion passes", "classifier passes",
-               "s / image", "images"]
+    headers = ["method", "setting", *(f"{r:g}" for r in radii), "ACR", "R max",
+               "diffusion passes", "classifier passes", "s / image", "images"]
     return tabulate(body, headers=headers, tablefmt="github" if markdown else "simple",
                     floatfmt=("", "", *[".1f"] * len(radii), ".3f", ".3f", ",.0f", ",.0f", ".3f",
                               "d"))
@@ -105,8 +106,8 @@ def format_table(rows: Sequence[Row], *, markdown: bool = False) -> str:
 def describe(opts: CompareOptions, rows: Sequence[Row]) -> str:
     """One line on what was compared, for the table's caption."""
     base = opts.base
-    first = rows[0].summary["identity"] if rows else {}
-    images = rows[0].summary["images"]["certified"] if rows else 0
+    first = rows[0].summary.card.identity if rows else {}
+    images = rows[0].summary.images if rows else 0
     return (f"{opts.dataset} ({base.subset}, {images} images)  sigma={base.sigma:g}  "
             f"budget={opts.budget:,} predictions/image  N0={base.n0}  alpha={base.alpha:g}  "
             f"seed={first.get('seed', base.seed)}")

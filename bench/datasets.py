@@ -1,48 +1,21 @@
-"""Datasets, frozen named subsets and radius grids.
+"""Datasets on the torch side: the :class:`CertDataset` objects and the loaders that
+:mod:`bench.dataspecs` names (the dataset facts, subsets and grids live there and are
+re-exported here for existing callers).
 
 Every dataset yields ``(x, label)`` pairs: ``x`` a float32 tensor of shape (C, H, W) with pixel
 values in [0, 1], ``label`` a python int. Nothing here adds noise or normalizes: the harness owns
 the noise and models normalize inside themselves (with :class:`DatasetInfo` mean/std), so radii
 are always in [0, 1] pixel units.
-
-=============  ===========  =======  =====  =================================================
-name           shape        classes  split  source
-=============  ===========  =======  =====  =================================================
-digits         1 x 8 x 8    10       both   scikit-learn ``load_digits`` (embedded, offline),
-                                            stratified split 1,437 / 360 (random_state=0)
-mnist          1 x 28 x 28  10       both   idx files in the data dir, or torchvision download
-fashion-mnist  1 x 28 x 28  10       both   idx files; also Debian's dataset-fashion-mnist
-cifar10        3 x 32 x 32  10       both   torchvision ``CIFAR10`` (cifar-10-batches-py)
-imagenet       3 x 224x224  1000     test   ILSVRC2012 val in class folders; Resize 256, crop 224
-imagefolder    3 x S x S    folders  test   any class-folder tree; Resize S, crop S (S = 224)
-=============  ===========  =======  =====  =================================================
-
-Frozen subsets are indices into the *test* split, defined by a rule so that every run of a
-protocol certifies exactly the same images (:func:`subset_hash` identifies them in results):
-
-==========  ===============  ==================================  ==================================
-subset      datasets         rule                                used by
-==========  ===============  ==================================  ==================================
-full        all              every test image                    -
-dev         all              images 0..49                        quick checks
-cohen500    cifar10          0, 20, ..., 9980 (every 20th)       Cohen et al. 2019, SmoothAdv
-macer500    cifar10          images 500..999                     MACER
-first512    cifar10          images 0..511                       noised-diffusion-classifier papers
-cohen500    imagenet         0, 100, ..., 49900 (every 100th)    Cohen et al. 2019, SmoothAdv
-==========  ===============  ==================================  ==================================
-
-Radius grids (the radii at which certified accuracy is reported) are per dataset, see
-:func:`radius_grid`.
 """
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
+import importlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,9 +25,20 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bench import dataspecs
+from bench.dataspecs import (  # noqa: F401  re-exported: callers use bench.datasets.<name>
+    DATASETS,
+    DatasetInfo,
+    DatasetSpec,
+    check_subset,
+    dataset_names,
+    radius_grid,
+    register_dataset,
+    resolve_subset,
+    subset_hash,
+    subset_names,
+)
 from bench.errors import ConfigError, DataError
-from bench.grids import DATASET_NAMES, grid_for
-from bench.protocol import DatasetInfo
 
 if TYPE_CHECKING:  # torchvision and scikit-learn are imported where used: they cost ~2 s each
     from torchvision.datasets import ImageFolder
@@ -62,32 +46,13 @@ if TYPE_CHECKING:  # torchvision and scikit-learn are imported where used: they 
 PathLike = str | os.PathLike[str]
 
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_DEFAULT_IMAGE_SIZE = 224
-
-# Fixed-shape datasets. The digits statistics are those of its train split in [0, 1]
-# (tests recompute them); the others are the values the field's published models use.
-_INFO: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", (1, 8, 8), 10, (0.3054,), (0.3761,)),
-    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,)),
-    "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,)),
-    "cifar10": DatasetInfo(
-        "cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    ),
-    "imagenet": DatasetInfo("imagenet", (3, 224, 224), 1000, _IMAGENET_MEAN, _IMAGENET_STD),
-}
-
-_DIGITS_TEST_SIZE = 360
-_TEST_ONLY = ("imagenet", "imagefolder")
-
-_SUBSETS: dict[str, dict[str, range | None]] = {
-    name: {"full": None, "dev": range(50)} for name in DATASET_NAMES
-}
-_SUBSETS["cifar10"].update(
-    cohen500=range(0, 10_000, 20), macer500=range(500, 1000), first512=range(512)
-)
-_SUBSETS["imagenet"].update(cohen500=range(0, 50_000, 100))
+def __getattr__(name: str):
+    # Computed on access, so that datasets registered after import are included.
+    if name == "DATASET_NAMES":
+        return dataset_names()
+    if name == "_INFO":  # legacy: the fixed-shape infos by name
+        return {n: s.info for n, s in DATASETS.items() if s.shape and s.num_classes}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # idx file stems per split (each may also be gzipped), and where torchvision keeps them.
@@ -102,76 +67,10 @@ _SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
 }
 
 
-# ----------------------------------------------------------------------------------------------
-# Names, splits, subsets, grids
-
-
 def default_data_dir() -> Path:
     """``$CERTBENCH_DATA`` if set, else ``./data``: one place to keep every dataset."""
     env = os.environ.get("CERTBENCH_DATA")
     return Path(env).expanduser() if env else Path("data")
-
-
-def _check_name(name: str) -> None:
-    if name in DATASET_NAMES:
-        return
-    close = difflib.get_close_matches(name, DATASET_NAMES, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"unknown dataset {name!r}{hint}; valid: {', '.join(DATASET_NAMES)}")
-
-
-def _splits(name: str) -> tuple[str, ...]:
-    return ("test",) if name in _TEST_ONLY else ("train", "test")
-
-
-def _check_split(name: str, split: str) -> None:
-    valid = _splits(name)
-    if split not in valid:
-        raise ConfigError(f"dataset {name!r} has no split {split!r}; valid: {', '.join(valid)}")
-
-
-def subset_names(name: str) -> tuple[str, ...]:
-    """The frozen subsets a dataset defines (see the module docstring for the rules)."""
-    _check_name(name)
-    return tuple(_SUBSETS[name])
-
-
-def check_subset(name: str, subset: str) -> None:
-    """Fail with the valid names if the dataset or its subset is unknown (no data needed)."""
-    _check_name(name)
-    rules = _SUBSETS[name]
-    if subset not in rules:
-        raise ConfigError(f"dataset {name!r} has no subset {subset!r}; valid: {', '.join(rules)}")
-
-
-def resolve_subset(name: str, subset: str, length: int) -> list[int]:
-    """Indices into the test split (of ``length`` images) that ``subset`` selects.
-
-    A rule that reaches past the split is an error rather than a silent truncation: a
-    truncated subset would no longer be the protocol its name promises.
-    """
-    check_subset(name, subset)
-    rule = _SUBSETS[name][subset]
-    if rule is None:
-        return list(range(length))
-    if rule[-1] >= length:
-        raise DataError(
-            f"subset {subset!r} of {name} needs test images up to index {rule[-1]}, but the "
-            f"test split has only {length}; use --subset full or the complete dataset"
-        )
-    return list(rule)
-
-
-def subset_hash(indices: Sequence[int]) -> str:
-    """Identifies a list of test indices in result records (order matters)."""
-    joined = ",".join(str(int(i)) for i in indices)
-    return hashlib.sha256(joined.encode()).hexdigest()[:16]
-
-
-def radius_grid(name: str) -> tuple[float, ...]:
-    """L2 radii (pixel units in [0, 1]) at which certified accuracy is reported."""
-    _check_name(name)
-    return grid_for(name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,8 +112,9 @@ class CertDataset(Dataset):
         raise NotImplementedError
 
 
-class _MemoryDataset(CertDataset):
-    """Images kept as their stored integer values (uint8) and scaled to [0, 1] on access.
+class MemoryDataset(CertDataset):
+    """Images kept as their stored integer values (uint8) and scaled to [0, 1] on access; the
+    simplest dataset for a user loader to return (CONTRIBUTING.md, "Adding a dataset").
 
     Keeping the integers costs a quarter of the float memory (CIFAR-10 train: 150 MB, not
     600 MB) and is the exact source content the fingerprint hashes.
@@ -277,18 +177,12 @@ def dataset_info(
     name: str, *, data_dir: PathLike | None = None, image_size: int | None = None
 ) -> DatasetInfo:
     """Shape, classes and normalization statistics, without loading any images."""
-    _check_name(name)
-    if name == "imagefolder":
-        size = _check_image_size(image_size)
-        classes = _folder_classes(name, _folder_root(name, data_dir))
-        return DatasetInfo(name, (3, size, size), len(classes), _IMAGENET_MEAN, _IMAGENET_STD)
-    info = _INFO[name]
-    if image_size is not None and image_size != info.shape[-1]:
-        raise ConfigError(
-            f"dataset {name!r} has a fixed image size of {info.shape[-1]}; image_size only "
-            "applies to imagefolder"
-        )
-    return info
+    entry = dataspecs.spec(name)
+    shape = entry.image_shape(image_size)  # a bad size is reported before a missing folder
+    classes = entry.num_classes
+    if classes is None:
+        classes = len(_folder_classes(name, _folder_root(name, data_dir)))
+    return DatasetInfo(name, shape, classes, entry.mean, entry.std)
 
 
 def load_split(
@@ -298,42 +192,51 @@ def load_split(
     data_dir: PathLike | None = None,
     image_size: int | None = None,
 ) -> CertDataset:
-    """Load one split of a dataset; raises :class:`DataError` with the fix when data is missing."""
-    _check_name(name)
-    _check_split(name, split)
+    """Load one split of a dataset; raises :class:`DataError` with the fix when data is missing.
+
+    The spec's loader gets ``(info, split, root)``: root is ``--data-dir`` or the default data
+    dir.
+    """
+    entry = dataspecs.spec(name)
+    if split not in entry.splits:
+        raise ConfigError(
+            f"dataset {name!r} has no split {split!r}; valid: {', '.join(entry.splits)}"
+        )
     info = dataset_info(name, data_dir=data_dir, image_size=image_size)
-    if name == "imagefolder":
-        size = info.shape[-1]
-        return _load_folder(info, _folder_root(name, data_dir), resize=size, crop=size)
-    if name == "digits":
-        return _load_digits(split)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    if name in _TORCHVISION_NAMES:
-        return _load_idx(name, split, root)
-    if name == "cifar10":
-        return _load_cifar10(split, root)
-    return _load_folder(info, _imagenet_root(root), resize=256, crop=224)
+    return _loader(entry)(info, split, root)
+
+
+def _loader(entry: DatasetSpec):
+    module, _, function = entry.loader.partition(":")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"dataset {entry.name!r}: cannot import its loader {entry.loader!r} ({err})"
+        ) from err
 
 
 # ----------------------------------------------------------------------------------------------
-# Loaders
+# Loaders: (info, split, root) -> CertDataset
 
 
-def _load_digits(split: str) -> CertDataset:
-    from sklearn.datasets import load_digits
+def load_digits(info: DatasetInfo, split: str, root: Path) -> CertDataset:
+    """scikit-learn's embedded digits; root is unused (nothing to download)."""
+    from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
-    bunch = load_digits()
+    bunch = sklearn_digits()
     x_train, x_test, y_train, y_test = train_test_split(
         bunch.images,
         bunch.target,
-        test_size=_DIGITS_TEST_SIZE,
+        test_size=dataspecs.DIGITS_TEST_SIZE,
         random_state=0,
         stratify=bunch.target,
     )
     images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
     raw = torch.from_numpy(images.astype(np.uint8)).unsqueeze(1)  # values 0..16
-    return _MemoryDataset(_INFO["digits"], split, raw, torch.from_numpy(labels), scale=16.0)
+    return MemoryDataset(info, split, raw, torch.from_numpy(labels), scale=16.0)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -377,8 +280,9 @@ def _find_idx_pair(directory: Path, split: str) -> tuple[Path, Path] | None:
     return found[0], found[1]
 
 
-def _load_idx(name: str, split: str, root: Path) -> CertDataset:
-    info = _INFO[name]
+def load_idx(info: DatasetInfo, split: str, root: Path) -> CertDataset:
+    """mnist-style idx files, from the data dir, a system copy or a torchvision download."""
+    name = info.name
     dirs = _idx_dirs(name, root)
     pair = next((p for p in (_find_idx_pair(d, split) for d in dirs) if p is not None), None)
     if pair is not None:
@@ -402,10 +306,10 @@ def _load_idx(name: str, split: str, root: Path) -> CertDataset:
                 f"{', '.join(map(str, dirs))} and the download failed ({_first_line(err)}); {fix}"
             ) from err
         raw, targets = downloaded.data, downloaded.targets
-    return _MemoryDataset(info, split, raw.unsqueeze(1), targets, scale=255.0)
+    return MemoryDataset(info, split, raw.unsqueeze(1), targets, scale=255.0)
 
 
-def _load_cifar10(split: str, root: Path) -> CertDataset:
+def load_cifar10(info: DatasetInfo, split: str, root: Path) -> CertDataset:
     from torchvision import datasets
 
     train = split == "train"
@@ -422,7 +326,16 @@ def _load_cifar10(split: str, root: Path) -> CertDataset:
             ) from err
     raw = torch.from_numpy(cifar.data).permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
     labels = torch.as_tensor(cifar.targets, dtype=torch.int64)
-    return _MemoryDataset(_INFO["cifar10"], split, raw, labels, scale=255.0)
+    return MemoryDataset(info, split, raw, labels, scale=255.0)
+
+
+def load_imagenet(info: DatasetInfo, split: str, root: Path) -> CertDataset:
+    return _load_folder(info, _imagenet_root(root), resize=256, crop=224)
+
+
+def load_imagefolder(info: DatasetInfo, split: str, root: Path) -> CertDataset:
+    size = info.shape[-1]
+    return _load_folder(info, root, resize=size, crop=size)
 
 
 def _imagenet_root(root: Path) -> Path:
@@ -475,13 +388,6 @@ def _load_folder(info: DatasetInfo, root: Path, *, resize: int, crop: int) -> Ce
     except OSError as err:  # e.g. a class folder without images
         raise DataError(f"{info.name}: cannot use {root}: {_first_line(err)}") from err
     return _FolderDataset(info, "test", folder)
-
-
-def _check_image_size(image_size: int | None) -> int:
-    size = _DEFAULT_IMAGE_SIZE if image_size is None else image_size
-    if not isinstance(size, int) or size <= 0:
-        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
-    return size
 
 
 def _first_line(err: BaseException) -> str:

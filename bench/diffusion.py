@@ -216,28 +216,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def denoiser_for(ctx, method: str, choice: str | None = None) -> Denoiser:
-    """The run's denoiser at its sigma: ``choice`` (a registered model, a local diffusers
-    folder, a Hub id or a ``module:Class``) or the registry's ``denoiser`` for the dataset."""
-    name = choice or ctx.config.get("denoiser")
-    if isinstance(name, dict):
-        name = next((v for s, v in name.items() if abs(float(s) - ctx.sigma) < 1e-9), None)
-    if not name:
-        raise ConfigError(
-            f"method {method!r} has no denoiser for dataset {ctx.dataset.name!r} at sigma "
-            f"{ctx.sigma:g}; add one under methods.{method}.datasets.{ctx.dataset.name}.denoiser "
-            "in the registry or pass --param denoiser=NAME_OR_FOLDER"
-        )
-    name = str(name)
-    registered = getattr(ctx.model_loader, "registry", None)
-    if registered is not None and name in registered.models:
-        model = ctx.load_model(name)
-    elif ":" in name and not Path(name).exists():
-        model = load_python(name, name, ctx.device)
-        ctx.models_used.append(name)
-    else:
-        model = load_diffusers(name, name, ctx.device)
-        ctx.models_used.append(name)
+def one_shot_denoiser(ctx, override: str | None = None) -> Denoiser:
+    """The run's ``denoiser`` model (``override``: a registered model, a local diffusers folder,
+    a Hub id or a ``module:Class``; else the registry's choice) at the run's sigma."""
+    model = ctx.model("denoiser", override=override)
     if not isinstance(model, DiffusionModel):
+        name = ctx.model_ref("denoiser").name
         raise ConfigError(f"model {name!r} is not a denoiser (use source diffusers or python)")
     return Denoiser(model, sigma=ctx.sigma).to(ctx.device).eval()

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import store as store_mod
-from bench import table
+from bench.budget import Budget
+from bench.dataspecs import dataset_names, grid_for
 from bench.errors import ConfigError, DataError
-from bench.grids import DATASET_NAMES
+from bench.params import check_sigma
+from bench.records import Certificate, RunCard
 
 REQUIRED = ("idx", "label", "predict", "radius", "correct")
 _TIME_RE = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
-KNOWN_DATASETS = DATASET_NAMES
 
 
 @dataclass
@@ -115,11 +116,10 @@ def repair_correct(labels: list[int], preds: list[int],
 
 
 def _check(opts: ImportOptions) -> None:
-    if opts.dataset not in KNOWN_DATASETS:
+    if opts.dataset not in dataset_names():
         raise ConfigError(f"--dataset {opts.dataset!r} unknown; valid: "
-                          f"{', '.join(KNOWN_DATASETS)}")
-    if not 0 < opts.sigma <= 10:
-        raise ConfigError(f"--sigma must be in (0, 10], got {opts.sigma:g}")
+                          f"{', '.join(dataset_names())}")
+    check_sigma(opts.sigma)
     for name, value in (("--n", opts.n), ("--n0", opts.n0), ("--m", opts.m)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -161,41 +161,25 @@ def import_tsv(opts: ImportOptions) -> ImportResult:
         "n": opts.n, "m": opts.m, "alpha": opts.alpha,
         "tsv_sha256": hashlib.sha256(data).hexdigest(),
     }
-    run_id = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:12]
-    card = {
-        "run_id": run_id, "identity": identity,
-        "budget": {"predictions_per_image": opts.n * opts.m, "n0": opts.n0, "n": opts.n,
-                   "m": opts.m},
-        "radius_grid": list(table.radius_grid(opts.dataset)),
+    card = RunCard(identity=identity, extra={
+        "budget": Budget(n0=opts.n0, n=opts.n, m=opts.m).card(),
+        "radius_grid": list(grid_for(opts.dataset)),
         "source": {"file": Path(opts.tsv).name, "sha256": identity["tsv_sha256"],
                    "description": opts.source, "imported": time.time(),
                    "correct_column_repaired": repaired or None},
-    }
-    records = []
-    for i, idx in enumerate(idxs):
-        records.append({
-            "idx": idx, "label": labels[i], "predict": preds[i], "radius": radii[i],
-            "correct": fixed[i], "time": times[i], "top_class": preds[i], "count": -1,
-            "n0": opts.n0, "n": opts.n, "p_lower": -1.0, "classifier_passes": -1,
-            "diffusion_passes": -1, "device": "", "counts_select": [], "counts_estimate": [],
-        })
+    })
+    certs = [Certificate(prediction=preds[i], radius=radii[i], p_lower=-1.0, top_class=preds[i],
+                         count=-1, n0=opts.n0, n=opts.n, classifier_passes=-1,
+                         diffusion_passes=-1, seconds=times[i], idx=idx, label=labels[i])
+             for i, idx in enumerate(idxs)]
+    assert [c.correct for c in certs] == fixed  # the repair is what the record derives
     store = store_mod.Store(opts.results)
     try:
-        store.open_run(run_id, card)
-        store.add_certs(run_id, records)
-        certs = store.certs(run_id)
-        stored_card = store.run_card(run_id)
+        run_id = store.open_run(card)  # the same file imported twice finds its first import
+        store.add_certs(run_id, certs)
+        folder, _ = store.export(run_id)
     finally:
         store.close()
-    folder = store_mod.run_folder(opts.results, stored_card)
-    store_mod.write_tsv(folder / "certs.tsv", certs)
-    row = table.row_from_certs(stored_card, certs)
-    store_mod.write_json(folder / "summary.json", {
-        **stored_card,
-        "images": {"certified": row.images},
-        "metrics": {"certified_accuracy": {f"{r:g}": v for r, v in row.accuracy.items()},
-                    "acr": row.acr, "abstain_rate": row.abstain},
-    })
     notes = [f"repaired {opts.tsv}: {repaired}"] if repaired else []
     return ImportResult(run_id=run_id, folder=folder, images=len(idxs), repaired=repaired,
                         notes=notes)

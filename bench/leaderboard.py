@@ -189,21 +189,10 @@ def dataset_page(rows: Sequence[Row], dataset: str) -> dict[str, Any]:
 
 
 def export_run_files(store: store_mod.Store, row: Row, out: Path) -> None:
-    """Copy a run's protocol card (with its metrics) and per-image TSV into the site."""
-    folder = out / "runs" / row.folder
-    certs = store.certs(row.run_id)
-    store_mod.write_tsv(folder / "certs.tsv", certs)
-    card = store.run_card(row.run_id)
-    card = {**card, "kind": row.kind, "images": {"certified": row.images,
-                                                "subset_size": row.subset_size},
-            "metrics": {"certified_accuracy": {f"{r:g}": v for r, v in row.accuracy.items()},
-                        "certified_accuracy_ci95_over_images":
-                            {f"{r:g}": list(v) for r, v in row.interval.items()},
-                        "acr": row.acr, "abstain_rate": row.abstain},
-            "cost_per_image": {"classifier_passes": row.classifier_passes,
-                               "diffusion_passes": row.diffusion_passes,
-                               "seconds": row.seconds, "devices": row.device}}
-    store_mod.write_json(folder / "card.json", card)
+    """Copy a run's per-image TSV and its card with metrics (its summary) into the site."""
+    folder, summary = store.export(row.run_id, root=out)
+    store_mod.write_json(folder / "card.json", {**summary.to_json(), "kind": row.kind})
+    (folder / "summary.json").unlink()  # the site links card.json; one file per fact
 
 
 def build(store: store_mod.Store | None, registry, out: str | Path) -> list[Path]:

@@ -15,23 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from bench.dataspecs import DatasetInfo
 from bench.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a method needs to know about a dataset without loading it."""
-
-    name: str
-    shape: tuple[int, int, int]  # (C, H, W) of the images the harness feeds
-    num_classes: int
-    mean: tuple[float, ...]  # per-channel statistics for an input normalization layer
-    std: tuple[float, ...]
-
-    @property
-    def dim(self) -> int:
-        c, h, w = self.shape
-        return c * h * w
+from bench.params import Param, bind
 
 
 @dataclass(frozen=True)
@@ -82,6 +68,28 @@ def labels_from_logits(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(finite, labels, torch.full_like(labels, num_classes))
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """A model a run used: its registry name (or path), sha256 and registry fields."""
+
+    role: str
+    name: str
+    sha256: str | None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ModelSource(Protocol):
+    """Resolves a role (``classifier``, ``denoiser``, ...) to a loaded, hash-checked model.
+
+    The harness's implementation (:class:`bench.models.RoleResolver`) applies the registry's
+    per-dataset choice (one name or a sigma map) and the command line's ``--model`` once.
+    """
+
+    def load(self, role: str, override: str | None = None) -> torch.nn.Module: ...
+
+    def ref(self, role: str) -> ModelRef: ...
+
+
 @dataclass
 class Context:
     """Everything an adapter may use to build its base classifier for one run."""
@@ -90,70 +98,36 @@ class Context:
     sigma: float
     device: torch.device
     seed: int = 0
-    params: Mapping[str, Any] = field(default_factory=dict)
-    # The method's per-dataset block of the registry (e.g. {"classifier": {0.25: "model-name"}}).
-    config: Mapping[str, Any] = field(default_factory=dict)
-    # A model name or local file given on the command line that replaces the registry's choice.
-    model_override: str | None = None
-    # Resolves a model name (or path) to a loaded, eval-mode network on ``device``.
-    model_loader: Callable[[str], torch.nn.Module] | None = None
-    # Names of the models this run used, for the protocol card (filled by load_model).
-    models_used: list[str] = field(default_factory=list)
+    models: ModelSource | None = None
 
-    def load_model(self, name: str) -> torch.nn.Module:
-        if self.model_loader is None:
-            raise ConfigError("no model loader is configured for this run")
-        net = self.model_loader(name)
-        if name not in self.models_used:
-            self.models_used.append(name)
-        return net
+    def model(self, role: str, *, override: str | None = None) -> torch.nn.Module:
+        """The model this run uses in ``role``, loaded on the device in eval mode; its name and
+        sha256 go into the run's card. ``override`` (e.g. a method param naming a denoiser)
+        replaces the registry's choice."""
+        if self.models is None:
+            raise ConfigError("no model source is configured for this run")
+        return self.models.load(role, override)
 
-    def model_for_sigma(self, key: str, method: str) -> str:
-        """The model registered under ``config[key]`` for this run's sigma (or the override).
-
-        ``config[key]`` is either one model name or a mapping sigma -> model name.
-        """
-        if self.model_override:
-            return self.model_override
-        choice = self.config.get(key)
-        if choice is None:
-            raise ConfigError(
-                f"method {method!r} has no {key!r} model for dataset {self.dataset.name!r}; "
-                f"add one under methods.{method}.datasets.{self.dataset.name}.{key} in the "
-                "registry or pass --model NAME_OR_PATH"
-            )
-        if isinstance(choice, str):
-            return choice
-        for sig, name in choice.items():
-            if abs(float(sig) - self.sigma) < 1e-9:
-                return name
-        have = ", ".join(str(s) for s in sorted(float(s) for s in choice))
-        raise ConfigError(
-            f"method {method!r} has no {key} model for {self.dataset.name} at sigma {self.sigma:g} "
-            f"(registered sigmas: {have}); pick one of those, train one with "
-            f"'python -m bench train --method {method} --dataset {self.dataset.name} "
-            f"--sigma {self.sigma:g}', or pass --model NAME_OR_PATH"
-        )
+    def model_ref(self, role: str) -> ModelRef:
+        """Name, sha256 and registry fields of the model loaded for ``role``."""
+        if self.models is None:
+            raise ConfigError("no model source is configured for this run")
+        return self.models.ref(role)
 
 
 class Method:
     """Base class of method adapters, constructed from the registry entry's params.
 
-    Subclasses implement :meth:`base_classifier`; training-based methods also implement
-    :meth:`train`. Params not declared by the subclass in ``defaults`` are rejected.
+    Subclasses declare their params once in ``PARAMS`` (:class:`bench.params.Param`) and
+    implement :meth:`base_classifier`; training-based methods also implement :meth:`train`.
     """
 
     id: str = ""
-    defaults: Mapping[str, Any] = {}
+    PARAMS: Mapping[str, Param] = {}
 
     def __init__(self, **params: Any):
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(
-                f"method {self.id!r} got unknown param(s) {', '.join(unknown)}; allowed: {allowed}"
-            )
-        self.params = {**self.defaults, **params}
+        self.params = bind(self.id or type(self).__name__, self.PARAMS,
+                           [(f"method {self.id!r} param ", params)])
 
     def base_classifier(self, ctx: Context) -> BaseClassifier:
         raise NotImplementedError
@@ -161,8 +135,16 @@ class Method:
     def supports_training(self) -> bool:
         return type(self).train is not Method.train
 
-    def train(self, ctx: Context, options: Mapping[str, Any]) -> Any:
+    def train(self, ctx: TrainContext) -> dict[str, Any]:
         raise ConfigError(f"method {self.id!r} has nothing to train")
+
+
+class ClassifierMethod(Method):
+    """A method whose base classifier is one network's argmax: the run's ``classifier`` model
+    (Gaussian, SmoothAdv, MACER, consistency and clean differ only in how it was trained)."""
+
+    def base_classifier(self, ctx: Context) -> BaseClassifier:
+        return LogitClassifier(ctx.model("classifier"), ctx.dataset.num_classes)
 
 
 @dataclass
@@ -180,6 +162,18 @@ class TrainContext:
     options: Mapping[str, Any] = field(default_factory=dict)  # epochs, batch, lr, arch, ...
     progress: bool = True
     command: str = ""  # the command line, recorded in the model card
+    default_arch: str | None = None  # the dataset spec's architecture for training from scratch
+    # Loads a registered model by name (hash-checked), e.g. a reference classifier to evaluate
+    # a trained denoiser; None when no registry is at hand.
+    registered_model: Callable[[str], torch.nn.Module] | None = None
+
+    def arch(self) -> str:
+        """--arch, else the dataset's default architecture."""
+        arch = self.options.get("arch") or self.default_arch
+        if not arch:
+            raise ConfigError(f"no default architecture to train on {self.dataset.name}; "
+                              "pass --arch NAME")
+        return str(arch)
 
     def model_name(self, method: str, arch: str, *, with_sigma: bool = True) -> str:
         """The given name, or ``<dataset>-<arch family>-<method>[-<sigma>]`` (no sigma for a

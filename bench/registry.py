@@ -9,7 +9,6 @@ and the field, with a did-you-mean where one is close. Adapters are imported laz
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -46,14 +45,20 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def default_registry_path() -> Path:
-    """$CERTBENCH_REGISTRY, else ./registry.yaml, else the one shipped beside the package."""
+    """$CERTBENCH_REGISTRY, else ./registry.yaml, else the copy shipped inside the installed
+    package (``bench/registry.yaml``, put there by the wheel build), else the checkout's
+    root ``registry.yaml`` (a source checkout or an editable install)."""
     env = os.environ.get("CERTBENCH_REGISTRY")
     if env:
         return Path(env)
     local = Path.cwd() / "registry.yaml"
     if local.is_file():
         return local
-    return Path(__file__).resolve().parent.parent / "registry.yaml"
+    package_dir = Path(__file__).resolve().parent
+    packaged = package_dir / "registry.yaml"
+    if packaged.is_file():
+        return packaged
+    return package_dir.parent / "registry.yaml"
 
 
 @dataclass(frozen=True)
@@ -97,15 +102,45 @@ class MethodEntry:
                 f"{where}: method {self.name!r} is reported-only (no adapter): the registry has "
                 "its paper's numbers but no code to certify it; add an adapter to run it"
             )
+        from bench.adapter_import import import_adapter_module
+
         module_name, _, class_name = self.adapter.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            # ``methods.<x>`` is always certbench's own package, never a same-named one on
+            # sys.path (e.g. a ``methods/`` folder in the working directory).
+            module = import_adapter_module(module_name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         except ImportError as exc:
             raise ConfigError(f"{where}: cannot import module {module_name!r} ({exc})") from exc
         cls = getattr(module, class_name, None)
         if cls is None:
             raise ConfigError(f"{where}: module {module_name!r} has no class {class_name!r}")
         return cls
+
+    def model_roles(self, dataset: str) -> dict[str, Any]:
+        """role -> model name (or sigma -> name map) for one dataset; params left out."""
+        return {k: v for k, v in self.dataset_config(dataset).items() if k != "params"}
+
+    def instantiate(self, dataset: str | None = None, overrides: Mapping[str, Any] | None = None,
+                    overrides_from: str = "--param "):
+        """The adapter built with its declared params, checked layer by layer: the entry's
+        params, the dataset's params, then ``overrides`` (errors name where a value came from)."""
+        from bench.params import bind
+        from bench.protocol import Method
+
+        cls = self.load_adapter()
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise ConfigError(f"{self.origin}: methods.{self.name}.adapter: {self.adapter} is not "
+                              "a bench.protocol.Method subclass")
+        where = f"{self.origin}: methods.{self.name}"
+        layers = [(f"{where}.params.", self.params)]
+        if dataset is not None:
+            block = self.dataset_config(dataset).get("params") or {}
+            layers.append((f"{where}.datasets.{dataset}.params.", block))
+        layers.append((overrides_from, overrides or {}))
+        cls.id = cls.id or self.name
+        return cls(**bind(self.name, cls.PARAMS, layers))
 
 
 @dataclass

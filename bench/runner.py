@@ -1,17 +1,15 @@
-"""Certify a dataset subset with one method: validate, resume, certify, record, export.
+"""Certify a dataset subset with one method: plan, resume, certify, record, export.
 
-Everything that can be wrong with a request (method, dataset, subset, sizes, registry,
-models) is checked before the first noisy sample. Each certificate is committed to the store
-as soon as it exists; the run id is the hash of the protocol card, so the same command resumes.
+Everything that can be wrong with a request (method, dataset, subset, sizes, registry, params,
+models) is checked by :func:`prepare` before the first noisy sample. :func:`run` then hands
+the images still to do to an executor and commits each certificate to the store as it
+arrives; the run id is the hash of the card's identity, so the same command resumes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,22 +17,21 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-import bench
-from bench import datasets, metrics, stats
-from bench import store as store_mod
+from bench import budget, datasets, procedures
+from bench.devices import environment, resolve_device
 from bench.errors import ConfigError
-from bench.nets import load_network
-from bench.protocol import Context, Cost, Method
-from bench.registry import Registry, load_registry
-from bench.smoothing import Smooth, chunk_size
+from bench.executors import SerialExecutor
+from bench.models import RoleResolver, models_dir, parse_overrides
+from bench.params import check_sigma
+from bench.procedures import Procedure, ProcedureSpec
+from bench.protocol import Context
+from bench.records import PROTOCOL_VERSION, RunCard, RunSummary, index_hash
+from bench.registry import MethodEntry, load_registry
+from bench.smoothing import chunk_size
+from bench.store import Store
 
-PROTOCOL_VERSION = 1
-# Defaults per dataset: N0, N, alpha follow Cohen et al.; the embedded default is sized to
-# finish in well under two minutes on a 2-core CPU.
-DEFAULT_N = {"digits": 5_000}
-COHEN_N = 100_000
-MAX_SIGMA = 10.0
-MAX_N = 10**9
+NOISE_SCHEME = ("torch.randn in whole chunks from a generator seeded by SeedSequence([seed, "
+                "idx, phase]); phases select=0 estimate=1")
 
 
 @dataclass
@@ -54,7 +51,7 @@ class RunOptions:
     results: Path = Path("results")
     data_dir: Path | None = None
     models_dir: Path | None = None
-    model: str | None = None
+    model: str | Sequence[str] | None = None  # NAME (the classifier) or ROLE=NAME, repeatable
     arch: str | None = None
     image_size: int | None = None
     registry: Path | None = None
@@ -63,40 +60,33 @@ class RunOptions:
     progress: bool = True
     # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
     budget: int | None = None
+    procedure: str = procedures.DEFAULT
 
 
 @dataclass
 class RunResult:
     run_id: str
     folder: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     new_images: int
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
+@dataclass
+class Prepared:
+    """A validated run: its card, procedure, images and device; nothing certified yet."""
+
+    opts: RunOptions
+    card: RunCard
+    procedure: Procedure
+    dataset: datasets.CertDataset
+    indices: list[int]
+    device: torch.device
 
 
-def models_dir(opts_dir: Path | None) -> Path:
-    return Path(opts_dir or os.environ.get("CERTBENCH_MODELS", "models"))
-
-
-def check_sizes(opts: RunOptions, n: int) -> None:
-    if not 0 < opts.sigma <= MAX_SIGMA:
-        raise ConfigError(f"--sigma must be in (0, {MAX_SIGMA:g}] (pixel units of [0, 1] images), "
-                          f"got {opts.sigma:g}")
-    if not 1 <= opts.n0 <= MAX_N:
-        raise ConfigError(f"--n0 must be in [1, {MAX_N}], got {opts.n0}")
-    if not 1 <= n <= MAX_N:
-        raise ConfigError(f"--n must be in [1, {MAX_N}], got {n}")
+def check_protocol(opts: RunOptions) -> None:
+    """The run's scalar options (sizes are checked by :mod:`bench.budget`)."""
+    check_sigma(opts.sigma)
+    budget.check_request(opts.n0, opts.n, opts.budget)
     if not 0 < opts.alpha < 1:
         raise ConfigError(f"--alpha must be in (0, 1), got {opts.alpha:g}")
     if opts.batch < 1:
@@ -108,72 +98,9 @@ def check_sizes(opts: RunOptions, n: int) -> None:
     i, k = opts.shard
     if not (k >= 1 and 0 <= i < k):
         raise ConfigError(f"--shard must be I/K with 0 <= I < K, got {i}/{k}")
-
-
-class ModelResolver:
-    """Loads registry models (or local files) by name, hash-checked, and remembers their hashes."""
-
-    def __init__(self, registry: Registry, info, device, base_dir: Path, arch: str | None):
-        self.registry, self.info, self.device = registry, info, device
-        self.base_dir, self.arch = base_dir, arch
-        self.hashes: dict[str, str] = {}
-
-    def entry(self, name: str) -> dict[str, Any]:
-        if name in self.registry.models:
-            entry = dict(self.registry.models[name].fields)
-            if self.arch and entry.get("arch") and entry["arch"] != self.arch:
-                raise ConfigError(f"--arch {self.arch} contradicts model {name!r}'s arch "
-                                  f"{entry['arch']}; drop --arch")
-            return entry
-        if Path(name).is_file():
-            entry = {"source": "auto", "path": str(Path(name).resolve())}
-            if self.arch:
-                entry["arch"] = self.arch
-            return entry
-        raise ConfigError(
-            f"--model {name!r} is neither a registered model nor an existing file; registered: "
-            f"{', '.join(sorted(self.registry.models)) or 'none'}"
-        )
-
-    def trained_on(self, entry: Mapping[str, Any]):
-        """The dataset whose statistics the model's input layer uses (a CIFAR-10 model keeps
-        CIFAR-10's mean/std when certified on an imagefolder of CIFAR-like images)."""
-        own = entry.get("dataset")
-        if own and own != self.info.name and own in datasets.DATASET_NAMES \
-                and own != "imagefolder":
-            return datasets.dataset_info(own)
-        return self.info
-
-    def __call__(self, name: str) -> torch.nn.Module:
-        entry = self.entry(name)
-        net = load_network(name, entry, dataset=self.trained_on(entry), device=self.device,
-                           base_dir=self.base_dir)
-        self.hashes[name] = net.checkpoint_sha256
-        return net
-
-
-@dataclass
-class Prepared:
-    opts: RunOptions
-    run_id: str
-    card: dict[str, Any]
-    smooth: Smooth
-    dataset: datasets.CertDataset
-    indices: list[int]
-    grid: tuple[float, ...]
-    device: torch.device
-    n: int
-
-
-def build_method(registry: Registry, name: str, overrides: Mapping[str, Any]) -> Method:
-    entry = registry.method(name)
-    cls = entry.load_adapter()
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise ConfigError(f"{entry.origin}: methods.{name}.adapter: {entry.adapter} is not a "
-                          "bench.protocol.Method subclass")
-    cls.id = cls.id or name
-    params = {**entry.params, **overrides}
-    return cls(**params)
+    if opts.procedure not in procedures.PROCEDURES:
+        raise ConfigError(f"unknown procedure {opts.procedure!r}; valid: "
+                          f"{', '.join(procedures.PROCEDURES)}")
 
 
 def prepare(opts: RunOptions) -> Prepared:
@@ -182,108 +109,91 @@ def prepare(opts: RunOptions) -> Prepared:
                              datasets=datasets.DATASET_NAMES)
     entry = registry.method(opts.method)
     datasets.check_subset(opts.dataset, opts.subset)
-    if opts.budget is not None and opts.n is not None:
-        raise ConfigError("--budget sets N (= budget // m); drop --n or --budget")
-    if opts.budget is not None and not 1 <= opts.budget <= MAX_N:
-        raise ConfigError(f"--budget must be in [1, {MAX_N}] predictions per image, got "
-                          f"{opts.budget}")
-    n = opts.n if opts.n is not None else DEFAULT_N.get(opts.dataset, COHEN_N)
-    check_sizes(opts, n)
+    check_protocol(opts)
     device = resolve_device(opts.device)
-    config = dict(entry.dataset_config(opts.dataset))
-    # Precedence: the method's params < the dataset's registry params < --param overrides.
-    method = build_method(registry, opts.method,
-                          {**(config.pop("params", None) or {}), **opts.params})
+    method = entry.instantiate(opts.dataset, opts.params)
     ds = datasets.load_split(opts.dataset, "test", data_dir=opts.data_dir,
                              image_size=opts.image_size)
     indices = datasets.resolve_subset(opts.dataset, opts.subset, len(ds))
-    resolver = ModelResolver(registry, ds.info, device, models_dir(opts.models_dir), opts.arch)
-    ctx_params = dict(method.params)
+    models = RoleResolver(registry, opts.method, entry.model_roles(opts.dataset), info=ds.info,
+                          sigma=opts.sigma, device=device, base_dir=models_dir(opts.models_dir),
+                          overrides=parse_overrides(opts.model), arch=opts.arch)
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
-                  params=ctx_params, config=config, model_override=opts.model,
-                  model_loader=resolver)
-    base = method.base_classifier(ctx)
-    cost: Cost = getattr(base, "cost", Cost())
-    if opts.budget is not None:
-        n = budget_n(opts.budget, cost.m, opts.method)
-    smooth = Smooth(base, ds.info.num_classes, opts.sigma)
+                  models=models)
+    spec = ProcedureSpec(name=opts.procedure, dataset=opts.dataset, method=opts.method,
+                         n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
+                         sigma=opts.sigma, seed=opts.seed, batch=opts.batch)
+    procedure = procedures.build(spec, method, ctx)
+    card = run_card(opts, entry, method.params, procedure, models, ds, indices, device)
+    return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
+                    device=device)
+
+
+def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
+             procedure: Procedure, models: RoleResolver, ds: datasets.CertDataset,
+             indices: list[int], device: torch.device) -> RunCard:
+    """The protocol card: the identity (hashed into the run id) and what describes the run.
+
+    The default procedure is left out of the identity, so run ids of stores written before
+    procedures existed stay valid; any other procedure is part of it.
+    """
+    b = procedure.budget
     identity = {
         "protocol": PROTOCOL_VERSION,
         "method": opts.method,
         "adapter": entry.adapter,
-        "params": _jsonable(ctx_params),
-        "models": {name: resolver.hashes.get(name) for name in ctx.models_used},
+        "params": _jsonable(params),
+        "models": models.hashes(),
         "dataset": opts.dataset,
         "data_fingerprint": ds.fingerprint,
         "subset": opts.subset,
         "subset_size": len(indices),
-        "subset_hash": datasets.subset_hash(indices),
+        "subset_hash": index_hash(indices),
         "sigma": opts.sigma,
-        "n0": opts.n0,
-        "n": n,
-        "m": cost.m,
+        "n0": b.n0,
+        "n": b.n,
+        "m": b.m,
         "alpha": opts.alpha,
         "seed": opts.seed,
-        "noise": {"chunk": chunk_size(ds.info.shape),
-                  "scheme": "torch.randn in whole chunks from a generator seeded by "
-                            "SeedSequence([seed, idx, phase]); phases select=0 estimate=1"},
+        "noise": {"chunk": chunk_size(ds.info.shape), "scheme": NOISE_SCHEME},
     }
-    run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    card = {
-        "run_id": run_id,
-        "identity": identity,
-        "budget": {"predictions_per_image": n * cost.m, "n0": opts.n0, "n": n, "m": cost.m,
-                   "requested": opts.budget},
-        "cost_per_sample": {"classifier_passes": cost.classifier_passes,
-                            "diffusion_passes": cost.diffusion_passes},
+    if procedure.name != procedures.DEFAULT:
+        identity["procedure"] = procedure.name
+    extra: dict[str, Any] = {
+        "budget": b.card(),
+        "cost_per_sample": {"classifier_passes": procedure.cost.classifier_passes,
+                            "diffusion_passes": procedure.cost.diffusion_passes},
         "radius_grid": list(datasets.radius_grid(opts.dataset)),
         "paper": dict(entry.paper),
         "environment": environment(device),
+        "procedure": procedure.card(),
+        "model_roles": models.roles(),
     }
-    describe = getattr(base, "describe", None)
-    if callable(describe):  # e.g. a denoiser's timestep, DiffSmooth's sigma/sigma' pairing
-        card["base_classifier"] = _jsonable(describe())
-    return Prepared(opts=opts, run_id=run_id, card=card, smooth=smooth, dataset=ds,
-                    indices=indices, grid=datasets.radius_grid(opts.dataset), device=device, n=n)
+    described = procedure.describe()
+    if described:  # e.g. a denoiser's timestep, DiffSmooth's sigma/sigma' pairing
+        extra["base_classifier"] = _jsonable(described)
+    return RunCard(identity=identity, extra=extra)
 
 
 def run(opts: RunOptions) -> RunResult:
     """Certify the requested images (skipping finished ones) and export the run's files."""
     prep = prepare(opts)
-    store = store_mod.Store(opts.results)
+    store = Store(opts.results)
     try:
-        store.open_run(prep.run_id, prep.card)
-        todo = select_todo(prep, store.done_indices(prep.run_id))
-        device_name = describe_device(prep.device)
-        bar = tqdm(todo, desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
-                   unit="img", disable=not opts.progress, dynamic_ncols=True)
-        samples = opts.n0 + prep.n
-        for idx in bar:
-            x, label = prep.dataset[idx]
-            cert = prep.smooth.certify_record(x.to(prep.device), opts.n0, prep.n, opts.alpha,
-                                              opts.batch, seed=opts.seed, index=idx)
-            store.add_cert(prep.run_id, {
-                "idx": idx, "label": int(label), "predict": cert.prediction,
-                "radius": cert.radius, "correct": int(cert.prediction == int(label)),
-                "time": cert.seconds, "top_class": cert.top_class, "count": cert.count,
-                "n0": cert.n0, "n": cert.n, "p_lower": cert.p_lower,
-                "classifier_passes": cert.classifier_passes,
-                "diffusion_passes": cert.diffusion_passes, "device": device_name,
-                "counts_select": cert.counts_select, "counts_estimate": cert.counts_estimate,
-            })
+        run_id = store.open_run(prep.card)
+        todo = select_todo(prep, store.done_indices(run_id))
+        executor = SerialExecutor(prep.procedure, prep.dataset, prep.device)
+        samples = prep.procedure.budget.n0 + prep.procedure.budget.n
+        bar = tqdm(executor.certify(todo), total=len(todo), unit="img",
+                   desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
+                   disable=not opts.progress, dynamic_ncols=True)
+        for cert in bar:
+            store.add_cert(run_id, cert)
             bar.set_postfix(samples_per_s=f"{samples / max(cert.seconds, 1e-9):,.0f}")
-        folder, summary = export(store, prep.run_id, prep.indices)
-        return RunResult(run_id=prep.run_id, folder=folder, summary=summary, new_images=len(todo))
+        folder, summary = store.export(run_id, prep.indices)
+        return RunResult(run_id=run_id, folder=folder, summary=summary, new_images=len(todo))
     finally:
         store.close()
-
-
-def budget_n(budget: int, m: int, method: str) -> int:
-    """N for a budget of ``budget`` predictions per image at ``m`` predictions per sample."""
-    if budget < m:
-        raise ConfigError(f"--budget {budget} is smaller than {method}'s m = {m} predictions per "
-                          f"noisy sample; use a budget of at least {m}")
-    return budget // m
 
 
 def select_todo(prep: Prepared, done: set[int]) -> list[int]:
@@ -293,66 +203,6 @@ def select_todo(prep: Prepared, done: set[int]) -> list[int]:
     if prep.opts.max_images is not None:
         mine = mine[: prep.opts.max_images]
     return [idx for idx in mine if idx not in done]
-
-
-def summarize(card: Mapping[str, Any], certs: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """The protocol card plus metrics over the certified images of the subset."""
-    grid = card["radius_grid"]
-    radii = [c["radius"] for c in certs]
-    correct = [c["correct"] for c in certs]
-    count = len(certs)
-    seconds = sum(c["time"] for c in certs)
-    ident = card["identity"]
-    samples = ident["n0"] + ident["n"]
-    ca = metrics.certified_accuracy(radii, correct, grid)
-    return {
-        **card,
-        "images": {"certified": count, "subset_size": ident["subset_size"],
-                   "complete": count == ident["subset_size"]},
-        "metrics": {
-            "certified_accuracy": {f"{r:g}": v for r, v in ca.items()},
-            "acr": metrics.average_certified_radius(radii, correct),
-            "abstain_rate": metrics.abstain_rate([c["predict"] for c in certs]),
-            # The largest radius any image can reach at this sigma, N and alpha.
-            "max_certifiable_radius": stats.max_radius(ident["sigma"], ident["n"],
-                                                       ident["alpha"]),
-        },
-        "cost_per_image": {
-            "samples": samples,
-            "classifier_passes": _mean(c["classifier_passes"] for c in certs),
-            "diffusion_passes": _mean(c["diffusion_passes"] for c in certs),
-            "seconds": seconds / count if count else float("nan"),
-            "samples_per_second": samples * count / seconds if seconds else float("nan"),
-            "devices": sorted({c["device"] for c in certs}),
-        },
-    }
-
-
-def export(store: store_mod.Store, run_id: str, indices: list[int]) -> tuple[Path, dict]:
-    """Write certs.tsv and summary.json for a run from the store."""
-    card = store.run_card(run_id)
-    certs = store.certs(run_id, indices)
-    folder = store_mod.run_folder(store.root, card)
-    store_mod.write_tsv(folder / "certs.tsv", certs)
-    summary = summarize(card, certs)
-    store_mod.write_json(folder / "summary.json", summary)
-    return folder, summary
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    return {"certbench": bench.__version__, "torch": torch.__version__,
-            "python": platform.python_version(), "device": describe_device(device)}
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else float("nan")
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:

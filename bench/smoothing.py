@@ -11,7 +11,6 @@ Counting happens on the device (bincount), with one host sync per image.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ import torch
 from bench import stats
 from bench.errors import ModelError
 from bench.protocol import Cost, labels_from_logits
+from bench.records import Certificate
 
 CHUNK = 1024  # samples per noise draw (fewer for large images): part of the noise protocol
 CHUNK_FLOATS = 1 << 24  # at most 16M floats (64 MB) per draw, e.g. 111 ImageNet images
@@ -72,24 +72,6 @@ class NoiseStream:
                 self.pending = block[b - pos :]
                 pos = b
         return out
-
-
-@dataclass
-class Certificate:
-    """The full record of one CERTIFY call."""
-
-    prediction: int  # certified class, or -1 (abstain)
-    radius: float  # full precision; 0.0 when abstaining
-    p_lower: float  # Clopper-Pearson lower bound on p_A
-    top_class: int  # class chosen by the selection samples
-    count: int  # estimation samples voting for top_class (n_A)
-    n0: int
-    n: int
-    counts_select: list[int] = field(default_factory=list)
-    counts_estimate: list[int] = field(default_factory=list)
-    classifier_passes: int = 0
-    diffusion_passes: int = 0
-    seconds: float = 0.0
 
 
 class Smooth:
@@ -156,7 +138,7 @@ class Smooth:
             n0=n0, n=n, counts_select=counts_select, counts_estimate=counts_estimate,
             classifier_passes=samples * self.cost.classifier_passes,
             diffusion_passes=samples * self.cost.diffusion_passes,
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - start, idx=index,
         )
 
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, seed: int, index: int,

@@ -8,14 +8,15 @@ derived from the store and can be rebuilt at any time (no torch needed).
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.errors import StoreError
+from bench.records import Certificate, RunCard, RunSummary
 
 SCHEMA_VERSION = 1
 DB_NAME = "certbench.sqlite"
@@ -86,58 +87,68 @@ class Store:
         self.db.close()
 
     # ----- runs -----------------------------------------------------------------------------
-    def open_run(self, run_id: str, card: Mapping[str, Any]) -> None:
-        """Create the run, or check that an existing run with this id has the same card."""
-        text = json.dumps(card, sort_keys=True)
+    def open_run(self, card: RunCard) -> str:
+        """Create the run, or find the stored run with this identity; return its id.
+
+        A run stored under another id with the same identity (an id scheme of an older
+        certbench) is found by identity, so its certificates are resumed, not duplicated.
+        """
+        run_id = card.run_id
         row = self.db.execute("SELECT card FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is not None:
-            old = json.loads(row["card"])
-            if old.get("identity") != card.get("identity"):
+            if json.loads(row["card"]).get("identity") != card.identity:
                 raise StoreError(f"run {run_id} exists with a different protocol card")
-            return
+            return run_id
+        for other in self.runs_of(card.identity.get("dataset")):
+            if other.card.identity == card.identity:
+                return other.card.run_id
         now = time.time()
         with self.db:
             self.db.execute(
                 "INSERT INTO runs (run_id, method, dataset, card, created, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, card["identity"]["method"], card["identity"]["dataset"], text, now, now),
+                (run_id, card.identity["method"], card.identity["dataset"],
+                 json.dumps(card.to_json(), sort_keys=True), now, now),
             )
+        return run_id
 
-    def run_card(self, run_id: str) -> dict[str, Any]:
+    def run_card(self, run_id: str) -> RunCard:
         row = self.db.execute("SELECT card FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise StoreError(f"no run {run_id!r} in {self.root / DB_NAME}")
-        return json.loads(row["card"])
+        return RunCard.from_json(json.loads(row["card"]))
 
-    def runs(self) -> list[dict[str, Any]]:
+    def runs_of(self, dataset: str | None = None) -> list[StoredRun]:
+        """Runs (optionally of one dataset), oldest first, with their certificate counts."""
         rows = self.db.execute(
             "SELECT r.run_id, r.card, COUNT(c.idx) AS images FROM runs r "
             "LEFT JOIN certs c ON c.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created"
         ).fetchall()
-        return [{"run_id": r["run_id"], "card": json.loads(r["card"]), "images": r["images"]}
-                for r in rows]
-
-    def runs_of(self, dataset: str | None = None) -> list[dict[str, Any]]:
-        """Runs (optionally of one dataset) with their kind: reproduced (certified here) or
-        claimed (imported from someone's per-image TSV)."""
         out = []
-        for r in self.runs():
-            if dataset is not None and r["card"]["identity"]["dataset"] != dataset:
-                continue
-            out.append({**r, "kind": run_kind(r["card"])})
+        for r in rows:
+            card = RunCard.from_json(json.loads(r["card"]))
+            if dataset is None or card.identity.get("dataset") == dataset:
+                out.append(StoredRun(card=card, images=r["images"]))
         return out
 
-    def add_certs(self, run_id: str, records: Iterable[Mapping[str, Any]]) -> int:
-        """Commit many certificates in one transaction (imports: all of a file or none)."""
-        rows = []
+    # ----- certificates ---------------------------------------------------------------------
+    def done_indices(self, run_id: str) -> set[int]:
+        rows = self.db.execute("SELECT idx FROM certs WHERE run_id = ?", (run_id,))
+        return {r[0] for r in rows}
+
+    def add_cert(self, run_id: str, cert: Certificate) -> None:
+        """Commit one certificate durably (its own transaction): a kill loses at most this one."""
+        self.add_certs(run_id, [cert])
+
+    def add_certs(self, run_id: str, certs: Iterable[Certificate]) -> int:
+        """Commit certificates in one transaction (imports: all of a file or none)."""
         now = time.time()
-        for record in records:
-            values = dict(record)
-            values["counts_select"] = json.dumps(list(values["counts_select"]))
-            values["counts_estimate"] = json.dumps(list(values["counts_estimate"]))
-            values["run_id"] = run_id
-            values["created"] = now
-            rows.append(values)
+        rows = []
+        for cert in certs:
+            values = cert.to_row()
+            values["counts_select"] = json.dumps(values["counts_select"])
+            values["counts_estimate"] = json.dumps(values["counts_estimate"])
+            rows.append({**values, "run_id": run_id, "created": now})
         if not rows:
             return 0
         cols = ", ".join(rows[0])
@@ -147,25 +158,7 @@ class Store:
             self.db.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (now, run_id))
         return len(rows)
 
-    # ----- certificates ---------------------------------------------------------------------
-    def done_indices(self, run_id: str) -> set[int]:
-        rows = self.db.execute("SELECT idx FROM certs WHERE run_id = ?", (run_id,))
-        return {r[0] for r in rows}
-
-    def add_cert(self, run_id: str, record: Mapping[str, Any]) -> None:
-        """Commit one certificate durably (its own transaction): a kill loses at most this one."""
-        values = dict(record)
-        values["counts_select"] = json.dumps(list(values["counts_select"]))
-        values["counts_estimate"] = json.dumps(list(values["counts_estimate"]))
-        values["run_id"] = run_id
-        values["created"] = time.time()
-        cols = ", ".join(values)
-        marks = ", ".join(f":{c}" for c in values)
-        with self.db:
-            self.db.execute(f"INSERT OR REPLACE INTO certs ({cols}) VALUES ({marks})", values)
-            self.db.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (time.time(), run_id))
-
-    def certs(self, run_id: str, indices: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    def certs(self, run_id: str, indices: Iterable[int] | None = None) -> list[Certificate]:
         """Certificates of a run ordered by image index (optionally only the given indices)."""
         rows = self.db.execute(
             "SELECT * FROM certs WHERE run_id = ? ORDER BY idx", (run_id,)
@@ -178,33 +171,40 @@ class Store:
             d = dict(r)
             d["counts_select"] = json.loads(d["counts_select"])
             d["counts_estimate"] = json.loads(d["counts_estimate"])
-            out.append(d)
+            out.append(Certificate.from_row(d))
         return out
 
+    def summary(self, run_id: str, indices: Iterable[int] | None = None) -> RunSummary:
+        """The run's metrics over its stored certificates (optionally of given indices)."""
+        return RunSummary.from_certs(self.run_card(run_id), self.certs(run_id, indices))
 
-def run_kind(card: Mapping[str, Any]) -> str:
-    """Cards written by the runner have no kind: they are reproduced by this harness."""
-    return card.get("identity", {}).get("kind", "reproduced")
-
-
-def run_folder_name(card: Mapping[str, Any]) -> str:
-    """``[claimed-]<method>-<dataset>-sigma<S>-<run id>``: where a run's exports live."""
-    ident = card["identity"]
-    prefix = "claimed-" if run_kind(card) == "claimed" else ""
-    # An imported method name is free text: keep it from escaping the runs/ folder.
-    method = re.sub(r"[^A-Za-z0-9._+-]+", "_", ident["method"]).strip(".") or "_"
-    return f"{prefix}{method}-{ident['dataset']}-sigma{ident['sigma']:g}-{card['run_id']}"
-
-
-def run_folder(root: Path, card: Mapping[str, Any]) -> Path:
-    return Path(root) / "runs" / run_folder_name(card)
+    def export(self, run_id: str, indices: Iterable[int] | None = None,
+               root: Path | None = None) -> tuple[Path, RunSummary]:
+        """Write ``certs.tsv`` and ``summary.json`` of a run under ``<root>/runs/<folder>/``."""
+        certs = self.certs(run_id, indices)
+        summary = RunSummary.from_certs(self.run_card(run_id), certs)
+        folder = Path(root or self.root) / "runs" / summary.card.folder_name
+        write_tsv(folder / "certs.tsv", certs)
+        write_json(folder / "summary.json", summary.to_json())
+        return folder, summary
 
 
-def write_tsv(path: Path, certs: Iterable[Mapping[str, Any]]) -> None:
+@dataclass
+class StoredRun:
+    card: RunCard
+    images: int  # certificates stored so far
+
+    @property
+    def run_id(self) -> str:
+        return self.card.run_id
+
+
+def write_tsv(path: Path, certs: Iterable[Certificate]) -> None:
     """Cohen's columns first (radius at full precision, time in seconds), extra columns after."""
     lines = ["\t".join(TSV_COLUMNS)]
-    for c in certs:
-        lines.append("\t".join(_fmt(c[col]) for col in TSV_COLUMNS))
+    for cert in certs:
+        row = cert.to_row()
+        lines.append("\t".join(_fmt(row[col]) for col in TSV_COLUMNS))
     _atomic_write(path, "\n".join(lines) + "\n")
 
 

@@ -15,7 +15,6 @@ of the test set; reported rows have no per-image data and so no interval.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,15 +24,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench import metrics
-from bench.grids import grid_for
-from bench.store import Store, run_folder_name, run_kind
+from bench.budget import predictions
+from bench.dataspecs import grid_for
+from bench.records import CI_LEVEL, RunSummary
+from bench.store import Store
 
 KINDS = ("reproduced", "claimed", "reported")
 FORMATS = ("markdown", "latex", "csv")
-CI_LEVEL = 0.95
-def radius_grid(dataset: str) -> tuple[float, ...]:
-    """The dataset's reporting grid (radii in [0, 1] pixel units)."""
-    return grid_for(dataset)
 
 
 @dataclass
@@ -71,9 +68,7 @@ class Row:
     @property
     def budget(self) -> int | None:
         """Predictions per image, N x m (the same-compute tier)."""
-        if self.n is None:
-            return None
-        return self.n * (self.m or 1)
+        return predictions(self.n, self.m)
 
     @property
     def subset_label(self) -> str:
@@ -98,34 +93,22 @@ class Row:
 
 
 # ----- collecting rows ---------------------------------------------------------------------------
-def row_from_certs(card: Mapping[str, Any], certs: Sequence[Mapping[str, Any]],
-                   description: str = "") -> Row:
-    """Metrics of one stored run, with the over-images interval at each radius."""
-    ident = card["identity"]
-    grid = [float(r) for r in card.get("radius_grid") or radius_grid(ident["dataset"])]
-    radii = [c["radius"] for c in certs]
-    correct = [c["correct"] for c in certs]
-    count = len(certs)
-    acc = metrics.certified_accuracy(radii, correct, grid)
-    interval = {r: metrics.sample_interval(metrics.certified_count(radii, correct, r), count,
-                                           CI_LEVEL) for r in grid}
-    cls = [c["classifier_passes"] for c in certs if c["classifier_passes"] >= 0]
-    dif = [c["diffusion_passes"] for c in certs if c["diffusion_passes"] >= 0]
-    secs = [c["time"] for c in certs if c["time"] >= 0]
-    idx = ",".join(str(c["idx"]) for c in sorted(certs, key=lambda c: c["idx"]))
+def row_from_summary(summary: RunSummary, description: str = "") -> Row:
+    """One stored run (reproduced or claimed) as a table row."""
+    card = summary.card
+    ident = card.identity
+    claimed = card.kind == "claimed"
     return Row(
-        kind=run_kind(card), method=ident["method"], dataset=ident["dataset"],
+        kind=card.kind, method=ident["method"], dataset=ident["dataset"],
         sigma=float(ident["sigma"]), n0=ident.get("n0"), n=ident.get("n"), m=ident.get("m", 1),
         alpha=ident.get("alpha"), subset=ident.get("subset", ""),
-        subset_size=ident.get("subset_size"), images=count, accuracy=acc, interval=interval,
-        acr=metrics.average_certified_radius(radii, correct),
-        abstain=metrics.abstain_rate([c["predict"] for c in certs]),
-        classifier_passes=_mean(cls), diffusion_passes=_mean(dif), seconds=_mean(secs),
-        device=", ".join(sorted({c["device"] for c in certs if c["device"]})),
-        run_id=card["run_id"], folder=run_folder_name(card),
-        source=card.get("source", {}).get("file", "") if run_kind(card) == "claimed" else "",
-        description=description,
-        sample_key=hashlib.sha256(idx.encode()).hexdigest()[:12],
+        subset_size=ident.get("subset_size"), images=summary.images,
+        accuracy=summary.accuracy, interval=summary.interval, acr=summary.acr,
+        abstain=summary.abstain, classifier_passes=summary.classifier_passes,
+        diffusion_passes=summary.diffusion_passes, seconds=summary.seconds,
+        device=", ".join(summary.devices), run_id=card.run_id, folder=card.folder_name,
+        source=card.extra.get("source", {}).get("file", "") if claimed else "",
+        description=description, sample_key=summary.sample_key,
     )
 
 
@@ -134,11 +117,10 @@ def rows_from_store(store: Store, dataset: str | None = None,
     """One row per run with at least one certificate."""
     rows = []
     for run in store.runs_of(dataset):
-        if not run["images"]:
+        if not run.images:
             continue
-        card = run["card"]
-        desc = (descriptions or {}).get(card["identity"]["method"], "")
-        rows.append(row_from_certs(card, store.certs(run["run_id"]), desc))
+        desc = (descriptions or {}).get(run.card.identity["method"], "")
+        rows.append(row_from_summary(store.summary(run.run_id), desc))
     return rows
 
 
@@ -177,10 +159,6 @@ def collect_rows(store: Store | None, registry=None, dataset: str | None = None,
     return rows
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 # ----- grouping, best values and envelopes -------------------------------------------------------
 def group_by_protocol(rows: Iterable[Row]) -> dict[tuple[Any, ...], list[Row]]:
     """Rows grouped by protocol: runs first, then claims, then reported; sigma ascending."""
@@ -203,7 +181,7 @@ def _group_order(row: Row) -> tuple[Any, ...]:
 def grid_of(rows: Iterable[Row], dataset: str | None = None) -> list[float]:
     """The dataset grid, plus any radius a reported row gives beyond it."""
     rows = list(rows)
-    radii = set(radius_grid(dataset or (rows[0].dataset if rows else "digits")))
+    radii = set(grid_for(dataset or (rows[0].dataset if rows else "digits")))
     for row in rows:
         radii.update(row.accuracy)
     return sorted(radii)

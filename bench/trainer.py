@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import datasets
+from bench import datasets, dataspecs
+from bench.devices import resolve_device
 from bench.errors import ConfigError
 from bench.nets.loaders import ZOO_DIR
+from bench.params import check_sigma
 from bench.protocol import TrainContext
-from bench.registry import load_registry
-from bench.runner import build_method, resolve_device
+from bench.registry import Registry, load_registry
 
 
 @dataclass
@@ -43,7 +44,8 @@ class TrainOptions:
 def train(opts: TrainOptions) -> dict[str, Any]:
     registry = load_registry(opts.registry, extra=opts.extra_registries,
                              datasets=datasets.DATASET_NAMES)
-    method = build_method(registry, opts.method, opts.params)
+    check_sigma(opts.sigma)
+    method = registry.method(opts.method).instantiate(opts.dataset, opts.params)
     if not method.supports_training():
         raise ConfigError(f"method {opts.method!r} has nothing to train; trainable methods: "
                           + ", ".join(sorted(_trainable(registry))))
@@ -64,8 +66,10 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         options={"epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "arch": opts.arch,
                  "recipe": opts.recipe},
         progress=opts.progress, command=opts.command,
+        default_arch=dataspecs.spec(opts.dataset).default_arch,
+        registered_model=lambda name: _registered_model(registry, name, train_set.info, device),
     )
-    card = method.train(ctx, ctx.options)
+    card = method.train(ctx)
     card["registry_entry"] = registry_entry(card, opts)
     return card
 
@@ -85,11 +89,20 @@ def registry_entry(card: dict[str, Any], opts: TrainOptions) -> dict[str, Any]:
             "trained_by": opts.method, "trained_with": opts.command}
 
 
-def _trainable(registry) -> list[str]:
+def _registered_model(registry: Registry, name: str, info, device):
+    """A registered model by name, hash-checked (e.g. the classifier judging a denoiser)."""
+    from bench.models import models_dir
+    from bench.nets import load_network
+
+    return load_network(name, registry.model(name).fields, dataset=info, device=device,
+                        base_dir=models_dir())
+
+
+def _trainable(registry: Registry) -> list[str]:
     out = []
-    for name in registry.methods:
+    for name, entry in registry.methods.items():
         try:
-            if build_method(registry, name, {}).supports_training():
+            if entry.instantiate().supports_training():
                 out.append(name)
         except ConfigError:
             continue

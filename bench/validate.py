@@ -126,7 +126,7 @@ def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir
             if "not found" not in str(exc):
                 raise
             return f"smoke NOT RUN (weights not downloaded here: {exc})"
-        certified = result.summary["images"]["certified"]
+        certified = result.summary.images
         tsv = (result.folder / "certs.tsv").read_text().splitlines()
     if certified != SMOKE_IMAGES or len(tsv) != SMOKE_IMAGES + 1:
         raise ConfigError(f"methods.{entry.name}: smoke run certified {certified} images, "
@@ -144,11 +144,12 @@ def validate_method(registry, name: str, registry_path, extra, dataset, smoke_ru
     if entry.reported_only:
         return MethodReport(name, True, f"reported-only, no adapter (cannot be run or smoke "
                                         f"tested); {len(entry.reported)} reported rows valid")
-    from bench.runner import build_method
-    from bench.runner import models_dir as default_models_dir
+    from bench.models import models_dir as default_models_dir
 
     try:
-        build_method(registry, name, {})
+        entry.instantiate()  # the adapter imports and accepts the entry's params
+        for dataset in entry.datasets:  # and each dataset's params
+            entry.instantiate(dataset)
         parts = [f"adapter {entry.adapter} imports"]
         checked, notes = check_models(registry, entry, default_models_dir(models_dir))
         parts.append(f"{checked} model(s) hash-checked" + (f" ({'; '.join(notes)})"

@@ -13,21 +13,24 @@ the Clopper-Pearson bound and stores the certificates.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
+from bench.params import Param
 from bench.protocol import Context, Cost, Method, labels_from_logits
 
 
 class SoftmaxEnsemble(Method):
     id = "ensemble-example"
-    # Optional weight of the first model (params in the registry entry or --param weight=0.7).
-    defaults: Mapping[str, Any] = {"weight": 0.5}
+    # Every param the entry may set, typed once (registry params or --param weight=0.7).
+    PARAMS: Mapping[str, Param] = {
+        "weight": Param(0.5, float, low=0.0, high=1.0, doc="weight of the first model"),
+    }
 
     def base_classifier(self, ctx: Context):
-        first = ctx.load_model(ctx.model_for_sigma("classifier", self.id))
-        second = ctx.load_model(ctx.model_for_sigma("partner", self.id))
+        # Roles named in the registry entry; their sha256s land in the run's card.
+        first = ctx.model("classifier")
+        second = ctx.model("partner")
         return EnsembleClassifier(first, second, float(self.params["weight"]),
                                   ctx.dataset.num_classes)
 

@@ -1,9 +1,9 @@
 """Consistency regularization (Jeong & Shin, NeurIPS 2020) for randomized smoothing.
 
 Per example, m noisy copies x~ + delta_i with x~ = x (``base: gaussian``) or x~ = the SmoothAdv
-point found with the *same* m draws (``base: smoothadv``; PGD of :mod:`methods.attacks`,
+point found with the *same* m draws (``base: smoothadv``; PGD of :mod:`bench.training.attacks`,
 epsilon warm-up as in SmoothAdv). Loss: mean CE over the copies + lbd * (1/m) sum KL(p_bar||p_i)
-+ eta * H(p_bar) (:func:`methods.soft_smoothing.consistency_loss`).
++ eta * H(p_bar) (:func:`bench.training.losses.consistency_loss`).
 
 Units and batching as in :mod:`methods.smoothadv` (epsilon in [0, 1] pixels, the reference's
 flags are /256; ``--batch`` counts examples per step, the reference's 256 // m).
@@ -15,29 +15,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bench.protocol import Method, TrainContext
-from methods.attacks import smoothadv_pgd
-from methods.gaussian import Gaussian, train_noise_augmented
-from methods.smoothadv import EpsilonWarmup, reference_recipe
-from methods.soft_smoothing import check_param, consistency_loss, logits_on, noisy_copies
+from bench.params import Param
+from bench.protocol import ClassifierMethod, TrainContext
+from bench.training import (
+    EpsilonWarmup,
+    consistency_loss,
+    logits_on,
+    noisy_copies,
+    smoothadv_pgd,
+    smoothadv_recipe,
+    train_noise_augmented,
+)
 
 
-class Consistency(Method):
+class Consistency(ClassifierMethod):
     id = "consistency"
-    defaults: Mapping[str, Any] = {"m": 2, "lbd": 10.0, "eta": 0.5, "base": "gaussian",
-                                   "epsilon": 0.5, "steps": 10, "warmup": 10}
-    base_classifier = Gaussian.base_classifier
+    PARAMS: Mapping[str, Param] = {
+        "m": Param(2, int, "noisy copies per example", low=1),
+        "lbd": Param(10.0, float, "weight of the consistency (KL) term", low=0),
+        "eta": Param(0.5, float, "weight of the entropy term"),
+        "base": Param("gaussian", str, "copies around x, or around SmoothAdv's PGD point",
+                      choices=("gaussian", "smoothadv")),
+        "epsilon": Param(0.5, float, "base smoothadv: L2 attack budget, [0, 1] pixels", low=0),
+        "steps": Param(10, int, "base smoothadv: PGD steps", low=1),
+        "warmup": Param(10, int, "base smoothadv: epochs of linear epsilon ramp-up", low=0),
+    }
 
-    def train(self, ctx: TrainContext, options: Mapping[str, Any]) -> dict[str, Any]:
+    def train(self, ctx: TrainContext) -> dict[str, Any]:
         p = self.params
-        m = check_param(self.id, p, "m", int, low=1)
-        lbd = check_param(self.id, p, "lbd", float, low=0)
-        eta = check_param(self.id, p, "eta", float)
-        base = check_param(self.id, p, "base", str, choices=("gaussian", "smoothadv"))
-        adversarial = base == "smoothadv"
-        schedule = EpsilonWarmup(check_param(self.id, p, "epsilon", float, low=0),
-                                 check_param(self.id, p, "warmup", int, low=0))
-        steps = check_param(self.id, p, "steps", int, low=1)
+        m, lbd, eta, steps = p["m"], p["lbd"], p["eta"], p["steps"]
+        adversarial = p["base"] == "smoothadv"
+        schedule = EpsilonWarmup(p["epsilon"], p["warmup"])
         # Record only the params that shaped this model (the attack's are unused on gaussian).
         used = dict(p) if adversarial else {k: p[k] for k in ("m", "lbd", "eta", "base")}
 
@@ -50,4 +58,4 @@ class Consistency(Method):
 
         return train_noise_augmented(ctx, self.id, loss, params=used,
                                      epoch_hook=schedule.set_epoch if adversarial else None,
-                                     reference=reference_recipe(m))
+                                     reference=smoothadv_recipe(m))

@@ -1,192 +1,30 @@
-"""Train a small DDPM (Ho et al. 2020) to serve as the denoiser of DDS/DiffSmooth on small data.
+"""``bench train --method ddpm``: a small DDPM denoiser for DDS/DiffSmooth on small data.
 
-Standard epsilon-prediction objective, linear beta schedule 1e-4..0.02 over T=1000 steps, a
-small diffusers ``UNet2DModel`` and an EMA of its weights (the EMA is what gets saved). The
-result is a diffusers-format folder (``unet/`` + ``scheduler/``) loadable by
-:func:`bench.diffusion.load_denoiser`. Training is seeded and resumes from a per-epoch
-checkpoint in ``<out>/<name>.partial/`` (removed once the folder is written).
+Not a certification method: it has no base classifier. The trainer itself (UNet, schedule, EMA,
+resumable loop, the card's denoised accuracy) is :mod:`bench.training.ddpm`; this adapter only
+hands it the TrainContext.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import platform
-import shutil
-import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-
 from bench.errors import ConfigError
+from bench.params import Param
 from bench.protocol import Context, Method, TrainContext
-
-# Sized for 8x8 digits on a CPU: ~0.7M parameters, a few thousand one-shot denoisings/s.
-UNET_CONFIG = {
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "down_block_types": ("DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 8,
-}
-SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-            "beta_schedule": "linear", "prediction_type": "epsilon", "clip_sample": True}
-DEFAULTS = {"epochs": 150, "batch": 128, "lr": 2e-3}
-EMA_DECAY = 0.999
-EVAL_CLASSIFIER = "digits-cnn-gaussian-0.25"  # judges the denoiser in the model card
+from bench.training.ddpm import train_ddpm
 
 
 class DDPM(Method):
     """Not a certification method: ``bench train --method ddpm`` builds a denoiser."""
 
     id = "ddpm"
-    defaults: Mapping[str, Any] = {}
+    PARAMS: Mapping[str, Param] = {}
 
     def base_classifier(self, ctx: Context):
         raise ConfigError("method 'ddpm' only trains a denoiser; certify with --method dds or "
                           "--method diffsmooth")
 
-    def train(self, ctx: TrainContext, options: Mapping[str, Any]) -> dict[str, Any]:
+    def train(self, ctx: TrainContext) -> dict[str, Any]:
         return train_ddpm(ctx)
-
-
-def build_unet(shape: tuple[int, int, int]):
-    from diffusers import UNet2DModel
-
-    c, h, _ = shape
-    return UNet2DModel(sample_size=h, in_channels=c, out_channels=c, **UNET_CONFIG)
-
-
-def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
-    """Fit the UNet with the epsilon objective; write the diffusers folder + card."""
-    from diffusers import DDPMScheduler
-
-    info = ctx.dataset
-    opts = {k: ctx.options.get(k) or v for k, v in DEFAULTS.items()}
-    name = ctx.name or f"{info.name}-ddpm"
-    out = Path(ctx.out_dir) / name
-    partial = Path(ctx.out_dir) / f"{name}.partial"
-    device = ctx.device
-    scheduler = DDPMScheduler(**SCHEDULE)
-    abar = scheduler.alphas_cumprod.to(device)
-
-    torch.manual_seed(ctx.seed)
-    unet = build_unet(info.shape).to(device)
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    x_train = ctx.train[0].to(device) * 2 - 1  # the model lives in [-1, 1]
-    steps_per_epoch = -(-len(x_train) // opts["batch"])
-    opt = torch.optim.AdamW(unet.parameters(), lr=opts["lr"], weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts["lr"], pct_start=0.05,
-                                                total_steps=opts["epochs"] * steps_per_epoch)
-    shuffle = torch.Generator().manual_seed(ctx.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(ctx.seed + 1)
-    state = {"epoch": 0, "seconds": 0.0, "losses": []}
-    identity = {"seed": ctx.seed, **opts, "unet": {k: list(v) if isinstance(v, tuple) else v
-                                                   for k, v in UNET_CONFIG.items()}}
-    ckpt_path = partial / "checkpoint.pt"
-    if ckpt_path.is_file():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if saved["identity"] != identity:
-            raise ConfigError(f"{ckpt_path} is from a different configuration; delete "
-                              f"{partial} to start over")
-        unet.load_state_dict(saved["unet"])
-        ema.load_state_dict(saved["ema"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        shuffle.set_state(saved["shuffle"])
-        noise_gen.set_state(saved["noise"])
-        state = saved["state"]
-
-    bar = tqdm(range(state["epoch"], opts["epochs"]), desc=f"ddpm {info.name}", unit="epoch",
-               disable=not ctx.progress, dynamic_ncols=True, initial=state["epoch"],
-               total=opts["epochs"])
-    for epoch in bar:
-        start = time.perf_counter()
-        unet.train()
-        order = torch.randperm(len(x_train), generator=shuffle).to(device)
-        total = torch.zeros((), device=device)
-        for i in range(0, len(x_train), opts["batch"]):
-            x0 = x_train[order[i : i + opts["batch"]]]
-            t = torch.randint(0, len(abar), (len(x0),), generator=noise_gen, device=device)
-            eps = torch.randn(x0.shape, generator=noise_gen, device=device)
-            a = abar[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-            loss = torch.nn.functional.mse_loss(unet(xt, t).sample, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                    pe.lerp_(p, 1 - EMA_DECAY)
-            total += loss.detach() * len(x0)
-        state["losses"].append(float(total) / len(x_train))
-        state["epoch"] = epoch + 1
-        state["seconds"] += time.perf_counter() - start
-        bar.set_postfix(loss=f"{state['losses'][-1]:.4f}")
-        partial.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"identity": identity, "unet": unet.state_dict(), "ema": ema.state_dict(),
-                    "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "shuffle": shuffle.get_state(), "noise": noise_gen.get_state(),
-                    "state": state}, tmp)
-        tmp.replace(ckpt_path)
-
-    ema = ema.to("cpu")
-    tmp_out = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp_out, ignore_errors=True)
-    ema.save_pretrained(tmp_out / "unet", safe_serialization=True)
-    scheduler.save_config(tmp_out / "scheduler")
-    card = {
-        "name": name, "method": "ddpm", "arch": "diffusers-unet2d", "dataset": info.name,
-        "sigma": ctx.sigma,  # only the noise level of the card's denoised-accuracy check
-        "objective": "epsilon MSE, t ~ U{0..T-1}", "schedule": SCHEDULE, "unet": identity["unet"],
-        "parameters": sum(p.numel() for p in ema.parameters()), "ema_decay": EMA_DECAY,
-        "epochs": opts["epochs"], "batch": opts["batch"], "lr": opts["lr"],
-        "optimizer": "AdamW, one-cycle schedule", "seed": ctx.seed,
-        "train_images": len(x_train), "final_loss": round(state["losses"][-1], 5),
-        "loss_every_10_epochs": [round(v, 4) for v in state["losses"][::10]],
-        "train_seconds": round(state["seconds"], 1), "device": str(device),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "command": ctx.command,
-    }
-    card.update(_denoised_accuracy(ema, ctx))
-    (tmp_out / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp_out.replace(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    from bench.nets import sha256_file
-
-    card["sha256"] = sha256_file(out / "unet" / "diffusion_pytorch_model.safetensors")
-    return {**card, "weights": str(out)}
-
-
-def _denoised_accuracy(unet, ctx: TrainContext) -> dict[str, Any]:
-    """Accuracy of a reference digits classifier on clean and on one-shot-denoised test images
-    at ``ctx.sigma`` (what ``bench train`` prints as clean/noisy accuracy for this method)."""
-    from bench.diffusion import Denoiser
-    from bench.nets import load_network
-    from bench.nets.loaders import ZOO_DIR
-    from bench.registry import load_registry
-
-    try:
-        entry = load_registry(Path(__file__).resolve().parent.parent / "registry.yaml").models[
-            EVAL_CLASSIFIER]
-        net = load_network(EVAL_CLASSIFIER, entry.fields, dataset=ctx.dataset, base_dir=ZOO_DIR)
-    except Exception:  # noqa: BLE001 - the card is still useful without the reference numbers
-        return {"clean_accuracy": float("nan"), "noisy_accuracy": float("nan")}
-    from diffusers import DDPMScheduler
-
-    den = Denoiser(unet, DDPMScheduler(**SCHEDULE).alphas_cumprod, ctx.sigma)
-    x, y = ctx.test
-    gen = torch.Generator().manual_seed(ctx.seed)
-    with torch.inference_mode():
-        clean = (net(x).argmax(1) == y).float().mean().item()
-        noisy = x + ctx.sigma * torch.randn(x.shape, generator=gen)
-        hits = (net(den(noisy)).argmax(1) == y).float().mean().item()
-    return {"clean_accuracy": round(clean, 4), "noisy_accuracy": round(hits, 4),
-            "eval": f"{EVAL_CLASSIFIER} on clean / one-shot-denoised (sigma {ctx.sigma:g}) test "
-                    "images"}

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.diffusion import Denoiser, denoiser_for
+from bench.diffusion import Denoiser, one_shot_denoiser
+from bench.params import Param
 from bench.protocol import Context, Cost, Method
 
 
@@ -36,11 +37,13 @@ class DDSClassifier(nn.Module):
 
 class DDS(Method):
     id = "dds"
-    # denoiser: a registered model, a diffusers folder / Hub id or a module:Class (default:
-    # the registry's denoiser for the dataset).
-    defaults: Mapping[str, Any] = {"denoiser": None}
+    PARAMS: Mapping[str, Param] = {
+        "denoiser": Param(None, str, optional=True,
+                          doc="a registered model, diffusers folder, Hub id or module:Class "
+                              "(default: the registry's denoiser for the dataset)"),
+    }
 
     def base_classifier(self, ctx: Context) -> DDSClassifier:
-        denoiser = denoiser_for(ctx, self.id, ctx.params.get("denoiser"))
-        classifier = ctx.load_model(ctx.model_for_sigma("classifier", self.id))
+        denoiser = one_shot_denoiser(ctx, self.params["denoiser"])
+        classifier = ctx.model("classifier")
         return DDSClassifier(denoiser, classifier, ctx.dataset.num_classes).eval()

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.diffusion import Denoiser, denoiser_for
-from bench.errors import ConfigError
+from bench.diffusion import Denoiser, one_shot_denoiser
+from bench.params import Param
 from bench.protocol import Context, Cost, Method
 from bench.smoothing import NoiseStream
 
@@ -75,41 +75,27 @@ class DiffSmoothClassifier(nn.Module):
 
 class DiffSmooth(Method):
     id = "diffsmooth"
-    defaults: Mapping[str, Any] = {"m": 5, "local_sigma": 0.25, "local_noise": "fixed",
-                                   "local_seed": 42, "denoiser": None}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        p = self.params
-        m, ls = p["m"], p["local_sigma"]
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ConfigError(f"diffsmooth: m must be a positive integer, got {m!r}")
-        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 < ls <= 10:
-            raise ConfigError(f"diffsmooth: local_sigma must be in (0, 10], got {ls!r}")
-        if p["local_noise"] not in LOCAL_NOISE:
-            raise ConfigError(f"diffsmooth: local_noise must be one of {', '.join(LOCAL_NOISE)}, "
-                              f"got {p['local_noise']!r}")
-        if isinstance(p["local_seed"], bool) or not isinstance(p["local_seed"], int) \
-                or p["local_seed"] < 0:
-            raise ConfigError(f"diffsmooth: local_seed must be a non-negative integer, got "
-                              f"{p['local_seed']!r}")
+    PARAMS: Mapping[str, Param] = {
+        "m": Param(5, int, low=1, doc="local draws per outer sample (predictions per sample)"),
+        "local_sigma": Param(0.25, float, sigma=True, doc="sigma' of the local draws"),
+        "local_noise": Param("fixed", str, choices=LOCAL_NOISE,
+                             doc="fixed: one set of m draws for all (the paper); fresh: per "
+                                 "outer sample, from a stream seeded per image"),
+        "local_seed": Param(42, int, low=0, doc="seed of the local draws"),
+        "denoiser": Param(None, str, optional=True,
+                          doc="a registered model, diffusers folder, Hub id or module:Class "
+                              "(default: the registry's denoiser for the dataset)"),
+    }
 
     def base_classifier(self, ctx: Context) -> DiffSmoothClassifier:
-        p = {**self.params, **ctx.params}  # the runner passes the merged params
-        denoiser = denoiser_for(ctx, self.id, p.get("denoiser"))
-        name = ctx.model_for_sigma("classifier", self.id)
-        classifier = ctx.load_model(name)
+        p = self.params
+        denoiser = one_shot_denoiser(ctx, p["denoiser"])
+        classifier = ctx.model("classifier")
         base = DiffSmoothClassifier(
             denoiser, classifier, ctx.dataset.num_classes, shape=ctx.dataset.shape, m=p["m"],
             local_sigma=float(p["local_sigma"]), local_noise=p["local_noise"],
             local_seed=p["local_seed"]).to(ctx.device).eval()
-        entry = getattr(ctx.model_loader, "entry", None)
-        trained = None
-        if entry is not None:
-            try:
-                trained = entry(name).get("sigma")
-            except ConfigError:
-                trained = None
+        ref = ctx.model_ref("classifier")
         base.pairing = {"outer_sigma": ctx.sigma, "local_sigma": float(p["local_sigma"]),
-                        "classifier": name, "classifier_trained_sigma": trained}
+                        "classifier": ref.name, "classifier_trained_sigma": ref.fields.get("sigma")}
         return base

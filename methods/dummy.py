@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
 from bench.errors import ConfigError
+from bench.params import Param
 from bench.protocol import Context, Cost, DatasetInfo, Method
 
 KINDS = ("constant", "linear")
@@ -24,16 +24,20 @@ KINDS = ("constant", "linear")
 
 class Dummy(Method):
     id = "dummy"
-    defaults: Mapping[str, Any] = {
-        "kind": "constant", "label": 0, "direction": "mean", "pixel": 0, "threshold": None,
-        "classes": [0, 1],
+    PARAMS: Mapping[str, Param] = {
+        "kind": Param("constant", str, choices=KINDS, doc="constant or linear"),
+        "label": Param(0, int, low=0, doc="the constant classifier's label"),
+        "direction": Param("mean", str, choices=("pixel", "mean"),
+                           doc="the linear classifier's normal: one pixel or all-ones"),
+        "pixel": Param(0, int, low=0, doc="the pixel of direction 'pixel'"),
+        "threshold": Param(None, float, optional=True,
+                           doc="u.x threshold (default: half of u's sum)"),
+        "classes": Param([0, 1], list, doc="labels below / above the hyperplane"),
     }
 
     def base_classifier(self, ctx: Context):
         p = self.params
         k = ctx.dataset.num_classes
-        if p["kind"] not in KINDS:
-            raise ConfigError(f"dummy: kind must be one of {', '.join(KINDS)}, got {p['kind']!r}")
         if p["kind"] == "constant":
             if not 0 <= int(p["label"]) < k:
                 raise ConfigError(f"dummy: label must be in [0, {k}), got {p['label']}")

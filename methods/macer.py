@@ -3,7 +3,7 @@
 Loss per batch (k noise draws per example): soft smoothed cross-entropy + lbd * hinge
 (sigma/2)(gamma - xi) on the radius surrogate xi = Phi^-1(p1) - Phi^-1(p2) of the
 beta-tempered smoothed softmax, counted only for examples it classifies correctly
-(:func:`methods.soft_smoothing.macer_loss`). ``deferred``: number of initial epochs trained with
+(:func:`bench.training.losses.macer_loss`). ``deferred``: number of initial epochs trained with
 lbd = 0 (the re-implementation in jh-jeong/smoothing-consistency defers until the first lr drop;
 the MACER paper suggests a lbd = 0 warm start for large sigma).
 
@@ -16,28 +16,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bench.protocol import Method, TrainContext
-from methods.gaussian import Gaussian, train_noise_augmented
-from methods.soft_smoothing import check_param, logits_on, macer_loss, noisy_copies
+from bench.params import Param
+from bench.protocol import ClassifierMethod, TrainContext
+from bench.training import (
+    MACER_RECIPE,
+    logits_on,
+    macer_loss,
+    noisy_copies,
+    train_noise_augmented,
+)
 
-# MACER's main.py: SGD lr 0.01, momentum 0.9, wd 5e-4, batch 64, 440 epochs, x0.1 at 200, 400.
-REFERENCE_RECIPE = {"epochs": 440, "batch": 64, "lr": 0.01, "weight_decay": 5e-4,
-                    "milestones": (200, 400)}
 
-
-class Macer(Method):
+class Macer(ClassifierMethod):
     id = "macer"
-    defaults: Mapping[str, Any] = {"k": 16, "lbd": 12.0, "gamma": 8.0, "beta": 16.0,
-                                   "deferred": 0}
-    base_classifier = Gaussian.base_classifier
+    PARAMS: Mapping[str, Param] = {
+        "k": Param(16, int, "noise draws per example (top-2 of their average: at least 2)",
+                   low=2),
+        "lbd": Param(12.0, float, "weight of the robustness (radius) term", low=0),
+        "gamma": Param(8.0, float, "hinge on the radius surrogate", low=0),
+        "beta": Param(16.0, float, "softmax inverse temperature of the robustness term", low=0),
+        "deferred": Param(0, int, "initial epochs trained with lbd = 0", low=0),
+    }
 
-    def train(self, ctx: TrainContext, options: Mapping[str, Any]) -> dict[str, Any]:
+    def train(self, ctx: TrainContext) -> dict[str, Any]:
         p = self.params
-        k = check_param(self.id, p, "k", int, low=2)  # top-2 of a k-sample average
-        lbd = check_param(self.id, p, "lbd", float, low=0)
-        gamma = check_param(self.id, p, "gamma", float, low=0)
-        beta = check_param(self.id, p, "beta", float, low=0)
-        deferred = check_param(self.id, p, "deferred", int, low=0)
+        k, lbd, deferred = p["k"], p["lbd"], p["deferred"]
         state = {"lbd": lbd if deferred == 0 else 0.0}
 
         def epoch_hook(epoch: int) -> None:
@@ -45,8 +48,8 @@ class Macer(Method):
 
         def loss(net, xb, yb, gen):
             logits = logits_on(net, xb, noisy_copies(xb, k, ctx.sigma, gen))
-            return macer_loss(logits, yb, sigma=ctx.sigma, lbd=state["lbd"], gamma=gamma,
-                              beta=beta)
+            return macer_loss(logits, yb, sigma=ctx.sigma, lbd=state["lbd"], gamma=p["gamma"],
+                              beta=p["beta"])
 
         return train_noise_augmented(ctx, self.id, loss, params=p, epoch_hook=epoch_hook,
-                                     reference=REFERENCE_RECIPE)
+                                     reference=MACER_RECIPE)

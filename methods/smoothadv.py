@@ -1,7 +1,7 @@
 """SmoothAdv (Salman et al., NeurIPS 2019): adversarial training of the smoothed classifier.
 
 Per mini-batch: draw m noises per example, attack the *soft* smoothed classifier with those
-draws (SmoothAdv-PGD or -DDN, :mod:`methods.attacks`), then take a cross-entropy step on
+draws (SmoothAdv-PGD or -DDN, :mod:`bench.training.attacks`), then take a cross-entropy step on
 x_adv + delta_i with the *same* draws (all m copies with ``multi_noise``, else the first).
 The budget ramps up: epsilon_e = min(epsilon, (e + 1) * epsilon / warmup) in epoch e.
 
@@ -21,56 +21,43 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from bench.protocol import Method, TrainContext
-from methods.attacks import ATTACKS
-from methods.gaussian import Gaussian, train_noise_augmented
-from methods.soft_smoothing import check_param, logits_on, noisy_copies
+from bench.params import Param
+from bench.protocol import ClassifierMethod, TrainContext
+from bench.training import (
+    ATTACKS,
+    EpsilonWarmup,
+    logits_on,
+    noisy_copies,
+    smoothadv_recipe,
+    train_noise_augmented,
+)
 
 
-class SmoothAdv(Method):
+class SmoothAdv(ClassifierMethod):
     id = "smoothadv"
-    defaults: Mapping[str, Any] = {
-        "attack": "pgd", "epsilon": 0.25, "steps": 10, "m": 1, "multi_noise": True,
-        "warmup": 10, "init_norm": 1.0, "ddn_gamma": 0.05,
+    PARAMS: Mapping[str, Param] = {
+        "attack": Param("pgd", str, "attack on the soft smoothed classifier",
+                        choices=tuple(ATTACKS)),
+        "epsilon": Param(0.25, float, "L2 attack budget, [0, 1] pixels (reference flag / 256)",
+                         low=0),
+        "steps": Param(10, int, "attack steps", low=1),
+        "m": Param(1, int, "noise draws per example (attack and training step)", low=1),
+        "multi_noise": Param(True, bool, "train on all m noisy copies (else the first)"),
+        "warmup": Param(10, int, "epochs over which epsilon ramps up linearly", low=0),
+        "init_norm": Param(1.0, float, "DDN: initial perturbation norm, [0, 1] pixels", low=0),
+        "ddn_gamma": Param(0.05, float, "DDN: per-step norm change factor", low=0),
     }
-    base_classifier = Gaussian.base_classifier
 
-    def train(self, ctx: TrainContext, options: Mapping[str, Any]) -> dict[str, Any]:
+    def train(self, ctx: TrainContext) -> dict[str, Any]:
         p = self.params
-        attack = check_param(self.id, p, "attack", str, choices=tuple(ATTACKS))
-        epsilon = check_param(self.id, p, "epsilon", float, low=0)
-        steps = check_param(self.id, p, "steps", int, low=1)
-        m = check_param(self.id, p, "m", int, low=1)
-        multi = check_param(self.id, p, "multi_noise", bool)
-        warmup = check_param(self.id, p, "warmup", int, low=0)
         extra = {}
-        if attack == "ddn":
-            extra = {"init_norm": check_param(self.id, p, "init_norm", float, low=0),
-                     "gamma": check_param(self.id, p, "ddn_gamma", float, low=0)}
-        schedule = EpsilonWarmup(epsilon, warmup)
-        loss = smoothadv_loss(ctx.sigma, m, steps, multi, schedule, ATTACKS[attack], extra)
+        if p["attack"] == "ddn":
+            extra = {"init_norm": p["init_norm"], "gamma": p["ddn_gamma"]}
+        schedule = EpsilonWarmup(p["epsilon"], p["warmup"])
+        loss = smoothadv_loss(ctx.sigma, p["m"], p["steps"], p["multi_noise"], schedule,
+                              ATTACKS[p["attack"]], extra)
         return train_noise_augmented(ctx, self.id, loss, params=p, epoch_hook=schedule.set_epoch,
-                                     reference=reference_recipe(m))
-
-
-def reference_recipe(m: int) -> dict[str, Any]:
-    """Salman et al.'s README recipe: SGD lr 0.1, StepLR 50, 150 epochs, 256 images per loaded
-    batch split into m optimizer steps."""
-    return {"epochs": 150, "batch": max(1, 256 // m), "lr": 0.1, "weight_decay": 1e-4,
-            "milestones": (50, 100)}
-
-
-class EpsilonWarmup:
-    """epsilon_e = min(epsilon, (e + 1) * epsilon / warmup) for epoch e (0-based); warmup 0 or 1
-    means the full budget from the start."""
-
-    def __init__(self, epsilon: float, warmup: int):
-        self.epsilon, self.warmup = epsilon, warmup
-        self.current = epsilon if warmup <= 1 else epsilon / warmup
-
-    def set_epoch(self, epoch: int) -> None:
-        self.current = self.epsilon if self.warmup <= 1 else min(
-            self.epsilon, (epoch + 1) * self.epsilon / self.warmup)
+                                     reference=smoothadv_recipe(p["m"]))
 
 
 def smoothadv_loss(sigma: float, m: int, steps: int, multi_noise: bool, schedule: EpsilonWarmup,

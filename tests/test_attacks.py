@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.attacks import smoothadv_ddn, smoothadv_pgd
-from methods.soft_smoothing import logits_on
+from bench.training.attacks import smoothadv_ddn, smoothadv_pgd
+from bench.training.losses import logits_on
 
 ATTACKS = [smoothadv_pgd, smoothadv_ddn]
 

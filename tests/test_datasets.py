@@ -1,9 +1,12 @@
-"""Tests for bench.datasets: splits, conventions, subsets, grids and the file loaders (offline)."""
+"""Tests for bench.dataspecs and bench.datasets: the spec table, splits, conventions, subsets,
+grids and the file loaders (offline)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,9 @@ from sklearn.datasets import load_digits
 from torchvision.transforms.functional import to_tensor
 
 from bench import datasets as D
+from bench import dataspecs
+from bench.dataspecs import DATASETS, DatasetInfo, DatasetSpec, register_dataset
 from bench.errors import ConfigError, DataError
-from bench.protocol import DatasetInfo
 
 
 @pytest.fixture(autouse=True)
@@ -184,6 +188,105 @@ def test_radius_grids():
     assert (
         D.radius_grid("mnist") == D.radius_grid("fashion-mnist") == tuple(i / 4 for i in range(11))
     )
+
+
+def test_subset_hashes_of_stored_runs_are_unchanged():
+    # Part of every stored run id: these values must never change.
+    assert D.subset_hash(D.resolve_subset("cifar10", "cohen500", 10_000)) == "7a4fbdbe840eae6b"
+    assert D.subset_hash(D.resolve_subset("digits", "dev", 360)) == "b47c4f3c11a491ec"
+    assert D.subset_hash(D.resolve_subset("imagenet", "cohen500", 50_000)) == "66f63a17b8f3098c"
+
+
+def test_grid_for_is_lenient():
+    assert dataspecs.grid_for("cifar10") == D.radius_grid("cifar10")
+    assert dataspecs.grid_for("svhn") == tuple(i / 4 for i in range(9))  # default grid
+
+
+# ----------------------------------------------------------------------------------------------
+# the spec table: one source for every dataset fact
+
+
+def test_builtin_specs():
+    facts = {
+        name: (s.shape, s.num_classes, s.grid, s.splits, s.default_arch, s.loader)
+        for name, s in DATASETS.items()
+    }
+    both, test = ("train", "test"), ("test",)
+    assert facts == {
+        "digits": ((1, 8, 8), 10, (0.25, 2.0), both, "digits_cnn", "bench.datasets:load_digits"),
+        "mnist": ((1, 28, 28), 10, (0.25, 2.5), both, "mnist_cnn", "bench.datasets:load_idx"),
+        "fashion-mnist": ((1, 28, 28), 10, (0.25, 2.5), both, "mnist_cnn",
+                          "bench.datasets:load_idx"),
+        "cifar10": ((3, 32, 32), 10, (0.25, 2.25), both, "cifar_resnet110",
+                    "bench.datasets:load_cifar10"),
+        "imagenet": ((3, 224, 224), 1000, (0.5, 3.0), test, None, "bench.datasets:load_imagenet"),
+        "imagefolder": (None, None, (0.5, 3.0), test, None, "bench.datasets:load_imagefolder"),
+    }
+    assert all(s.description for s in DATASETS.values())
+    assert DATASETS["imagenet"].mean == DATASETS["imagefolder"].mean == (0.485, 0.456, 0.406)
+    for name, s in DATASETS.items():
+        if s.shape is not None:
+            assert s.info == D.dataset_info(name) == DatasetInfo(
+                name, s.shape, s.num_classes, s.mean, s.std)
+
+
+def test_dataspecs_imports_without_torch_or_numpy():
+    code = ("import sys, bench.dataspecs, bench.grids; "
+            "assert not {'torch', 'numpy'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture
+def spec_table():
+    """Datasets registered by a test are forgotten after it."""
+    saved = dict(DATASETS)
+    yield DATASETS
+    DATASETS.clear()
+    DATASETS.update(saved)
+
+
+def _toy(name="digits-copy", **changes) -> DatasetSpec:
+    fields = {"shape": (1, 8, 8), "num_classes": 10, "mean": (0.5,), "std": (0.25,),
+              "grid": (0.5, 1.0), "loader": "bench.datasets:load_digits",
+              "subsets": {"first7": range(7)}, "splits": ("test",),
+              "description": "the digits test split under another spec"}
+    return DatasetSpec(name, **{**fields, **changes})
+
+
+def test_everything_reads_the_spec(spec_table, cli):
+    """A registered spec is all it takes: names, list, grids, subsets, info and loading."""
+    register_dataset(_toy())
+    assert D.DATASET_NAMES[-1] == dataspecs.DATASET_NAMES[-1] == "digits-copy"
+    assert D.radius_grid("digits-copy") == dataspecs.grid_for("digits-copy") == (0.0, 0.5, 1.0)
+    assert D.subset_names("digits-copy") == ("full", "dev", "first7")
+    assert D.resolve_subset("digits-copy", "first7", 360) == list(range(7))
+    ds = D.load_split("digits-copy")  # through the spec's loader, with the spec's info
+    assert len(ds) == 360 and ds.info == DatasetInfo("digits-copy", (1, 8, 8), 10, (0.5,), (0.25,))
+    with pytest.raises(ConfigError, match=r"no split 'train'; valid: test$"):
+        D.load_split("digits-copy", "train")
+    code, out, _ = cli("list")
+    assert code == 0
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines()
+            if line.split() and line.split()[0] in DATASETS}
+    for name, s in DATASETS.items():
+        grid = s.radii
+        assert rows[name] == (f"{', '.join(s.subsets)} {grid[0]:g}..{grid[-1]:g} "
+                              f"step {s.grid[0]:g}")
+
+
+def test_register_rejects_duplicates_and_bad_specs(spec_table):
+    with pytest.raises(ConfigError, match="'digits' is already registered"):
+        register_dataset(_toy("digits"))
+    with pytest.raises(ConfigError, match="cannot be redefined"):
+        _toy(subsets={"dev": range(10)})
+    with pytest.raises(ConfigError, match="module:function"):
+        _toy(loader="load_digits")
+    with pytest.raises(ConfigError, match="test split"):
+        _toy(splits=("train",))
+    assert _toy(subsets={"dev": range(50)}).subsets == {"full": None, "dev": range(50)}
+    register_dataset(_toy("broken", loader="bench.datasets:no_such_loader"))
+    with pytest.raises(ConfigError, match="'broken': cannot import its loader"):
+        D.load_split("broken")
 
 
 # ----------------------------------------------------------------------------------------------

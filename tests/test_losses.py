@@ -12,7 +12,7 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from methods.soft_smoothing import (
+from bench.training.losses import (
     consistency_loss,
     logits_on,
     macer_loss,

@@ -9,8 +9,8 @@ import pytest
 
 from bench.datasets import load_split
 from bench.nets import load_network, sha256_file
-from bench.nets.training import noisy_accuracy
 from bench.registry import load_registry
+from bench.training.loop import noisy_accuracy
 from tests.conftest import ROOT
 
 REGISTRY = load_registry(ROOT / "registry.yaml")

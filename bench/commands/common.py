@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from bench.errors import ConfigError
+
 
 def shard(text: str) -> tuple[int, int]:
     try:
@@ -21,7 +23,20 @@ def param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+    try:
+        return key, yaml.safe_load(value)  # YAML scalars: 0.5 -> float, true -> bool
+    except yaml.YAMLError:
+        return key, value
+
+
+def params_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """--param pairs as a dict; a key given twice is a mistake, not "the last one wins"."""
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if key in out:
+            raise ConfigError(f"--param {key} given twice")
+        out[key] = value
+    return out
 
 
 def common_registry(p: argparse.ArgumentParser) -> None:
@@ -48,6 +63,8 @@ def certification_options(p: argparse.ArgumentParser) -> None:
                    help="where non-zoo checkpoints live (default $CERTBENCH_MODELS or ./models)")
     p.add_argument("--param", type=param, action="append", default=[],
                    help="override a method param: KEY=VALUE (repeatable)")
+    p.add_argument("--procedure", default="cohen",
+                   help="certification procedure (default cohen: CERTIFY with fixed N0, N)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     common_registry(p)
 
@@ -59,6 +76,6 @@ def certification_fields(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch, "subset": args.subset, "max_images": args.max_images,
         "seed": args.seed, "device": args.device, "results": args.results,
         "data_dir": args.data_dir, "models_dir": args.models_dir, "registry": args.registry,
-        "extra_registries": tuple(args.extra_registry), "params": dict(args.param),
-        "progress": not args.quiet,
+        "extra_registries": tuple(args.extra_registry), "params": params_dict(args.param),
+        "progress": not args.quiet, "procedure": args.procedure,
     }

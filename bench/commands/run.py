@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
 from bench.commands.common import certification_fields, certification_options, shard
+
+if TYPE_CHECKING:
+    from bench.records import RunSummary
 
 HELP = "certify a dataset subset with one method"
 
@@ -20,7 +23,9 @@ def add_arguments(p) -> None:
                    help="predictions per image N x m: sets N = budget // m (the method's m); "
                         "N0 comes on top")
     p.add_argument("--shard", type=shard, default=(0, 1), help="I/K: every K-th image from I")
-    p.add_argument("--model", default=None, help="registered model name or local checkpoint")
+    p.add_argument("--model", action="append", default=None, metavar="[ROLE=]NAME",
+                   help="a registered model name or local checkpoint for the classifier, or "
+                        "ROLE=NAME for another role, e.g. denoiser=FOLDER (repeatable)")
     p.add_argument("--arch", default=None, help="architecture of a --model state dict")
     p.add_argument("--image-size", type=int, default=None, help="imagefolder resolution")
     certification_options(p)
@@ -39,28 +44,25 @@ def run(args) -> int:
     return 0
 
 
-def format_summary(summary: dict[str, Any], new_images: int, requested: int | None = None) -> str:
+def format_summary(summary: RunSummary, new_images: int, requested: int | None = None) -> str:
     """The certified-accuracy table on the radius grid, ACR, abstain rate and cost."""
-    ident = summary["identity"]
-    imgs = summary["images"]
-    met = summary["metrics"]
-    cost = summary["cost_per_image"]
-    head = (f"{ident['method']} on {ident['dataset']} ({ident['subset']}: {imgs['certified']}/"
-            f"{imgs['subset_size']} images, {new_images} new)  sigma={ident['sigma']:g}  "
+    ident = summary.card.identity
+    head = (f"{ident['method']} on {ident['dataset']} ({ident['subset']}: {summary.images}/"
+            f"{summary.subset_size} images, {new_images} new)  sigma={ident['sigma']:g}  "
             f"N0={ident['n0']:,}  N={ident['n']:,}  m={ident['m']}  alpha={ident['alpha']:g}  "
-            f"seed={ident['seed']}  run {summary['run_id']}")
+            f"seed={ident['seed']}  run {summary.card.run_id}")
     if requested:  # this invocation's budget (the stored card keeps the first one's)
         head += (f"\nbudget {requested:,} predictions/image: N = {requested:,} // m = "
                  f"{ident['n']:,} (+ N0 = {ident['n0']:,} selection samples)")
-    ca = met["certified_accuracy"]
+    ca = {f"{r:g}": v for r, v in summary.accuracy.items()}
     table = tabulate([["certified accuracy (%)", *(100 * v for v in ca.values())]],
                      headers=["radius", *ca.keys()], floatfmt=".1f")
-    tail = (f"ACR {met['acr']:.3f}   abstain {100 * met['abstain_rate']:.1f}%   max certifiable "
-            f"radius {met['max_certifiable_radius']:.3f}\nper image: "
-            f"{cost['classifier_passes']:,.0f} classifier + {cost['diffusion_passes']:,.0f} "
-            f"diffusion passes, {cost['seconds']:.3f} s ({cost['samples_per_second']:,.0f} "
-            f"samples/s on {', '.join(cost['devices'])})")
-    den = (summary.get("base_classifier") or {}).get("denoiser")
+    tail = (f"ACR {summary.acr:.3f}   abstain {100 * summary.abstain:.1f}%   max certifiable "
+            f"radius {summary.max_certifiable_radius:.3f}\nper image: "
+            f"{summary.classifier_passes:,.0f} classifier + {summary.diffusion_passes:,.0f} "
+            f"diffusion passes, {summary.seconds:.3f} s ({summary.samples_per_second:,.0f} "
+            f"samples/s on {', '.join(summary.devices)})")
+    den = (summary.card.extra.get("base_classifier") or {}).get("denoiser")
     if den:  # the timestep matched to sigma (the factor 2 of the [-1, 1] range included)
         tail += (f"\ndenoiser: t* = {den['t_star']} of {den['timesteps']}, s_t/2 = "
                  f"{den['s_t_over_2']:.4f} (sigma {den['sigma']:g}), sqrt(abar) = "

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.commands.common import common_registry
-from bench.errors import ConfigError
+from bench.commands.common import common_registry, param, params_dict
 
 HELP = "train a base classifier for a method"
 
@@ -26,7 +25,7 @@ def add_arguments(p) -> None:
                    help="project: cosine lr 0.05, batch 64, 60 epochs; reference: the method's "
                         "published recipe (StepLR, crop+flip on cifar10); auto: reference on "
                         "cifar10, project elsewhere")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--param", type=param, action="append", default=[], metavar="KEY=VALUE",
                    help="a method parameter (e.g. epsilon=0.5, steps=4, m=2), repeatable; "
                         "see the method's registry entry and adapter for the names")
     p.add_argument("--seed", type=int, default=0)
@@ -42,10 +41,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from bench.trainer import TrainOptions, train
 
-    if not 0 < args.sigma <= 10:
-        raise ConfigError(f"--sigma must be in (0, 10], got {args.sigma:g}")
     opts = TrainOptions(
-        params=parse_params(args.param), recipe=args.recipe,
+        params=params_dict(args.param), recipe=args.recipe,
         method=args.method, dataset=args.dataset, sigma=args.sigma, epochs=args.epochs,
         batch=args.batch, lr=args.lr, arch=args.arch, seed=args.seed, device=args.device,
         data_dir=args.data_dir, out=args.out, name=args.name, progress=not args.quiet,
@@ -60,20 +57,3 @@ def run(args) -> int:
     print("registry entry:")
     print(yaml.safe_dump({"models": {card["name"]: card["registry_entry"]}}, sort_keys=False))
     return 0
-
-
-def parse_params(items: list[str]) -> dict:
-    """``KEY=VALUE`` pairs; values are read as YAML scalars (0.5 -> float, true -> bool)."""
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param expects KEY=VALUE, got {item!r}")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            parsed = value
-        if key.strip() in params:
-            raise ConfigError(f"--param {key.strip()} given twice")
-        params[key.strip()] = value if parsed is None else parsed
-    return params

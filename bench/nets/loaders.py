@@ -118,7 +118,7 @@ def _load_external(name: str, source: str, entry: Mapping[str, Any], num_classes
         from bench.diffusion import load_python
 
         model = load_python(name, str(entry["path"]))
-        model.checkpoint_sha256 = None
+        model.checkpoint_sha256 = _source_sha256(type(model.net))
         return model
     if source == "diffusers":
         from bench.diffusion import load_diffusers
@@ -145,6 +145,16 @@ def _load_external(name: str, source: str, entry: Mapping[str, Any], num_classes
     model, _ = load(name, entry, classes, path, read_state)
     model.checkpoint_sha256 = sha
     return model
+
+
+def _source_sha256(cls: type) -> str | None:
+    """A code-defined denoiser is identified by its source file (its weights are its code)."""
+    import inspect
+
+    try:
+        return sha256_file(inspect.getsourcefile(cls) or "")
+    except (OSError, TypeError):
+        return None
 
 
 def _diffusers_folder(raw: Any, base_dir: Path) -> Path | None:

@@ -1,10 +1,12 @@
-"""Training losses on the *soft* smoothed classifier G(x) = E_delta[softmax(F(x + delta))].
+"""Losses on the *soft* smoothed classifier G(x) = E_delta[softmax(F(x + delta))].
 
 Shared by SmoothAdv (Salman et al. 2019), MACER (Zhai et al. 2020) and consistency
-regularization (Jeong & Shin 2020). Every function takes logits shaped (B, m, K): B examples,
-m noise draws each, K classes, and returns a scalar batch mean. The Monte-Carlo estimate of G
-averages *probabilities* over the draws and takes the log afterwards; averaging per-draw
-log-probabilities instead (plain CE) is a different, weaker objective.
+regularization (Jeong & Shin 2020), so they live in the harness rather than in one adapter that
+the others would import. Every loss takes logits shaped (B, m, K): B examples, m noise draws
+each, K classes, and returns a scalar batch mean. The Monte-Carlo estimate of G averages
+*probabilities* over the draws and takes the log afterwards; averaging per-draw
+log-probabilities instead (plain CE) is a different, weaker objective. Hyper-parameters arrive
+already checked (each adapter's ``PARAMS``), so nothing here re-validates them.
 """
 
 from __future__ import annotations
@@ -82,24 +84,3 @@ def consistency_loss(logits: torch.Tensor, y: torch.Tensor, *, lbd: float,
     kl = (p_bar[:, None, :] * (log_p_bar[:, None, :] - log_p)).sum(-1).mean(1)
     entropy = -(p_bar * log_p_bar).sum(-1)
     return ce + lbd * kl.mean() + eta * entropy.mean()
-
-
-def check_param(method: str, params, name: str, kind: type, low: float | None = None,
-                choices: tuple | None = None):
-    """The param ``name`` as ``kind``, failing with a ConfigError that names it (a typo'd
-    --param value must not train for minutes and then crash or silently mean something else)."""
-    from bench.errors import ConfigError
-
-    value = params[name]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is bool and not isinstance(value, bool) or (
-            kind is not bool and (isinstance(value, bool) or not isinstance(value, kind))):
-        raise ConfigError(f"method {method!r}: param {name} must be {kind.__name__}, "
-                          f"got {value!r}")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"method {method!r}: param {name} must be one of "
-                          f"{', '.join(map(str, choices))}, got {value!r}")
-    if low is not None and value < low:
-        raise ConfigError(f"method {method!r}: param {name} must be >= {low:g}, got {value!r}")
-    return value

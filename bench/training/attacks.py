@@ -1,9 +1,11 @@
-"""SmoothAdv attacks (Salman et al. 2019) on the soft smoothed classifier.
+"""SmoothAdv attacks (Salman et al. 2019) on the soft smoothed classifier, and the epsilon warm-up.
 
-Both maximise -log((1/m) sum_i softmax(F(x' + delta_i))_y) over ||x' - x||_2 <= epsilon with the
-noise draws delta_i fixed (the same draws the training step then reuses). The network is put in
-eval mode and only the input gradient is taken; no parameter gradients are accumulated.
-Perturbations are per example, shared by its m noisy copies; epsilon is in [0, 1] pixel units.
+Used by SmoothAdv and by consistency regularization's ``base: smoothadv``, hence here and not in
+either adapter. Both attacks maximise -log((1/m) sum_i softmax(F(x' + delta_i))_y) over
+||x' - x||_2 <= epsilon with the noise draws delta_i fixed (the same draws the training step then
+reuses). The network is put in eval mode and only the input gradient is taken; no parameter
+gradients are accumulated. Perturbations are per example, shared by its m noisy copies; epsilon
+is in [0, 1] pixel units.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 
 import torch
 
-from methods.soft_smoothing import logits_on, soft_smoothed_nll
+from bench.training.losses import logits_on, soft_smoothed_nll
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
@@ -113,3 +115,17 @@ def smoothadv_ddn(net, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, *,
 
 
 ATTACKS = {"pgd": smoothadv_pgd, "ddn": smoothadv_ddn}
+
+
+class EpsilonWarmup:
+    """epsilon_e = min(epsilon, (e + 1) * epsilon / warmup) for epoch e (0-based); warmup 0 or 1
+    means the full budget from the start. Pass ``set_epoch`` as the loop's ``epoch_hook`` and
+    read ``current`` in the loss."""
+
+    def __init__(self, epsilon: float, warmup: int):
+        self.epsilon, self.warmup = epsilon, warmup
+        self.current = epsilon if warmup <= 1 else epsilon / warmup
+
+    def set_epoch(self, epoch: int) -> None:
+        self.current = self.epsilon if self.warmup <= 1 else min(
+            self.epsilon, (epoch + 1) * self.epsilon / self.warmup)

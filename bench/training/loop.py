@@ -1,11 +1,12 @@
-"""A small, seeded, resumable training loop and noisy-accuracy evaluation for training methods.
+"""The generic training loop: seeded, resumable, and the same for every noise-trained classifier.
 
-Methods supply the per-batch loss (Gaussian augmentation, SmoothAdv, MACER, ...); the loop
+Methods supply only the per-batch loss (Gaussian augmentation, SmoothAdv, MACER, ...); the loop
 owns shuffling, augmentation, the optimizer and schedule, the progress bar, determinism (every
 random draw comes from generators seeded by the run seed) and crash recovery: with a checkpoint
 path it saves model, optimizer, schedule and every RNG state after each epoch, and a rerun with
 the same settings resumes there and ends with the same weights, bit for bit, as an
-uninterrupted run.
+uninterrupted run. Keeping it in one place is what lets the zoo models retrain bit for bit
+whichever method trained them.
 """
 
 from __future__ import annotations

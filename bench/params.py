@@ -1,0 +1,104 @@
+"""Method params, typed once: each adapter declares ``PARAMS = {name: Param(...)}`` and every
+entry point (registry params, per-dataset params, ``--param`` on run/compare/train, validate)
+checks values against that one declaration, with an error naming where the value came from.
+
+The sigma range is checked here and nowhere else (:func:`check_sigma`). No torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import ConfigError
+
+MAX_SIGMA = 10.0  # noise std in [0, 1] pixel units; 10 already buries any image
+
+
+def check_sigma(value: Any, where: str = "--sigma", *, allow_zero: bool = False) -> float:
+    """A noise level in [0, 1] pixel units: (0, 10], or [0, 10] for a model trained without
+    noise. The one place the range is enforced."""
+    low = "[0" if allow_zero else "(0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"{where} must be a number in {low}, {MAX_SIGMA:g}] (pixel units of "
+                          f"[0, 1] images), got {value!r}")
+    ok = (0 <= value if allow_zero else 0 < value) and value <= MAX_SIGMA
+    if not ok:
+        raise ConfigError(f"{where} must be in {low}, {MAX_SIGMA:g}] (pixel units of [0, 1] "
+                          f"images), got {value:g}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared param: its default, type and allowed values.
+
+    ``kind``: int, float (ints accepted), bool, str or list; ``optional``: None is allowed;
+    ``sigma``: a noise level checked by :func:`check_sigma`.
+    """
+
+    default: Any
+    kind: type = str
+    doc: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False
+    sigma: bool = False
+
+    def check(self, value: Any, where: str) -> Any:
+        """The value as this param's type, or a ConfigError naming ``where``."""
+        if value is None and self.optional:
+            return None
+        if self.sigma:
+            return check_sigma(value, where)
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        wrong_bool = self.kind is not bool and isinstance(value, bool)
+        if wrong_bool or not isinstance(value, self.kind):
+            raise ConfigError(f"{where}: expected {self.describe()}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, self.choices))}, "
+                              f"got {value!r}")
+        if self.low is not None and value < self.low:
+            raise ConfigError(f"{where}: expected {self.describe()}, got {value!r}")
+        if self.high is not None and value > self.high:
+            raise ConfigError(f"{where}: expected {self.describe()}, got {value!r}")
+        return value
+
+    def describe(self) -> str:
+        text = self.kind.__name__
+        if self.low is not None and self.high is not None:
+            text += f" in [{self.low:g}, {self.high:g}]"
+        elif self.low is not None:
+            text += f" >= {self.low:g}"
+        elif self.high is not None:
+            text += f" <= {self.high:g}"
+        return text + (" or null" if self.optional else "")
+
+
+def bind(method: str, declared: Mapping[str, Param],
+         layers: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Defaults overridden by each ``(where, values)`` layer in turn, every value checked.
+
+    ``where`` prefixes the key in errors, e.g. ``registry.yaml: methods.dds.params.`` or
+    ``--param ``; an unknown key lists the declared ones (with a did-you-mean).
+    """
+    values = {name: p.default for name, p in declared.items()}
+    for where, layer in layers:
+        for key, value in (layer or {}).items():
+            if key not in declared:
+                close = difflib.get_close_matches(str(key), list(declared), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                allowed = ", ".join(sorted(declared)) or "none"
+                raise ConfigError(f"{where}{key}: method {method!r} has no param {key!r}{hint}; "
+                                  f"allowed: {allowed}")
+            values[key] = declared[key].check(value, f"{where}{key}")
+    return values
+
+
+def table(declared: Mapping[str, Param]) -> list[list[str]]:
+    """Rows (name, type, default, doc) for ``list``-style help."""
+    return [[name, p.describe(), repr(p.default), p.doc] for name, p in declared.items()]

@@ -1,0 +1,33 @@
+"""Certification procedures: how one image becomes a :class:`bench.records.Certificate`.
+
+A procedure owns every bound it uses (and records how alpha is spent in the run's card);
+methods never compute a bound. The run's protocol picks one by name (``--procedure``):
+
+=========  ==================================================================================
+cohen      Cohen et al.'s CERTIFY: N0 selection samples pick the class, N independent samples
+           bound it at level alpha (:mod:`bench.procedures.cohen`)
+=========  ==================================================================================
+
+Adding one = a module here with a class that has ``name``, ``card()`` and
+``certify(x, idx, label)``, and an entry in :data:`PROCEDURES`; the runner is not edited.
+"""
+
+from __future__ import annotations
+
+from bench.procedures.base import Procedure, ProcedureSpec
+from bench.procedures.cohen import CohenFixedN
+
+DEFAULT = "cohen"
+PROCEDURES: dict[str, type] = {CohenFixedN.name: CohenFixedN}
+
+__all__ = ["DEFAULT", "PROCEDURES", "CohenFixedN", "Procedure", "ProcedureSpec", "build"]
+
+
+def build(spec: ProcedureSpec, method, ctx) -> Procedure:
+    """The procedure ``spec.name`` for this run (its base classifiers come from ``method``)."""
+    from bench.errors import ConfigError
+
+    cls = PROCEDURES.get(spec.name)
+    if cls is None:
+        raise ConfigError(f"unknown procedure {spec.name!r}; valid: {', '.join(PROCEDURES)}")
+    return cls.build(spec, method, ctx)

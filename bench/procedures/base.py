@@ -1,0 +1,49 @@
+"""The procedure interface and the protocol values every procedure is given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from bench.budget import Budget
+from bench.protocol import Cost
+from bench.records import Certificate
+
+
+@dataclass(frozen=True)
+class ProcedureSpec:
+    """What the run's protocol fixes for a procedure: sample sizes as requested (N or a
+    budget B of N x m predictions, resolved by the procedure once its base classifiers declare
+    m), alpha, sigma, seed and the batch size (which never changes a certificate)."""
+
+    name: str
+    dataset: str
+    method: str
+    n0: int
+    n: int | None
+    budget: int | None
+    alpha: float
+    sigma: float
+    seed: int
+    batch: int
+
+
+class Procedure(Protocol):
+    """Certifies one image; deterministic given (run seed, image index)."""
+
+    name: str
+    budget: Budget  # N0, N and m as resolved for this run
+    cost: Cost  # forward passes per noisy sample
+
+    def describe(self) -> dict[str, Any]:
+        """What the base classifier reports about itself (a denoiser's t*, ...)."""
+        ...
+
+    def card(self) -> dict[str, Any]:
+        """How the procedure spends alpha and samples, for the run's card."""
+        ...
+
+    def certify(self, x: torch.Tensor, idx: int, label: int | None) -> Certificate:
+        ...

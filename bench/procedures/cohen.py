@@ -1,0 +1,49 @@
+"""Cohen et al.'s CERTIFY with a fixed N: the procedure every method is ranked by today."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from bench import budget
+from bench.procedures.base import ProcedureSpec
+from bench.protocol import BaseClassifier, Cost
+from bench.records import Certificate
+from bench.smoothing import Smooth
+
+
+class CohenFixedN:
+    """N0 selection samples pick the top class; N fresh, independent samples give its one-sided
+    Clopper-Pearson bound at level alpha (all of alpha on that one bound); radius
+    sigma * PhiInv(p_lower), abstain below 1/2. The counting is :class:`bench.Smooth`'s."""
+
+    name = "cohen"
+
+    def __init__(self, base: BaseClassifier, num_classes: int, spec: ProcedureSpec):
+        self.base = base
+        self.smooth = Smooth(base, num_classes, spec.sigma)
+        self.spec = spec
+        self.cost: Cost = getattr(base, "cost", Cost())
+        self.budget = budget.resolve(spec.dataset, spec.n0, spec.n, spec.budget, self.cost.m,
+                                     spec.method)
+
+    @classmethod
+    def build(cls, spec: ProcedureSpec, method, ctx) -> CohenFixedN:
+        return cls(method.base_classifier(ctx), ctx.dataset.num_classes, spec)
+
+    def card(self) -> dict[str, Any]:
+        return {"name": self.name, "alpha": self.spec.alpha,
+                "alpha_split": "all of alpha on the one estimation bound",
+                "n0": self.budget.n0, "n": self.budget.n}
+
+    def describe(self) -> dict[str, Any] | None:
+        describe = getattr(self.base, "describe", None)
+        return describe() if callable(describe) else None
+
+    def certify(self, x: torch.Tensor, idx: int, label: int | None) -> Certificate:
+        s, b = self.spec, self.budget
+        cert = self.smooth.certify_record(x, b.n0, b.n, s.alpha, s.batch, seed=s.seed,
+                                          index=idx)
+        return replace(cert, idx=idx, label=label)

@@ -1,0 +1,236 @@
+"""The records of a run, each computed in exactly one place (no torch).
+
+* :class:`Certificate`: what certifying one image produced (counts, bound, radius, cost).
+* :class:`RunCard`: the protocol card; the run id is the hash of its identity, here only.
+* :class:`RunSummary`: metrics over a run's certificates (certified accuracy with intervals
+  over the image sample, ACR, abstain rate, cost), built by :meth:`RunSummary.from_certs`.
+
+Runner, table, leaderboard, importer and compare all read these; nothing else recomputes a
+metric, a run id or an index hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import metrics
+
+PROTOCOL_VERSION = 1
+CI_LEVEL = 0.95  # the over-images interval shown next to certified accuracy
+ABSTAIN = -1
+
+
+def canonical_json(obj: Any) -> str:
+    """The one serialization that is hashed: sorted keys, JSON types only."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def run_id_of(identity: Mapping[str, Any]) -> str:
+    """A run's id: 12 hex digits of the sha256 of its canonical identity."""
+    return hashlib.sha256(canonical_json(dict(identity)).encode()).hexdigest()[:12]
+
+
+def index_hash(indices: Iterable[int]) -> str:
+    """Identifies a list of image indices (order matters): 16 hex digits of a sha256."""
+    joined = ",".join(str(int(i)) for i in indices)
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Certificate:
+    """The full record of certifying one image (the store keeps one row per certificate).
+
+    ``label`` is None when the caller does not know the true class (the Python API);
+    ``count``, ``p_lower`` and the passes are -1 for imported rows, which carry no counts.
+    """
+
+    prediction: int  # certified class, or -1 (abstain)
+    radius: float  # full precision; 0.0 when abstaining
+    p_lower: float  # Clopper-Pearson lower bound on p_A
+    top_class: int  # class chosen by the selection samples
+    count: int  # estimation samples voting for top_class (n_A)
+    n0: int
+    n: int
+    counts_select: list[int] = field(default_factory=list)
+    counts_estimate: list[int] = field(default_factory=list)
+    classifier_passes: int = 0
+    diffusion_passes: int = 0
+    seconds: float = 0.0
+    idx: int = -1
+    label: int | None = None
+    device: str = ""
+
+    @property
+    def correct(self) -> int:
+        """1 if the certified class is the true one (an abstention is never correct)."""
+        return int(self.label is not None and self.prediction != ABSTAIN
+                   and self.prediction == self.label)
+
+    def to_row(self) -> dict[str, Any]:
+        """The store's columns (Cohen's names: ``predict``, ``time``)."""
+        return {
+            "idx": self.idx, "label": -1 if self.label is None else self.label,
+            "predict": self.prediction, "radius": self.radius, "correct": self.correct,
+            "time": self.seconds, "top_class": self.top_class, "count": self.count,
+            "n0": self.n0, "n": self.n, "p_lower": self.p_lower,
+            "classifier_passes": self.classifier_passes,
+            "diffusion_passes": self.diffusion_passes, "device": self.device,
+            "counts_select": list(self.counts_select),
+            "counts_estimate": list(self.counts_estimate),
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Certificate:
+        return cls(
+            prediction=int(row["predict"]), radius=float(row["radius"]),
+            p_lower=float(row["p_lower"]), top_class=int(row["top_class"]),
+            count=int(row["count"]), n0=int(row["n0"]), n=int(row["n"]),
+            counts_select=list(row["counts_select"]),
+            counts_estimate=list(row["counts_estimate"]),
+            classifier_passes=int(row["classifier_passes"]),
+            diffusion_passes=int(row["diffusion_passes"]), seconds=float(row["time"]),
+            idx=int(row["idx"]), label=int(row["label"]), device=str(row["device"]),
+        )
+
+
+@dataclass
+class RunCard:
+    """The protocol card of a run: ``identity`` (what must match to resume or compare; its
+    hash is the run id) plus descriptive fields (budget, cost, grid, paper, environment,
+    procedure, model roles, a claimed run's source)."""
+
+    identity: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.extra.get("run_id") or run_id_of(self.identity)
+
+    @property
+    def kind(self) -> str:
+        """reproduced (certified by this harness) or claimed (an imported TSV)."""
+        return self.identity.get("kind", "reproduced")
+
+    @property
+    def radius_grid(self) -> list[float]:
+        from bench.dataspecs import grid_for
+
+        return [float(r) for r in self.extra.get("radius_grid")
+                or grid_for(self.identity["dataset"])]
+
+    @property
+    def folder_name(self) -> str:
+        """``[claimed-]<method>-<dataset>-sigma<S>-<run id>``: where a run's exports live."""
+        ident = self.identity
+        prefix = "claimed-" if self.kind == "claimed" else ""
+        # An imported method name is free text: keep it from escaping the runs/ folder.
+        method = re.sub(r"[^A-Za-z0-9._+-]+", "_", ident["method"]).strip(".") or "_"
+        return f"{prefix}{method}-{ident['dataset']}-sigma{ident['sigma']:g}-{self.run_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        extra = {k: v for k, v in self.extra.items() if k != "run_id"}
+        return {"run_id": self.run_id, "identity": self.identity, **extra}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunCard:
+        """A stored card; its recorded run id is kept (stores written before keep theirs)."""
+        extra = {k: v for k, v in data.items() if k != "identity"}
+        return cls(identity=dict(data["identity"]), extra=extra)
+
+
+@dataclass
+class RunSummary:
+    """Metrics of one run over the certificates it has (possibly part of its subset)."""
+
+    card: RunCard
+    images: int
+    accuracy: dict[float, float]  # radius -> certified accuracy in [0, 1]
+    interval: dict[float, tuple[float, float]]  # exact two-sided CI over the image sample
+    acr: float
+    abstain: float
+    classifier_passes: float | None  # means per image, over rows that recorded them
+    diffusion_passes: float | None
+    seconds: float | None
+    devices: list[str]
+    sample_key: str  # hash of the certified indices: which images the numbers are about
+
+    @classmethod
+    def from_certs(cls, card: RunCard, certs: Sequence[Certificate]) -> RunSummary:
+        grid = card.radius_grid
+        radii = [c.radius for c in certs]
+        correct = [c.correct for c in certs]
+        count = len(certs)
+        return cls(
+            card=card, images=count,
+            accuracy=metrics.certified_accuracy(radii, correct, grid),
+            interval={r: metrics.sample_interval(metrics.certified_count(radii, correct, r),
+                                                 count, CI_LEVEL) for r in grid},
+            acr=metrics.average_certified_radius(radii, correct),
+            abstain=metrics.abstain_rate([c.prediction for c in certs]),
+            classifier_passes=_mean(c.classifier_passes for c in certs
+                                    if c.classifier_passes >= 0),
+            diffusion_passes=_mean(c.diffusion_passes for c in certs if c.diffusion_passes >= 0),
+            seconds=_mean(c.seconds for c in certs if c.seconds >= 0),
+            devices=sorted({c.device for c in certs if c.device}),
+            sample_key=index_hash(sorted(c.idx for c in certs)),
+        )
+
+    @property
+    def subset_size(self) -> int | None:
+        return self.card.identity.get("subset_size")
+
+    @property
+    def samples(self) -> int:
+        """Noisy samples per image, N0 + N."""
+        ident = self.card.identity
+        return int(ident["n0"]) + int(ident["n"])
+
+    @property
+    def max_certifiable_radius(self) -> float:
+        """The largest radius any image can reach at this sigma, N and alpha."""
+        from bench import stats
+
+        ident = self.card.identity
+        return stats.max_radius(ident["sigma"], ident["n"], ident["alpha"])
+
+    @property
+    def samples_per_second(self) -> float:
+        if not self.seconds:
+            return float("nan")
+        return self.samples / self.seconds
+
+    def to_json(self) -> dict[str, Any]:
+        """``summary.json``: the card plus metrics and cost per image."""
+        return {
+            **self.card.to_json(),
+            "images": {"certified": self.images, "subset_size": self.subset_size,
+                       "complete": self.images == self.subset_size},
+            "metrics": {
+                "certified_accuracy": {f"{r:g}": v for r, v in self.accuracy.items()},
+                "certified_accuracy_ci95_over_images":
+                    {f"{r:g}": list(v) for r, v in self.interval.items()},
+                "acr": self.acr, "abstain_rate": self.abstain,
+                "max_certifiable_radius": self.max_certifiable_radius,
+            },
+            "cost_per_image": {
+                "samples": self.samples, "classifier_passes": self.classifier_passes,
+                "diffusion_passes": self.diffusion_passes, "seconds": self.seconds,
+                "samples_per_second": self.samples_per_second, "devices": self.devices,
+            },
+        }
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
