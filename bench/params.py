@@ -93,7 +93,7 @@ def bind(method: str, declared: Mapping[str, Param],
                 close = difflib.get_close_matches(str(key), list(declared), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 allowed = ", ".join(sorted(declared)) or "none"
-                raise ConfigError(f"{where}{key}: method {method!r} has no param {key!r}{hint}; "
+                raise ConfigError(f"{where}{key}: unknown param of method {method!r}{hint}; "
                                   f"allowed: {allowed}")
             values[key] = declared[key].check(value, f"{where}{key}")
     return values

@@ -8,20 +8,21 @@ from pathlib import Path
 import pytest
 
 from bench.errors import ConfigError
-from bench.runner import RunOptions, budget_n, prepare
+from bench.budget import n_for_budget
+from bench.runner import RunOptions, prepare
 
 
 @pytest.mark.parametrize(("budget", "m", "n"), [(100_000, 1, 100_000), (100_000, 5, 20_000),
                                                 (100_000, 10, 10_000), (100_000, 20, 5_000),
                                                 (10_000, 3, 3_333), (7, 7, 1)])
 def test_budget_arithmetic(budget, m, n):
-    assert budget_n(budget, m, "x") == n
+    assert n_for_budget(budget, m, "x") == n
     assert n * m <= budget < (n + 1) * m
 
 
 def test_budget_below_m_is_an_error():
     with pytest.raises(ConfigError, match="smaller than diffsmooth's m = 5"):
-        budget_n(4, 5, "diffsmooth")
+        n_for_budget(4, 5, "diffsmooth")
 
 
 def test_runner_budget_sets_n_from_the_methods_m(toy_registry, tmp_path, monkeypatch):
@@ -30,8 +31,8 @@ def test_runner_budget_sets_n_from_the_methods_m(toy_registry, tmp_path, monkeyp
                       extra_registries=(toy_registry,), results=tmp_path,
                       params={"denoiser": "toy-zero-eps", "m": 7}, progress=False)
     prep = prepare(opts)
-    assert prep.n == 142  # 1000 // 7; N0 is on top, not part of the budget
-    assert prep.card["budget"] == {"predictions_per_image": 994, "n0": 30, "n": 142, "m": 7,
+    assert prep.procedure.budget.n == 142  # 1000 // 7; N0 is on top, not part of the budget
+    assert prep.card.extra["budget"] == {"predictions_per_image": 994, "n0": 30, "n": 142, "m": 7,
                                    "requested": 1000}
     with pytest.raises(ConfigError, match="drop --n or --budget"):
         prepare(RunOptions(method="gaussian", budget=100, n=100, results=tmp_path))

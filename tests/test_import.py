@@ -42,12 +42,12 @@ def test_dds_running_count_is_detected_and_repaired(cli, tmp_path):
     assert "running count" in out and "recomputed correct = (predict == label)" in out
     store = Store(tmp_path / "res")
     (run,) = store.runs_of("cifar10")
-    assert run["kind"] == "claimed"
-    certs = store.certs(run["run_id"])
-    assert [c["correct"] for c in certs] == flags()
-    assert [c["time"] for c in certs] == [1.5] * 6
+    assert run.card.kind == "claimed"
+    certs = store.certs(run.run_id)
+    assert [c.correct for c in certs] == flags()
+    assert [c.seconds for c in certs] == [1.5] * 6
     # The abstention is never correct and has radius 0.
-    assert certs[4]["predict"] == -1 and certs[4]["correct"] == 0
+    assert certs[4].prediction == -1 and certs[4].correct == 0
     (row,) = table.rows_from_store(store)
     store.close()
     assert row.kind == "claimed" and row.accuracy[0.25] == pytest.approx(3 / 6)
@@ -71,9 +71,9 @@ def test_clean_file_is_imported_unchanged_and_reimport_is_idempotent(cli, tmp_pa
     code, out2, _ = cli(*args)
     assert code == 0
     store = Store(tmp_path)
-    runs = store.runs()
-    assert len(runs) == 1 and runs[0]["images"] == 6
-    assert runs[0]["card"]["identity"]["n"] == 5000
+    runs = store.runs_of()
+    assert len(runs) == 1 and runs[0].images == 6
+    assert runs[0].card.identity["n"] == 5000
     store.close()
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench import leaderboard
 from bench.registry import load_registry
+from bench.records import Certificate, RunCard
 from bench.store import Store
 from tests.conftest import ROOT
 
@@ -20,14 +21,14 @@ def _card(run_id, method, sigma, n=1000, kind=None):
              "alpha": 0.001, "subset": "dev", "subset_size": 6}
     if kind:
         ident["kind"] = kind
-    return {"run_id": run_id, "identity": ident, "radius_grid": GRID}
+    return RunCard.from_json({"run_id": run_id, "identity": ident, "radius_grid": GRID})
 
 
 def _certs(radii, passes=1100):
-    return [{"idx": i, "label": 1, "predict": 1 if r > 0 else 0, "radius": r,
-             "correct": int(r > 0), "time": 0.25, "top_class": 1, "count": 900, "n0": 100,
-             "n": 1000, "p_lower": 0.9, "classifier_passes": passes, "diffusion_passes": 0,
-             "device": "cpu", "counts_select": [], "counts_estimate": []}
+    """Images with radius > 0 are certified correct (class 1), the others wrong (class 0)."""
+    return [Certificate(prediction=1 if r > 0 else 0, radius=r, p_lower=0.9, top_class=1,
+                        count=900, n0=100, n=1000, classifier_passes=passes,
+                        diffusion_passes=0, seconds=0.25, idx=i, label=1, device="cpu")
             for i, r in enumerate(radii)]
 
 
@@ -35,13 +36,13 @@ def make_board(tmp_path: Path) -> Path:
     """A store with two reproduced sigmas, a claimed run named with markup, a run at another
     budget, plus the shipped registry and an extra entry whose description is markup."""
     store = Store(tmp_path / "results")
-    store.open_run("aaaa00000001", _card("aaaa00000001", "gaussian", 0.25))
+    store.open_run(_card("aaaa00000001", "gaussian", 0.25))
     store.add_certs("aaaa00000001", _certs([0.1, 0.3, 0.6, 0.0, 0.7, 0.2]))
-    store.open_run("aaaa00000002", _card("aaaa00000002", "gaussian", 0.5))
+    store.open_run(_card("aaaa00000002", "gaussian", 0.5))
     store.add_certs("aaaa00000002", _certs([0.9, 1.3, 0.0, 0.0, 0.4, 1.1]))
-    store.open_run("cccc00000001", _card("cccc00000001", XSS_NAME, 0.25, kind="claimed"))
+    store.open_run(_card("cccc00000001", XSS_NAME, 0.25, kind="claimed"))
     store.add_certs("cccc00000001", _certs([0.2, 0.2, 0.0, 0.8, 0.3, 0.5], passes=-1))
-    store.open_run("bbbb00000001", _card("bbbb00000001", "gaussian", 0.25, n=200))
+    store.open_run(_card("bbbb00000001", "gaussian", 0.25, n=200))
     store.add_certs("bbbb00000001", _certs([0.1, 0.1, 0.1, 0.0, 0.0, 0.0]))
     extra = tmp_path / "extra.yaml"
     extra.write_text(

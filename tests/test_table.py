@@ -10,6 +10,7 @@ import pytest
 from scipy.stats import beta
 
 from bench import metrics, table
+from bench.records import Certificate, RunCard
 from bench.store import Store
 from bench.table import Row
 
@@ -61,14 +62,14 @@ def _card(run_id, sigma, alpha=0.001, n=1000, method="toy", kind=None, subset_si
              "alpha": alpha, "subset": "dev", "subset_size": subset_size}
     if kind:
         ident["kind"] = kind
-    return {"run_id": run_id, "identity": ident, "radius_grid": list(GRID)}
+    return RunCard.from_json({"run_id": run_id, "identity": ident, "radius_grid": list(GRID)})
 
 
 def _certs(radii, correct, predict):
-    return [{"idx": i, "label": p if c else 0, "predict": p, "radius": r, "correct": c,
-             "time": 0.5, "top_class": p, "count": 900, "n0": 100, "n": 1000, "p_lower": 0.9,
-             "classifier_passes": 1100, "diffusion_passes": 0, "device": "cpu",
-             "counts_select": [], "counts_estimate": []}
+    """Certificates whose label makes each prediction right or wrong as ``correct`` says."""
+    return [Certificate(prediction=p, radius=r, p_lower=0.9, top_class=p, count=900, n0=100,
+                        n=1000, classifier_passes=1100, diffusion_passes=0, seconds=0.5, idx=i,
+                        label=p if c else p + 1, device="cpu")
             for i, (r, c, p) in enumerate(zip(radii, correct, predict, strict=True))]
 
 
@@ -76,11 +77,11 @@ def _certs(radii, correct, predict):
 def store(tmp_path):
     s = Store(tmp_path)
     # Two sigmas of one method, same protocol; a third run at another alpha (another protocol).
-    s.open_run("a", _card("a", 0.25))
+    s.open_run(_card("a", 0.25))
     s.add_certs("a", _certs(RADII, CORRECT, PREDICT))
-    s.open_run("b", _card("b", 0.5))
+    s.open_run(_card("b", 0.5))
     s.add_certs("b", _certs([r * 2 for r in RADII], [1, 1, 0, 0, 1, 1, 1, 0, 0, 0], PREDICT))
-    s.open_run("c", _card("c", 0.25, alpha=0.01))
+    s.open_run(_card("c", 0.25, alpha=0.01))
     s.add_certs("c", _certs([1.0] * 10, [1] * 10, [1] * 10))
     yield s
     s.close()
@@ -157,9 +158,9 @@ def test_reported_rows_from_registry_and_budget_filter():
 
 def test_partial_runs_are_not_ranked_against_complete_ones(tmp_path):
     s = Store(tmp_path)
-    s.open_run("full", _card("full", 0.25))
+    s.open_run(_card("full", 0.25))
     s.add_certs("full", _certs(RADII, CORRECT, PREDICT))
-    s.open_run("part", _card("part", 0.5))
+    s.open_run(_card("part", 0.5))
     s.add_certs("part", _certs(RADII[:4], CORRECT[:4], PREDICT[:4]))
     rows = table.rows_from_store(s)
     s.close()
