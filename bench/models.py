@@ -11,6 +11,7 @@ card records next to the name and role.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -133,9 +134,11 @@ class RoleResolver:
             return {"source": "python", "path": name}
         if role != PRIMARY_ROLE and name.count("/") == 1 and not name.startswith((".", "~")):
             return {"source": "diffusers", "path": name}  # a Hub repo id
+        close = difflib.get_close_matches(name, list(self.registry.models), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"{role} model {name!r} is neither a registered model nor an existing file or "
-            f"folder; registered: {', '.join(sorted(self.registry.models)) or 'none'}")
+            f"{role} model {name!r} is neither a registered model{hint} nor an existing file "
+            "or folder; pass a registered name ('python -m bench list') or a path")
 
     def _trained_on(self, entry: Mapping[str, Any]) -> DatasetInfo:
         """The dataset whose statistics the model's input layer uses (a CIFAR-10 model keeps

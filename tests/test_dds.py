@@ -69,7 +69,7 @@ def test_dds_bad_denoiser_is_one_line(cli, tmp_path):
     code, out, err = cli("run", "--method", "dds", "--dataset", "digits", "--n", "10",
                          "--max-images", "1", "--quiet", "--results", tmp_path,
                          "--param", f"denoiser={tmp_path / 'no-such-folder'}")
-    assert code != 0 and "not found; set the entry's path" in err
+    assert code != 0 and "is neither a registered model nor an existing file" in err
     assert len(err.strip().splitlines()) == 1
     code, out, err = cli("run", "--method", "dds", "--dataset", "digits", "--n", "10",
                          "--max-images", "1", "--quiet", "--results", tmp_path,

@@ -145,11 +145,11 @@ def test_results_do_not_depend_on_batch_size():
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"m": 0}, "m must be a positive integer"),
-    ({"m": 2.5}, "m must be a positive integer"),
-    ({"local_sigma": 0}, r"local_sigma must be in \(0, 10\]"),
-    ({"local_noise": "sometimes"}, "local_noise must be one of fixed, fresh"),
-    ({"local_seed": -1}, "local_seed must be a non-negative integer"),
+    ({"m": 0}, "param m: expected int >= 1, got 0"),
+    ({"m": 2.5}, "param m: expected int >= 1, got 2.5"),
+    ({"local_sigma": 0}, r"param local_sigma must be in \(0, 10\]"),
+    ({"local_noise": "sometimes"}, "param local_noise: expected one of fixed, fresh"),
+    ({"local_seed": -1}, "param local_seed: expected int >= 0"),
     ({"mm": 3}, "unknown param"),
 ])
 def test_bad_params_are_one_line_errors(params, message):

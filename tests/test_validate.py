@@ -50,12 +50,32 @@ def test_hash_mismatch_fails(cli, tmp_path):
     assert "methods.tampered.datasets.digits.partner" in out
 
 
-def test_adapter_crash_in_smoke_run_is_a_fail_line(cli, tmp_path):
-    # A weight outside [0, 1] makes the example's classifier raise at construction.
-    text = EXAMPLE.read_text().replace("ensemble-example:", "crashy:").replace(
+def test_param_outside_its_declared_range_names_file_entry_and_field(cli, tmp_path):
+    # The example declares weight as a float in [0, 1]: checked before anything is built.
+    text = EXAMPLE.read_text().replace("ensemble-example:", "outside:").replace(
         "params: {weight: 0.5}", "params: {weight: 3}")
-    code, out, _ = cli("validate", "--extra-registry", entry(tmp_path, text))
-    assert code == 1 and out.startswith("FAIL crashy:") and "weight must be in [0, 1]" in out
+    sub = entry(tmp_path, text)
+    code, out, _ = cli("validate", "--extra-registry", sub)
+    assert code == 1 and out.startswith("FAIL outside:")
+    assert f"{sub}: methods.outside.params.weight: expected float in [0, 1], got 3" in out
+
+
+CRASHY = '''from bench.protocol import Method
+
+
+class Crashy(Method):
+    def base_classifier(self, ctx):
+        raise RuntimeError("adapter bug")
+'''
+
+
+def test_adapter_crash_in_smoke_run_is_a_fail_line(cli, tmp_path, monkeypatch):
+    (tmp_path / "crashy_adapter.py").write_text(CRASHY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sub = entry(tmp_path, "methods:\n  crashy:\n    adapter: crashy_adapter:Crashy\n")
+    code, out, _ = cli("validate", "--extra-registry", sub)
+    assert code == 1 and out.startswith("FAIL crashy:")
+    assert "RuntimeError: adapter bug" in out
 
 
 def test_reported_only_method_says_it_has_no_adapter(cli, tmp_path):
