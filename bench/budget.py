@@ -7,12 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench.dataspecs import spec
 from bench.errors import ConfigError
 
-# N0, N follow Cohen et al.; the embedded default is sized to finish in about a minute on a
-# 2-core CPU.
-DEFAULT_N = {"digits": 5_000}
-COHEN_N = 100_000
 MAX_N = 10**9
 
 
@@ -65,10 +62,11 @@ def n_for_budget(budget: int, m: int, method: str) -> int:
 
 def resolve(dataset: str, n0: int, n: int | None, budget: int | None, m: int,
             method: str) -> Budget:
-    """The run's budget: N from --budget (N = B // m), else --n, else the dataset default."""
+    """The run's budget: N from --budget (N = B // m), else --n, else the dataset's default
+    (Cohen's 100,000; smaller on the embedded digits)."""
     check_request(n0, n, budget)
     if budget is not None:
         n = n_for_budget(budget, m, method)
     elif n is None:
-        n = DEFAULT_N.get(dataset, COHEN_N)
+        n = spec(dataset).default_n
     return Budget(n0=n0, n=n, m=m, requested=budget)

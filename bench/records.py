@@ -6,7 +6,7 @@
   over the image sample, ACR, abstain rate, cost), built by :meth:`RunSummary.from_certs`.
 
 Runner, table, leaderboard, importer and compare all read these; nothing else recomputes a
-metric, a run id or an index hash.
+metric or a run id (index lists are hashed by :func:`bench.dataspecs.subset_hash` only).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import metrics
+from bench.dataspecs import grid_for, subset_hash
 
 PROTOCOL_VERSION = 1
 CI_LEVEL = 0.95  # the over-images interval shown next to certified accuracy
@@ -34,12 +35,6 @@ def canonical_json(obj: Any) -> str:
 def run_id_of(identity: Mapping[str, Any]) -> str:
     """A run's id: 12 hex digits of the sha256 of its canonical identity."""
     return hashlib.sha256(canonical_json(dict(identity)).encode()).hexdigest()[:12]
-
-
-def index_hash(indices: Iterable[int]) -> str:
-    """Identifies a list of image indices (order matters): 16 hex digits of a sha256."""
-    joined = ",".join(str(int(i)) for i in indices)
-    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -119,8 +114,6 @@ class RunCard:
 
     @property
     def radius_grid(self) -> list[float]:
-        from bench.dataspecs import grid_for
-
         return [float(r) for r in self.extra.get("radius_grid")
                 or grid_for(self.identity["dataset"])]
 
@@ -178,7 +171,7 @@ class RunSummary:
             diffusion_passes=_mean(c.diffusion_passes for c in certs if c.diffusion_passes >= 0),
             seconds=_mean(c.seconds for c in certs if c.seconds >= 0),
             devices=sorted({c.device for c in certs if c.device}),
-            sample_key=index_hash(sorted(c.idx for c in certs)),
+            sample_key=subset_hash(sorted(c.idx for c in certs)),
         )
 
     @property

@@ -25,7 +25,7 @@ from bench.models import RoleResolver, models_dir, parse_overrides
 from bench.params import check_sigma
 from bench.procedures import Procedure, ProcedureSpec
 from bench.protocol import Context
-from bench.records import PROTOCOL_VERSION, RunCard, RunSummary, index_hash
+from bench.records import PROTOCOL_VERSION, RunCard, RunSummary
 from bench.registry import MethodEntry, load_registry
 from bench.smoothing import chunk_size
 from bench.store import Store
@@ -148,7 +148,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "data_fingerprint": ds.fingerprint,
         "subset": opts.subset,
         "subset_size": len(indices),
-        "subset_hash": index_hash(indices),
+        "subset_hash": datasets.subset_hash(indices),
         "sigma": opts.sigma,
         "n0": b.n0,
         "n": b.n,

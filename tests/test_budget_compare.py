@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import ConfigError
 from bench.budget import n_for_budget
+from bench.errors import ConfigError
 from bench.runner import RunOptions, prepare
 
 

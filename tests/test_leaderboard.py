@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from bench import leaderboard
-from bench.registry import load_registry
 from bench.records import Certificate, RunCard
+from bench.registry import load_registry
 from bench.store import Store
 from tests.conftest import ROOT
 

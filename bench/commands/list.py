@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench import datasets
+    from bench import dataspecs as datasets  # torch-free: listing loads no data
     from bench.registry import load_registry
 
     reg = load_registry(args.registry, extra=args.extra_registry,
