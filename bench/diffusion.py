@@ -16,7 +16,6 @@ callable like that (registry ``source: python``).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.adapter_import import import_adapter_module
 from bench.errors import ConfigError, ModelError
 
 
@@ -189,7 +189,7 @@ def load_python(name: str, target: str, device: torch.device | str = "cpu") -> D
         raise ConfigError(f"model {name}: path must be 'module:Class' for source python, "
                           f"got {target!r}")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        obj = getattr(import_adapter_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model {name}: cannot import {target!r} ({exc})") from exc
     net = obj() if isinstance(obj, type) or not isinstance(obj, nn.Module) else obj
