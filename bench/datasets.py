@@ -50,8 +50,6 @@ def __getattr__(name: str):
     # Computed on access, so that datasets registered after import are included.
     if name == "DATASET_NAMES":
         return dataset_names()
-    if name == "_INFO":  # legacy, read by tests/test_train_methods.py: fixed-shape infos
-        return {n: s.info for n, s in DATASETS.items() if s.shape and s.num_classes}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

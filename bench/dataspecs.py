@@ -82,6 +82,9 @@ class DatasetSpec:
     splits: tuple[str, ...] = ("train", "test")
     default_arch: str | None = None  # network `train` builds when no --arch is given
     default_n: int = 100_000  # estimation samples N when neither --n nor --budget is given
+    # Augmentation of the field's reference training recipes ("crop-flip" on CIFAR-10); a
+    # dataset with one trains with --recipe reference by default.
+    reference_augment: str = "none"
 
     def __post_init__(self):
         if ":" not in self.loader:
@@ -151,6 +154,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
             (0.25, 2.25), "bench.datasets:load_cifar10", default_arch="cifar_resnet110",
+            reference_augment="crop-flip",
             subsets={"cohen500": range(0, 10_000, 20), "macer500": range(500, 1000),
                      "first512": range(512)},
             description="torchvision CIFAR10 (cifar-10-batches-py), or download",

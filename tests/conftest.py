@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +28,33 @@ def cli(capsys, monkeypatch):
         return code, out.out, out.err
 
     return call
+
+
+def contributing_block(test_file: str, lang: str = "bash") -> str:
+    """The code block CONTRIBUTING.md marks as run verbatim by ``test_file``."""
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    marker = f"<!-- ci: the block below is run verbatim by tests/{test_file} -->"
+    match = re.search(re.escape(marker) + rf"\s*```{lang}\n(.*?)```", text, re.S)
+    assert match, f"CONTRIBUTING.md lost the block that tests/{test_file} runs"
+    return match.group(1)
+
+
+def run_documented_commands(block: str, tmp_path: Path, monkeypatch, capsys) -> list[str]:
+    """Run each ``python -m bench ...`` line of a documented block in-process (the same commands
+    without a torch import each) from a user's working folder holding a copy of examples/;
+    every command must succeed. Returns their outputs."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.setenv("CERTBENCH_REGISTRY", str(ROOT / "registry.yaml"))
+    monkeypatch.chdir(tmp_path)  # results and models land here, not in the repo
+    outputs = []
+    for command in (line for line in block.splitlines() if line.strip()):
+        argv = shlex.split(command)
+        assert argv[:3] == ["python", "-m", "bench"], command
+        code = main(argv[3:])
+        out, err = capsys.readouterr()
+        assert code == 0, f"{command}\n{out}\n{err}"
+        outputs.append(out)
+    return outputs
 
 
 def run_process(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:

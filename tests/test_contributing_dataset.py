@@ -9,7 +9,7 @@ import pytest
 
 import bench.cli
 from bench import dataspecs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, contributing_block
 
 MODULE = "examples.tiny_dataset"
 
@@ -22,9 +22,7 @@ def dataset_section() -> str:
 
 def dataset_example() -> str:
     """The python block that follows the 'ci:' marker in the 'Adding a dataset' section."""
-    match = re.search(r"<!-- ci:.*?-->\s*```python\n(.*?)```", dataset_section(), re.S)
-    assert match, "the 'Adding a dataset' section lost its CI-checked python block"
-    return match.group(1)
+    return contributing_block("test_contributing_dataset.py", "python")
 
 
 @pytest.fixture

@@ -4,38 +4,16 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
-import shutil
 
-from bench.cli import main
-from tests.conftest import ROOT
-
-MARKER = "<!-- ci: the block below is run verbatim by tests/test_contributing_training.py -->"
-
-
-def training_commands() -> list[str]:
-    """The bash block that follows this test's 'ci:' marker in CONTRIBUTING.md."""
-    text = (ROOT / "CONTRIBUTING.md").read_text()
-    match = re.search(re.escape(MARKER) + r"\s*```bash\n(.*?)```", text, re.S)
-    assert match, "CONTRIBUTING.md lost the training method's CI-checked command block"
-    return [line for line in match.group(1).splitlines() if line.strip()]
+from tests.conftest import contributing_block, run_documented_commands
 
 
 def test_contributing_training_method_trains_and_certifies(capsys, tmp_path, monkeypatch):
-    commands = training_commands()
+    block = contributing_block("test_contributing_training.py")
+    commands = [line for line in block.splitlines() if line.strip()]
     assert [shlex.split(c)[3] for c in commands] == ["train", "run"]
-    shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    monkeypatch.setenv("CERTBENCH_REGISTRY", str(ROOT / "registry.yaml"))
-    monkeypatch.chdir(tmp_path)  # a user's working folder: models and results land here
-    outputs = []
-    for command in commands:
-        argv = shlex.split(command)
-        assert argv[:3] == ["python", "-m", "bench"]
-        code = main(argv[3:])  # in-process: the same commands without 2 torch imports
-        out, err = capsys.readouterr()
-        assert code == 0, f"{command}\n{out}\n{err}"
-        outputs.append(out)
+    outputs = run_documented_commands(block, tmp_path, monkeypatch, capsys)
     run_argv = shlex.split(commands[1])
     weights = tmp_path / run_argv[run_argv.index("--model") + 1]
     assert weights.suffix == ".safetensors" and weights.is_file()

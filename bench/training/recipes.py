@@ -24,7 +24,14 @@ REFERENCE_RECIPE: Mapping[str, Any] = {"epochs": 90, "batch": 256, "lr": 0.1,
 MACER_RECIPE: Mapping[str, Any] = {"epochs": 440, "batch": 64, "lr": 0.01, "weight_decay": 5e-4,
                                    "milestones": (200, 400)}
 RECIPES = ("auto", "project", "reference")
-CROP_FLIP_DATASETS = ("cifar10",)
+
+
+def reference_augment(ctx: TrainContext) -> str:
+    """The augmentation the dataset's reference recipes use (its spec says; none if unknown)."""
+    from bench.dataspecs import DATASETS
+
+    entry = DATASETS.get(ctx.dataset.name)
+    return entry.reference_augment if entry else "none"
 
 
 def smoothadv_recipe(m: int) -> dict[str, Any]:
@@ -41,7 +48,7 @@ def recipe_name(ctx: TrainContext) -> str:
     if recipe not in RECIPES:
         raise ConfigError(f"unknown --recipe {recipe!r}; use one of {', '.join(RECIPES)}")
     if recipe == "auto":
-        return "reference" if ctx.dataset.name in CROP_FLIP_DATASETS else "project"
+        return "reference" if reference_augment(ctx) != "none" else "project"
     return recipe
 
 
@@ -52,7 +59,7 @@ def train_settings(ctx: TrainContext, recipe: str,
     base: dict[str, Any] = {}
     if recipe == "reference":
         base = {**reference, "schedule": "multistep",
-                "augment": "crop-flip" if ctx.dataset.name in CROP_FLIP_DATASETS else "none"}
+                "augment": reference_augment(ctx)}
     base.update({k: ctx.options[k] for k in ("epochs", "batch", "lr")
                  if ctx.options.get(k) is not None})
     return TrainSettings(**base, seed=ctx.seed)
