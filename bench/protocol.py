@@ -3,8 +3,10 @@
 A method is a way to build a *base classifier* ``f``: a callable that maps a batch of noisy
 images (float, [0, 1] pixel units plus the harness's Gaussian noise) to integer labels. The
 harness owns the noise, the sampling, the statistics and the bookkeeping; a method only builds
-``f`` (and, optionally, trains the networks behind it). This is the only harness module an
-adapter needs besides :mod:`bench.errors` and :mod:`bench.nets`.
+``f`` (and, optionally, trains the networks behind it), asking the :class:`Context` for its
+models by role. An adapter imports only ``bench`` (this module, :mod:`bench.params`,
+:mod:`bench.errors`, :mod:`bench.nets`, :mod:`bench.diffusion`, :mod:`bench.training`), never
+another adapter, and never computes a bound: that is the certification procedure's job.
 """
 
 from __future__ import annotations

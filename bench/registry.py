@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError
+from bench.params import check_sigma
 
 MODEL_SOURCES = ("zoo", "cohen", "state_dict", "auto", "timm", "torchvision", "diffusers",
                  "python")
@@ -254,8 +255,8 @@ def _validate_model(where: str, name: str, data: Any) -> ModelEntry:
     if "image_size" in data and data["image_size"] < 1:
         raise ConfigError(f"{where}.image_size: expected a positive size, got "
                           f"{data['image_size']!r}")
-    if "sigma" in data and not 0 <= data["sigma"] <= 10:
-        raise ConfigError(f"{where}.sigma: expected a value in [0, 10], got {data['sigma']!r}")
+    if "sigma" in data:  # the noise it was trained at; 0 for a clean model
+        check_sigma(data["sigma"], f"{where}.sigma", allow_zero=True)
     return ModelEntry(name=name, fields=dict(data), origin=where.split(":")[0])
 
 
