@@ -190,9 +190,7 @@ def dataset_page(rows: Sequence[Row], dataset: str) -> dict[str, Any]:
 
 def export_run_files(store: store_mod.Store, row: Row, out: Path) -> None:
     """Copy a run's per-image TSV and its card with metrics (its summary) into the site."""
-    folder, summary = store.export(row.run_id, root=out)
-    store_mod.write_json(folder / "card.json", {**summary.to_json(), "kind": row.kind})
-    (folder / "summary.json").unlink()  # the site links card.json; one file per fact
+    store.export(row.run_id, root=out, summary_name="card.json", extra={"kind": row.kind})
 
 
 def build(store: store_mod.Store | None, registry, out: str | Path) -> list[Path]:

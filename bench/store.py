@@ -179,13 +179,15 @@ class Store:
         return RunSummary.from_certs(self.run_card(run_id), self.certs(run_id, indices))
 
     def export(self, run_id: str, indices: Iterable[int] | None = None,
-               root: Path | None = None) -> tuple[Path, RunSummary]:
-        """Write ``certs.tsv`` and ``summary.json`` of a run under ``<root>/runs/<folder>/``."""
+               root: Path | None = None, summary_name: str = "summary.json",
+               extra: Mapping[str, Any] | None = None) -> tuple[Path, RunSummary]:
+        """Write ``certs.tsv`` and the summary (plus ``extra`` fields) of a run under
+        ``<root>/runs/<folder>/``; the leaderboard names its copy ``card.json``."""
         certs = self.certs(run_id, indices)
         summary = RunSummary.from_certs(self.run_card(run_id), certs)
         folder = Path(root or self.root) / "runs" / summary.card.folder_name
         write_tsv(folder / "certs.tsv", certs)
-        write_json(folder / "summary.json", summary.to_json())
+        write_json(folder / summary_name, {**summary.to_json(), **(extra or {})})
         return folder, summary
 
 
