@@ -36,6 +36,3 @@ class SerialExecutor:
             x, label = self.dataset[idx]
             cert = self.procedure.certify(x.to(self.device), idx, int(label))
             yield replace(cert, device=self.device_name)
-
-
-EXECUTORS = {"serial": SerialExecutor}

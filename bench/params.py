@@ -98,7 +98,3 @@ def bind(method: str, declared: Mapping[str, Param],
             values[key] = declared[key].check(value, f"{where}{key}")
     return values
 
-
-def table(declared: Mapping[str, Param]) -> list[list[str]]:
-    """Rows (name, type, default, doc) for ``list``-style help."""
-    return [[name, p.describe(), repr(p.default), p.doc] for name, p in declared.items()]
