@@ -70,3 +70,18 @@ def resolve(dataset: str, n0: int, n: int | None, budget: int | None, m: int,
     elif n is None:
         n = spec(dataset).default_n
     return Budget(n0=n0, n=n, m=m, requested=budget)
+
+
+def tier(card: Any) -> int | None:
+    """The same-compute tier a stored run is compared in: the budget the user requested
+    (``budget.requested`` of the card, e.g. B = 10,000 at m = 3 although N x m = 9,999), else
+    N x m. ``card`` is a :class:`bench.records.RunCard` or its JSON form."""
+    if isinstance(card, dict):
+        identity = card.get("identity", {})
+        extra = card
+    else:
+        identity, extra = card.identity, card.extra
+    requested = (extra.get("budget") or {}).get("requested")
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0:
+        return requested
+    return predictions(identity.get("n"), identity.get("m", 1))

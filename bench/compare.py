@@ -42,7 +42,10 @@ class Row:
 
 
 def configurations(opts: CompareOptions) -> list[tuple[str, dict[str, Any]]]:
-    """(method, param overrides) per table row: one per m for methods with an ``m`` param."""
+    """(method, param overrides) per table row: one per ``--m`` value for a method whose
+    declared params include one that sets its predictions per sample (``Param(sets_m=True)``,
+    e.g. DiffSmooth's m), else one row. A training-only m (SmoothAdv, consistency) does not
+    change the certification cost, so expanding it would only repeat the same run."""
     from bench import datasets
     from bench.registry import load_registry
 
@@ -62,13 +65,20 @@ def configurations(opts: CompareOptions) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for name in names:
         method = registry.method(name).instantiate(opts.dataset)
-        if "m" in method.params and name != opts.baseline:
+        key = m_param(method)
+        if key is not None and name != opts.baseline:
             for m in opts.ms:
                 n_for_budget(opts.budget, int(m), name)  # fail before any model is loaded
-            out += [(name, {"m": int(m)}) for m in opts.ms]
+            out += [(name, {key: int(m)}) for m in opts.ms]
         else:
             out.append((name, {}))
     return out
+
+
+def m_param(method) -> str | None:
+    """The name of the param that sets a method's predictions per noisy sample, or None."""
+    declared = getattr(type(method), "PARAMS", {}) or {}
+    return next((k for k, p in declared.items() if getattr(p, "sets_m", False)), None)
 
 
 def compare(opts: CompareOptions) -> list[Row]:

@@ -12,6 +12,12 @@ are never correct.
 The rows go into the store as a run of kind ``claimed``: its card records the file's sha256,
 the protocol the submitter states (N0, N, m, alpha, sigma, subset) and the repair, and the run
 id is the hash of that card, so importing the same file twice is a no-op.
+
+Radii are printed rounded (certify.py's ``{:.3}``: 0.4996 prints as 0.5), and a rounded-up
+radius would count at a grid point the certificate never reached. Each claimed radius is lowered
+to the bottom of its printed precision, half a unit in its last printed digit (0.500 -> 0.4995,
+0.5 -> 0.45, 5.00e-01 -> 0.4995), clipped at 0 (:func:`radius_lower_bound`); the card records
+it. A full-precision repr (0.5000000000000001) loses less than a float's last digit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from bench import store as store_mod
@@ -88,6 +95,22 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
         return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
 
 
+RADIUS_GUARD = ("each radius lowered by half a unit in its last printed digit (the bottom of "
+                "its printed precision, clipped at 0): a radius rounded up when printed never "
+                "counts at a grid point it only reaches by rounding")
+
+
+def radius_lower_bound(text: str) -> float:
+    """The smallest radius that prints as ``text``: its value minus half a unit in the last
+    printed digit (``0.500`` -> 0.4995, ``0.5`` -> 0.45, ``5e-01`` -> 0.45, ``2`` -> 1.5),
+    clipped at 0. The digits are counted on the printed string, in decimal arithmetic."""
+    value = Decimal(text.strip())
+    if not value.is_finite():
+        raise ValueError(f"radius must be finite, got {text!r}")
+    half_unit = Decimal(5).scaleb(value.as_tuple().exponent - 1)
+    return max(0.0, float(value - half_unit))
+
+
 def _cumsum(values: list[int]) -> list[int]:
     out, total = [], 0
     for v in values:
@@ -142,6 +165,8 @@ def import_tsv(opts: ImportOptions) -> ImportResult:
             labels.append(int(row["label"]))
             preds.append(int(row["predict"]))
             radius = float(row["radius"])
+            if math.isfinite(radius) and radius >= 0:
+                radius = radius_lower_bound(row["radius"])
             correct.append(int(float(row["correct"])))
             times.append(parse_time(row["time"]) if row.get("time") else -1.0)
         except ValueError as exc:
@@ -166,7 +191,8 @@ def import_tsv(opts: ImportOptions) -> ImportResult:
         "radius_grid": list(grid_for(opts.dataset)),
         "source": {"file": Path(opts.tsv).name, "sha256": identity["tsv_sha256"],
                    "description": opts.source, "imported": time.time(),
-                   "correct_column_repaired": repaired or None},
+                   "correct_column_repaired": repaired or None,
+                   "radius_guard": RADIUS_GUARD},
     })
     certs = [Certificate(prediction=preds[i], radius=radii[i], p_lower=-1.0, top_class=preds[i],
                          count=-1, n0=opts.n0, n=opts.n, classifier_passes=-1,
@@ -181,5 +207,7 @@ def import_tsv(opts: ImportOptions) -> ImportResult:
     finally:
         store.close()
     notes = [f"repaired {opts.tsv}: {repaired}"] if repaired else []
+    notes.append("claimed radii lowered to the bottom of their printed precision (half a unit "
+                 "in the last printed digit), so rounding never certifies a grid point")
     return ImportResult(run_id=run_id, folder=folder, images=len(idxs), repaired=repaired,
                         notes=notes)

@@ -6,9 +6,13 @@ when the folder is served or opened from disk. Nothing is loaded from a CDN: sor
 lines of inline JavaScript and the plots are inline SVG written here.
 
 Rows are ranked only against rows of the same protocol (dataset, subset, alpha, budget); the
-same-compute view groups protocols by budget (N x m predictions per image). Rank order is the
-area under the certified-accuracy curve on the grid (the sum over the grid radii), which,
-unlike ACR, exists for reported rows too.
+same-compute view groups protocols by budget (requested predictions per image, else N x m).
+Rank order is the area under the certified-accuracy curve on the grid (the sum over the grid
+radii), which, unlike ACR, exists for reported rows too. Ranks are shared (:func:`shared_ranks`):
+rows sorted by that score, a row takes the rank of the row above it when an exact sign test on
+the per-image score (the number of grid radii the image is certified at; its mean is the rank
+score) finds it not significantly worse than the top row of that rank. Rows without per-image
+data on the same images (reported rows, envelopes) share a rank only on an equal score.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
+from bench import metrics, table
 from bench import store as store_mod
-from bench import table
 from bench.table import Row
 
 KIND_NOTES = {
@@ -57,33 +61,86 @@ def rank_score(row: Row, grid: Sequence[float]) -> float:
     return sum(v for r in grid if isinstance(v := row.accuracy.get(r), float) and math.isfinite(v))
 
 
-def _cell(value: float | None, best: float | None, lo=None, hi=None) -> dict[str, Any]:
+def image_scores(row: Row, grid: Sequence[float]) -> list[int] | None:
+    """Per image (by index), the number of grid radii it is certified at; their mean is
+    :func:`rank_score`. None without per-image data."""
+    if not row.per_image:
+        return None
+    radii = [r for r in grid if r in row.accuracy]
+    return [sum(1 for r in radii if correct and radius >= r)
+            for radius, correct in (row.per_image[i] for i in sorted(row.per_image))]
+
+
+def rank_test(a: Row, b: Row, grid: Sequence[float]) -> metrics.PairedTest | None:
+    """Exact sign test of A's against B's per-image rank score; None when not paired."""
+    if not table.paired(a, b):
+        return None
+    return metrics.sign_test(image_scores(a, grid), image_scores(b, grid))
+
+
+def shared_ranks(ordered: Sequence[Row], grid: Sequence[float],
+                 level: float = metrics.SIGNIFICANCE) -> list[int]:
+    """Competition ranks of rows sorted by :func:`rank_score` (best first), shared on ties.
+
+    A row takes the rank of the row above it when its score is equal to, or not
+    significantly below (:func:`rank_test` at ``level``), the score of that rank's top row;
+    otherwise its rank is its position. Unpaired rows share only on an equal score.
+    """
+    ranks: list[int] = []
+    top = 0
+    for i, row in enumerate(ordered):
+        if i == 0:
+            ranks.append(1)
+            continue
+        lead = ordered[top]
+        test = rank_test(lead, row, grid)
+        if (abs(rank_score(lead, grid) - rank_score(row, grid)) < 1e-9
+                or (test is not None and not test.significant(level))):
+            ranks.append(ranks[top])
+        else:
+            ranks.append(i + 1)
+            top = i
+    return ranks
+
+
+def rank_labels(ranks: Sequence[int]) -> list[str]:
+    """``1``, or ``1=`` for a rank that more than one row shares."""
+    return [f"{r}=" if ranks.count(r) > 1 else str(r) for r in ranks]
+
+
+def _cell(value: float | None, mark: table.Mark | None, lo=None, hi=None) -> dict[str, Any]:
     if value is None or not math.isfinite(value):
-        return {"text": "-", "sort": "", "best": False, "title": ""}
-    title = f"95% CI over images: {100 * lo:.1f} to {100 * hi:.1f}" if lo is not None else ""
-    return {"text": f"{100 * value:.1f}", "sort": f"{value:.6f}", "title": title,
-            "best": best is not None and value >= best - 1e-12}
+        return {"text": "-", "sort": "", "best": False, "tied": False, "title": "", "ci": ""}
+    ci = f"[{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and math.isfinite(lo) else ""
+    title = f"95% CI over images: {100 * lo:.1f} to {100 * hi:.1f}" if ci else ""
+    if mark is not None and mark.kind == "tied":
+        title += ("; " if title else "") + (f"not significantly below the best (paired exact "
+                                            f"test, p = {mark.p_value:.3g})")
+    return {"text": f"{100 * value:.1f}", "sort": f"{value:.6f}", "title": title, "ci": ci,
+            "best": mark is not None, "tied": mark is not None and mark.kind == "tied"}
 
 
-def _row_view(row: Row, grid: Sequence[float], best: Mapping[Any, float], rank: int,
-              color: str) -> dict[str, Any]:
+def _row_view(row: Row, grid: Sequence[float], marks: Mapping[Any, table.Mark], rank: str,
+              rank_sort: int, color: str) -> dict[str, Any]:
     cells = []
     for r in grid:
         lo, hi = row.interval.get(r, (None, None))
-        cells.append(_cell(row.accuracy.get(r), best.get(r), lo, hi))
+        cells.append(_cell(row.accuracy.get(r), marks.get(r), lo, hi))
     links = []
     if row.folder:
         links = [("card", f"runs/{row.folder}/card.json"), ("TSV", f"runs/{row.folder}/certs.tsv")]
     elif row.paper_url.startswith(("https://", "http://")):  # never a javascript: URL
         links = [("paper", row.paper_url)]
     return {
-        "rank": rank, "kind": row.kind, "method": row.method, "description": row.description,
+        "rank": rank, "rank_sort": rank_sort, "kind": row.kind, "method": row.method,
+        "description": row.description,
         "sigma": row.sigma_label, "sigma_sort": row.sigma if isinstance(row.sigma, float) else "",
         "n0": row.n0, "n": row.n, "m": row.m, "alpha": row.alpha, "images": row.images,
         "subset": row.subset_label, "cells": cells,
         "acr": (f"{row.acr:.3f}" if row.acr is not None and math.isfinite(row.acr) else "-"),
         "acr_sort": row.acr if row.acr is not None and math.isfinite(row.acr) else "",
-        "acr_best": "acr" in best and row.acr is not None and row.acr >= best["acr"] - 1e-12,
+        "acr_best": "acr" in marks,
+        "acr_tied": "acr" in marks and marks["acr"].kind == "tied",
         "abstain": (f"{100 * row.abstain:.1f}" if row.abstain is not None else "-"),
         "abstain_sort": row.abstain if row.abstain is not None else "",
         "cost": table.format_cost(row), "cost_sort": (row.classifier_passes or 0)
@@ -96,12 +153,13 @@ def _row_view(row: Row, grid: Sequence[float], best: Mapping[Any, float], rank: 
 
 
 def build_group(rows: Sequence[Row], grid: Sequence[float], title: str) -> Group:
-    """Rank rows of one protocol and draw their curves."""
-    best = table.best_values(rows, grid)
+    """Rank rows of one protocol (shared ranks on ties) and draw their curves."""
     ordered = sorted(rows, key=lambda r: -rank_score(r, grid))
+    ranks = shared_ranks(ordered, grid)
     views = []
-    for i, row in enumerate(ordered):
-        views.append(_row_view(row, grid, best, i + 1, PALETTE[i % len(PALETTE)]))
+    for i, (row, marks, label) in enumerate(zip(ordered, table.cell_marks(ordered, grid),
+                                                rank_labels(ranks), strict=True)):
+        views.append(_row_view(row, grid, marks, label, ranks[i], PALETTE[i % len(PALETTE)]))
     plot = svg_plot([(_label(row), v["kind"], v["color"], row.accuracy)
                      for v, row in zip(views, ordered, strict=True)], grid)
     return Group(title=title, rows=views, plot=plot, grid=list(grid))
@@ -180,12 +238,13 @@ def dataset_page(rows: Sequence[Row], dataset: str) -> dict[str, Any]:
     for members in table.group_by_protocol(rows).values():
         budgets.setdefault(members[0].budget, []).append(
             build_group(members, grid, table.protocol_title(members[0])))
+    env_rows, env_notes = table.envelope_groups(rows)
     env_groups = [build_group(m, grid, "best over sigma: " + table.protocol_title(m[0]))
-                  for m in table.group_by_protocol(table.envelopes(rows)).values()]
+                  for m in table.group_by_protocol(env_rows).values()]
     ordered = sorted(budgets.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
     counts = {k: sum(1 for r in rows if r.kind == k) for k in table.KINDS}
     return {"dataset": dataset, "grid": grid, "budgets": ordered, "envelopes": env_groups,
-            "counts": counts}
+            "envelope_notes": env_notes, "counts": counts, "level": metrics.SIGNIFICANCE}
 
 
 def export_run_files(store: store_mod.Store, row: Row, out: Path) -> None:
@@ -224,7 +283,11 @@ def markdown_page(rows: Sequence[Row], dataset: str) -> str:
     lines = [f"# Certified L2 robustness leaderboard: {dataset}", "",
              "Generated by `python -m bench leaderboard` from the results store and the "
              "registry. Rows are compared only within one protocol (dataset, subset, alpha, "
-             "budget = N x m predictions per image).", ""]
+             "budget = requested predictions per image, else N x m). The HTML page ranks rows "
+             "by the area under the certified-accuracy curve; rows whose per-image scores do "
+             "not differ significantly (exact sign test on the same images, level "
+             f"{metrics.SIGNIFICANCE:g}) share a rank (1=, 2=, ...), and reported rows, which "
+             "have no per-image data, are ranked by point estimate only.", ""]
     lines += [f"- **{k}**: {note}" for k, note in KIND_NOTES.items()]
     lines += ["", table.render(rows, "markdown", table.grid_of(rows, dataset)).rstrip(), ""]
     runs = [r for r in rows if r.folder]

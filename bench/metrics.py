@@ -2,12 +2,15 @@
 
 Certified accuracy at r counts an image when its prediction is correct and its radius is at
 least r (abstentions count as wrong), as in the reference ``analyze.py``; radii are compared at
-full precision, never after rounding. ACR is the mean of radius * correct.
+full precision, never after rounding. ACR is the mean of radius * correct. Two runs on the same
+images are compared with exact paired tests (McNemar, sign test) at :data:`SIGNIFICANCE`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -76,3 +79,55 @@ def envelope(curves: Iterable[Mapping[float, float]]) -> dict[float, float]:
             if r not in best or v > best[r]:
                 best[r] = v
     return dict(sorted(best.items()))
+
+
+# ----- paired exact tests (rows certified on the same images) ------------------------------------
+SIGNIFICANCE = 0.05  # two-sided level of the paired tests behind tie marks and shared ranks
+
+
+def binomial_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p-value of k successes in n trials at probability 1/2.
+
+    The distribution is symmetric, so this is 2 P(X <= min(k, n - k)), capped at 1 (the same
+    value as ``scipy.stats.binomtest(k, n, 0.5).pvalue``); 1.0 when n is 0.
+    """
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 1.0
+    low = min(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(low + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired comparison of rows A and B on the same images: ``wins_a`` images favour A,
+    ``wins_b`` favour B (ties dropped), and the exact two-sided p-value."""
+
+    wins_a: int
+    wins_b: int
+    p_value: float
+
+    def significant(self, level: float = SIGNIFICANCE) -> bool:
+        return self.p_value < level
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> PairedTest:
+    """Exact McNemar test of two paired binary outcomes (e.g. certified at r on each image):
+    discordant pairs b (A only) and c (B only); p = exact binomial of min(b, c) in b + c."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need equal lengths, got {len(a)} and {len(b)}")
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    return PairedTest(only_a, only_b, binomial_two_sided(min(only_a, only_b), only_a + only_b))
+
+
+def sign_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Exact sign test of paired values (e.g. per-image radius * correct for ACR): the signs of
+    a - b, zero differences dropped, against a fair coin."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    pos = sum(1 for x, y in zip(a, b, strict=True) if x > y)
+    neg = sum(1 for x, y in zip(a, b, strict=True) if x < y)
+    return PairedTest(pos, neg, binomial_two_sided(min(pos, neg), pos + neg))

@@ -36,7 +36,10 @@ class Param:
     """One declared param: its default, type and allowed values.
 
     ``kind``: int, float (ints accepted), bool, str or list; ``optional``: None is allowed;
-    ``sigma``: a noise level checked by :func:`check_sigma`.
+    ``sigma``: a noise level checked by :func:`check_sigma`; ``sets_m``: this param is the
+    number of predictions the base classifier makes per noisy sample (DiffSmooth's local draws),
+    so it sets the certification cost and ``compare`` expands it over ``--m``. A training-only
+    m (SmoothAdv's or consistency's noise copies per example) leaves it False.
     """
 
     default: Any
@@ -47,6 +50,7 @@ class Param:
     choices: tuple[Any, ...] | None = None
     optional: bool = False
     sigma: bool = False
+    sets_m: bool = False
 
     def check(self, value: Any, where: str) -> Any:
         """The value as this param's type, or a ConfigError naming ``where``."""

@@ -3,7 +3,8 @@
 * :class:`Certificate`: what certifying one image produced (counts, bound, radius, cost).
 * :class:`RunCard`: the protocol card; the run id is the hash of its identity, here only.
 * :class:`RunSummary`: metrics over a run's certificates (certified accuracy with intervals
-  over the image sample, ACR, abstain rate, cost), built by :meth:`RunSummary.from_certs`.
+  over the image sample, ACR, abstain rate, cost), built by :meth:`RunSummary.from_certs`;
+  it also keeps each image's (radius, correct) by index for paired tests (not serialized).
 
 Runner, table, leaderboard, importer and compare all read these; nothing else recomputes a
 metric or a run id (index lists are hashed by :func:`bench.dataspecs.subset_hash` only).
@@ -151,6 +152,10 @@ class RunSummary:
     seconds: float | None
     devices: list[str]
     sample_key: str  # hash of the certified indices: which images the numbers are about
+    # idx -> (radius, correct) per certified image, for paired tests between runs on the same
+    # images (bench.table); not part of summary.json.
+    per_image: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False,
+                                                    compare=False)
 
     @classmethod
     def from_certs(cls, card: RunCard, certs: Sequence[Certificate]) -> RunSummary:
@@ -171,6 +176,7 @@ class RunSummary:
             seconds=_mean(c.seconds for c in certs if c.seconds >= 0),
             devices=sorted({c.device for c in certs if c.device}),
             sample_key=subset_hash(sorted(c.idx for c in certs)),
+            per_image={c.idx: (c.radius, c.correct) for c in certs},
         )
 
     @property

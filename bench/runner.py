@@ -129,13 +129,30 @@ def prepare(opts: RunOptions) -> Prepared:
                     device=device)
 
 
+def noise_identity(shape, device: torch.device | str) -> dict[str, Any]:
+    """The ``noise`` block of a run's identity: chunk size, scheme and generator device type.
+
+    torch's CPU and CUDA generators give different streams from the same seed, so the device
+    type is part of what a certificate's noise is. The CPU generator is protocol 1's implicit
+    one: its key is left out, so every run id written before the key existed stays valid; any
+    other device type (``"generator": "cuda"``, ...) is recorded, and a run resumed on another
+    device type is another run.
+    """
+    block: dict[str, Any] = {"chunk": chunk_size(shape), "scheme": NOISE_SCHEME}
+    kind = torch.device(device).type
+    if kind != "cpu":
+        block["generator"] = kind
+    return block
+
+
 def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
              procedure: Procedure, models: RoleResolver, ds: datasets.CertDataset,
              indices: list[int], device: torch.device) -> RunCard:
     """The protocol card: the identity (hashed into the run id) and what describes the run.
 
     The default procedure is left out of the identity, so run ids of stores written before
-    procedures existed stay valid; any other procedure is part of it.
+    procedures existed stay valid; any other procedure is part of it. Likewise the noise
+    generator's device type is recorded only when it is not the CPU (:func:`noise_identity`).
     """
     b = procedure.budget
     identity = {
@@ -155,7 +172,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "m": b.m,
         "alpha": opts.alpha,
         "seed": opts.seed,
-        "noise": {"chunk": chunk_size(ds.info.shape), "scheme": NOISE_SCHEME},
+        "noise": noise_identity(ds.info.shape, device),
     }
     if procedure.name != procedures.DEFAULT:
         identity["procedure"] = procedure.name

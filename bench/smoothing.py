@@ -109,7 +109,6 @@ class Smooth:
         """PREDICT: the top class if it beats the runner-up in a binomial test at alpha, else -1."""
         seed = _resolve_seed(seed, generator)
         x = self._prepare(x)
-        self._begin_image(seed, index)
         counts = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_PREDICT)
         counts = self._checked(counts.cpu().tolist(), index)
         return stats.predict_decision(counts, alpha)
@@ -122,7 +121,6 @@ class Smooth:
         seed = _resolve_seed(seed, generator)
         start = time.perf_counter()
         x = self._prepare(x)
-        self._begin_image(seed, index)
         c0 = self.sample_counts(x, n0, batch_size, seed=seed, index=index, phase=PHASE_SELECT)
         # Selection on the device; estimation uses an independent noise stream.
         c1 = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_ESTIMATE)
@@ -147,6 +145,7 @@ class Smooth:
         k = self.num_classes
         counts = torch.zeros(k + 1, dtype=torch.long, device=x.device)
         stream = NoiseStream(x.shape, x.device, seed, index, phase)
+        self._begin_phase(seed, index, phase)
         buffer = torch.empty((min(batch_size, num), *x.shape), dtype=x.dtype, device=x.device)
         done = 0
         with torch.inference_mode():
@@ -160,12 +159,14 @@ class Smooth:
         return counts
 
     # ----- helpers --------------------------------------------------------------------------
-    def _begin_image(self, seed: int, index: int) -> None:
+    def _begin_phase(self, seed: int, index: int, phase: int) -> None:
         """Let a base classifier with its own randomness (DiffSmooth's fresh local noise)
-        restart it for this (seed, image), so its draws depend on neither batching nor order."""
-        begin_image = getattr(self.base_classifier, "begin_image", None)
-        if callable(begin_image):
-            begin_image(seed, index)
+        restart it for this (seed, image, phase), before the phase's first sample: its draws
+        then depend on neither batching nor order, and the estimation phase's draws do not
+        depend on how many the selection phase used (N0)."""
+        begin_phase = getattr(self.base_classifier, "begin_phase", None)
+        if callable(begin_phase):
+            begin_phase(seed, index, phase)
 
     def _labels(self, out: torch.Tensor) -> torch.Tensor:
         if out.is_floating_point():

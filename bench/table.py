@@ -7,10 +7,18 @@ Three kinds of rows, never mixed up:
 * ``reported``: numbers printed in a paper, from the registry's ``reported`` lists.
 
 Rows are compared (best value marked, ranks) only within one *protocol*: dataset, subset (the
-very images certified), alpha and budget (N x m predictions per image). The interval shown
-for certified accuracy is the exact two-sided 95% Clopper-Pearson interval over the image
-sample (k certified of n images), which says how much a number could move on another sample
-of the test set; reported rows have no per-image data and so no interval.
+very images certified), alpha and budget (the requested predictions per image, else N x m:
+:func:`bench.budget.tier`). The interval shown for certified accuracy is the exact two-sided
+95% Clopper-Pearson interval over the image sample (k certified of n images), which says how
+much a number could move on another sample of the test set; reported rows have no per-image
+data and so no interval.
+
+Ties (:func:`cell_marks`): at each radius (and for ACR) the best value of a protocol is marked,
+and so is every row *not significantly different* from it by a paired exact test on the same
+images (McNemar on certified-at-r, a sign test on radius * correct for ACR; two-sided, level
+:data:`bench.metrics.SIGNIFICANCE`, per cell, not corrected for multiplicity). Rows that cannot
+be paired (reported rows, envelopes, rows on other images) are never marked tied: an unpaired
+comparison of 10-image intervals would tie nearly everything and say little.
 """
 
 from __future__ import annotations
@@ -24,9 +32,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench import metrics
-from bench.budget import predictions
+from bench.budget import predictions, tier
 from bench.dataspecs import grid_for
-from bench.records import CI_LEVEL, RunSummary
+from bench.records import CI_LEVEL, RunSummary, canonical_json
 from bench.store import Store
 
 KINDS = ("reproduced", "claimed", "reported")
@@ -64,11 +72,21 @@ class Row:
     sample_key: str = ""  # identifies the exact images (runs: hash of the certified indices)
     envelope_of: tuple[str, ...] = ()  # sigmas an envelope row was taken over
     paper_url: str = ""  # the method's paper (registry), linked from reported rows
+    tier: int | None = None  # a run's requested budget (bench.budget.tier); None: N x m
+    config: str = ""  # what identifies the configuration besides sigma (seed, params, ...)
+    # idx -> (radius, correct) of each certified image (runs only): for the paired tests
+    per_image: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False,
+                                                    compare=False)
 
     @property
     def budget(self) -> int | None:
-        """Predictions per image, N x m (the same-compute tier)."""
-        return predictions(self.n, self.m)
+        """Predictions per image, the same-compute tier: a run's requested budget B (N = B // m
+        may leave N x m below B), else N x m."""
+        return self.tier if self.tier is not None else predictions(self.n, self.m)
+
+    @property
+    def paired_data(self) -> bool:
+        return bool(self.per_image)
 
     @property
     def subset_label(self) -> str:
@@ -108,7 +126,9 @@ def row_from_summary(summary: RunSummary, description: str = "") -> Row:
         diffusion_passes=summary.diffusion_passes, seconds=summary.seconds,
         device=", ".join(summary.devices), run_id=card.run_id, folder=card.folder_name,
         source=card.extra.get("source", {}).get("file", "") if claimed else "",
-        description=description, sample_key=summary.sample_key,
+        description=description, sample_key=summary.sample_key, tier=tier(card),
+        config=canonical_json({k: ident.get(k) for k in ("seed", "params", "procedure")}),
+        per_image=dict(summary.per_image),
     )
 
 
@@ -143,6 +163,7 @@ def rows_from_registry(registry, dataset: str | None = None) -> list[Row]:
                 acr=rep.get("acr"), source=rep["source"],
                 setting=", ".join(str(rep[k]) for k in ("setting", "model") if rep.get(k)),
                 description=entry.description, paper_url=str(entry.paper.get("url", "")),
+                config=str(rep.get("setting") or ""),
             ))
     return rows
 
@@ -201,20 +222,43 @@ def best_values(rows: Sequence[Row], grid: Sequence[float]) -> dict[Any, float]:
 
 
 def envelopes(rows: Iterable[Row]) -> list[Row]:
-    """Best over sigma per radius for each method within a protocol, as the papers report it.
+    """Best over sigma per radius, one row per configuration (see :func:`envelope_groups`)."""
+    return envelope_groups(rows)[0]
 
-    Only methods with at least two sigmas get an envelope row. Taking the maximum over sigma
-    per radius is optimistic (the sigma is chosen after seeing the results), so no interval
-    and no ACR are attached to it.
+
+def envelope_groups(rows: Iterable[Row]) -> tuple[list[Row], list[str]]:
+    """Best over sigma per radius for each configuration within a protocol, as the papers
+    report it, and notes on the rows left out.
+
+    A configuration is everything but sigma that identifies a run: kind, method, protocol and
+    :attr:`Row.config` (seed, params, procedure; a reported row's model). Models are not
+    compared, since a noise-trained classifier is named per sigma; instead a configuration
+    with two rows at one sigma (another model, N0, ...) gets no envelope, and a note says so.
+    Only configurations with at least two sigmas get an envelope row. Taking the maximum over
+    sigma per radius is optimistic (the sigma is chosen after seeing the results), so no
+    interval, no ACR and no per-image data are attached to it.
     """
+    rows = [row for row in rows if isinstance(row.sigma, (int, float))]
     buckets: dict[tuple[Any, ...], list[Row]] = {}
     for row in rows:
-        if isinstance(row.sigma, (int, float)):
-            buckets.setdefault((row.kind, row.method, row.protocol), []).append(row)
-    out = []
-    for (kind, method, _), members in buckets.items():
+        buckets.setdefault((row.kind, row.method, row.protocol, row.config), []).append(row)
+    out, notes = [], []
+    for (kind, method, protocol, _), members in buckets.items():
         sigmas = sorted({float(m.sigma) for m in members})
+        if len(sigmas) < len(members):
+            twice = sorted({f"{float(m.sigma):g}" for m in members
+                            if sum(float(o.sigma) == float(m.sigma) for o in members) > 1})
+            notes.append(f"no envelope for {kind} {method} ({protocol_title(members[0])}): "
+                         f"{len(members)} rows over {len(sigmas)} sigmas; sigma "
+                         f"{', '.join(twice)} has more than one row with the same seed and "
+                         f"params ({_ids(members)}), so a maximum would mix configurations")
+            continue
         if len(sigmas) < 2:
+            others = [o for o in rows if (o.kind, o.method, o.protocol) == (kind, method, protocol)
+                      and o.config != members[0].config]
+            if others:
+                notes.append(f"{kind} {method} sigma {sigmas[0]:g} ({_ids(members)}) left out "
+                             f"of the envelope: no other sigma with the same seed and params")
             continue
         first = members[0]
         out.append(Row(
@@ -223,9 +267,95 @@ def envelopes(rows: Iterable[Row]) -> list[Row]:
             images=first.images, accuracy=metrics.envelope(m.accuracy for m in members),
             source="; ".join(sorted({m.source for m in members if m.source})),
             description=first.description, sample_key=first.sample_key,
-            envelope_of=tuple(f"{s:g}" for s in sigmas),
+            envelope_of=tuple(f"{s:g}" for s in sigmas), tier=first.tier, config=first.config,
+            setting=first.config if kind == "reported" else first.setting,  # not a model name
         ))
-    return sorted(out, key=_row_order)
+    return sorted(out, key=_row_order), notes
+
+
+def _ids(rows: Sequence[Row]) -> str:
+    return ", ".join(f"run {r.run_id}" if r.run_id else (r.source or r.method) for r in rows)
+
+
+# ----- ties: paired exact tests on the same images -----------------------------------------------
+@dataclass(frozen=True)
+class Mark:
+    """How a cell stands against its protocol's best: ``best`` (the highest value) or ``tied``
+    (not significantly different from every best row; ``p_value``: the smallest of those
+    paired tests)."""
+
+    kind: str
+    p_value: float | None = None
+
+
+def paired(a: Row, b: Row) -> bool:
+    """Both rows have per-image data on the very same images."""
+    return (a.paired_data and b.paired_data and a.sample_key == b.sample_key
+            and a.per_image.keys() == b.per_image.keys())
+
+
+def paired_test(a: Row, b: Row, key: Any) -> metrics.PairedTest | None:
+    """A against B on the same images: McNemar on certified-at-r for a radius ``key``, the
+    sign test on radius * correct for ``"acr"``; None when they cannot be paired."""
+    if not paired(a, b):
+        return None
+    idx = sorted(a.per_image)
+    if key == "acr":
+        return metrics.sign_test([_rc(a.per_image[i]) for i in idx],
+                                 [_rc(b.per_image[i]) for i in idx])
+    if key not in a.accuracy or key not in b.accuracy:
+        return None
+    return metrics.mcnemar([_certified(a.per_image[i], key) for i in idx],
+                           [_certified(b.per_image[i], key) for i in idx])
+
+
+def _rc(image: tuple[float, int]) -> float:
+    radius, correct = image
+    return radius if correct else 0.0
+
+
+def _certified(image: tuple[float, int], r: float) -> bool:
+    radius, correct = image
+    return bool(correct) and radius >= r
+
+
+def _value(row: Row, key: Any) -> float | None:
+    return row.acr if key == "acr" else row.accuracy.get(key)
+
+
+def cell_marks(rows: Sequence[Row], grid: Sequence[float],
+               level: float = metrics.SIGNIFICANCE) -> list[dict[Any, Mark]]:
+    """Per row of one protocol, radius (or ``"acr"``) -> its :class:`Mark`, if any.
+
+    The best value is marked (a column of zeros has no winner); a row is tied when it can be
+    paired with every best row and none of those tests is significant at ``level``.
+    """
+    out: list[dict[Any, Mark]] = [{} for _ in rows]
+    for key in [*grid, "acr"]:
+        vals = [_value(row, key) for row in rows]
+        finite = [v for v in vals if _finite(v)]
+        if not finite or max(finite) <= 0:
+            continue
+        top = max(finite)
+        leaders = [i for i, v in enumerate(vals) if _finite(v) and v >= top - 1e-12]
+        for i in leaders:
+            out[i][key] = Mark("best")
+        for i, v in enumerate(vals):
+            if i in leaders or not _finite(v):
+                continue
+            tests = [paired_test(rows[j], rows[i], key) for j in leaders]
+            if all(t is not None for t in tests) and not any(t.significant(level) for t in tests):
+                out[i][key] = Mark("tied", min(t.p_value for t in tests))
+    return out
+
+
+def marks_by_row(rows: Sequence[Row], grid: Sequence[float]) -> dict[int, dict[Any, Mark]]:
+    """:func:`cell_marks` of every protocol group, keyed by ``id(row)``."""
+    out: dict[int, dict[Any, Mark]] = {}
+    for members in group_by_protocol(rows).values():
+        for row, marks in zip(members, cell_marks(members, grid), strict=True):
+            out[id(row)] = marks
+    return out
 
 
 def _finite(value: Any) -> bool:
@@ -243,7 +373,9 @@ def protocol_title(row: Row) -> str:
 def frame(rows: Sequence[Row], grid: Sequence[float]) -> pd.DataFrame:
     """Flat numeric table (percentages, interval bounds, cost): the CSV export."""
     records = []
+    marks = marks_by_row(rows, grid)
     for row in rows:
+        row_marks = marks.get(id(row), {})
         rec: dict[str, Any] = {
             "kind": row.kind, "method": row.method, "dataset": row.dataset,
             "sigma": row.sigma_label, "N0": row.n0, "N": row.n, "m": row.m, "alpha": row.alpha,
@@ -255,8 +387,11 @@ def frame(rows: Sequence[Row], grid: Sequence[float]) -> pd.DataFrame:
             lo, hi = row.interval.get(r, (None, None))
             rec[f"r={r:g} ci_low"] = 100 * lo if _finite(lo) else None
             rec[f"r={r:g} ci_high"] = 100 * hi if _finite(hi) else None
+            rec[f"r={r:g} mark"], rec[f"r={r:g} p_vs_best"] = _mark_fields(row_marks.get(r))
         rec.update({
-            "ACR": row.acr, "abstain %": 100 * row.abstain if _finite(row.abstain) else None,
+            "ACR": row.acr, "ACR mark": _mark_fields(row_marks.get("acr"))[0],
+            "ACR p_vs_best": _mark_fields(row_marks.get("acr"))[1],
+            "abstain %": 100 * row.abstain if _finite(row.abstain) else None,
             "classifier passes/img": row.classifier_passes,
             "diffusion passes/img": row.diffusion_passes, "seconds/img": row.seconds,
             "device": row.device, "run_id": row.run_id, "source": row.source,
@@ -267,9 +402,16 @@ def frame(rows: Sequence[Row], grid: Sequence[float]) -> pd.DataFrame:
     for col in ("N0", "N", "m", "budget", "images"):
         if col in df:
             df[col] = df[col].astype("Int64")  # integers stay integers next to missing values
-    pct = [c for c in df.columns if c.startswith("r=") or c == "abstain %"]
+    pct = [c for c in df.columns if (c.startswith("r=") or c == "abstain %")
+           and not c.endswith((" mark", " p_vs_best"))]
     df[pct] = df[pct].astype(float).round(6)  # 57.0, not 56.99999999999999 from 0.57 * 100
     return df
+
+
+def _mark_fields(mark: Mark | None) -> tuple[str, float | None]:
+    if mark is None:
+        return "", None
+    return mark.kind, mark.p_value
 
 
 def format_cost(row: Row) -> str:
@@ -281,42 +423,50 @@ def format_cost(row: Row) -> str:
     return text
 
 
+TIE_MARK = "="  # after a bold value: not significantly different from the best
+TABLE_NOTE = (
+    f"Certified accuracy (%) at L2 radius r; bold: best of the protocol; bold with "
+    f"'{TIE_MARK}': not significantly different from the best (paired exact "
+    f"test on the same images, two-sided, level {metrics.SIGNIFICANCE:g}: McNemar at each "
+    f"radius, sign test for ACR; per cell, not corrected for multiplicity; rows without "
+    f"per-image data on the same images, such as reported rows and envelopes, are never marked "
+    f"tied); brackets: exact {CI_LEVEL:.0%} Clopper-Pearson interval over the image sample.")
+
 # Placeholders that survive tabulate's escaping, turned into markup per format afterwards.
 _BOLD = ("\x02", "\x03")
 _CI = ("\x04", "\x05")
 
 
-def _cells(row: Row, grid: Sequence[float], best: Mapping[Any, float], ci: bool) -> list[str]:
+def _marked(text: str, mark: Mark | None) -> str:
+    if mark is None:
+        return text
+    return f"{_BOLD[0]}{text}{_BOLD[1]}" + (TIE_MARK if mark.kind == "tied" else "")
+
+
+def _cells(row: Row, grid: Sequence[float], marks: Mapping[Any, Mark], ci: bool) -> list[str]:
     cells = []
     for r in grid:
         acc = row.accuracy.get(r)
         if not _finite(acc):
             cells.append("-")
             continue
-        text = f"{100 * acc:.1f}"
-        if r in best and acc >= best[r] - 1e-12:
-            text = f"{_BOLD[0]}{text}{_BOLD[1]}"
+        text = _marked(f"{100 * acc:.1f}", marks.get(r))
         lo, hi = row.interval.get(r, (None, None))
         if ci and _finite(lo) and _finite(hi):
             text += f" {_CI[0]}{100 * lo:.1f}, {100 * hi:.1f}{_CI[1]}"
         cells.append(text)
-    acr = "-"
-    if _finite(row.acr):
-        acr = f"{row.acr:.3f}"
-        if "acr" in best and row.acr >= best["acr"] - 1e-12:
-            acr = f"{_BOLD[0]}{acr}{_BOLD[1]}"
+    acr = _marked(f"{row.acr:.3f}", marks.get("acr")) if _finite(row.acr) else "-"
     return cells + [acr]
 
 
 def _display_rows(rows: Sequence[Row], grid: Sequence[float], ci: bool) -> list[list[Any]]:
-    best = best_values(rows, grid)
     out = []
-    for row in rows:
+    for row, marks in zip(rows, cell_marks(rows, grid), strict=True):
         out.append([
             f"{row.method} ({row.setting})" if row.setting else row.method, row.kind,
             row.sigma_label, _num(row.n0), _num(row.n), _num(row.m),
             f"{row.alpha:g}" if row.alpha is not None else "-", row.subset_label,
-            *_cells(row, grid, best, ci),
+            *_cells(row, grid, marks, ci),
             f"{100 * row.abstain:.1f}" if _finite(row.abstain) else "-",
             format_cost(row), f"{row.seconds:.3f}" if _finite(row.seconds) else "-",
             row.device or (row.source if row.kind != "reproduced" else "-"),
@@ -339,21 +489,22 @@ def render(rows: Sequence[Row], fmt: str = "markdown", grid: Sequence[float] | N
     """The standardized table: one block per protocol, then the best-over-sigma envelopes.
 
     markdown and latex (booktabs, ready to paste) mark the best value per radius in bold within
-    each protocol; csv is one flat numeric table with interval bounds in their own columns.
+    each protocol, and the rows statistically tied with it in bold followed by ``=``
+    (:func:`cell_marks`); notes on rows left out of the envelopes follow the tables. csv is one
+    flat numeric table with interval bounds, marks and p-values in their own columns.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     rows = list(rows)
     grid = list(grid) if grid is not None else grid_of(rows)
-    env = envelopes(rows) if envelope else []
+    env, env_notes = envelope_groups(rows) if envelope else ([], [])
     if fmt == "csv":
         df = frame(rows, grid)
         if env:
             df = pd.concat([df, frame(env, grid).assign(kind=lambda d: d["kind"] + " envelope")])
         return df.to_csv(index=False)
     blocks = []
-    note = (f"Certified accuracy (%) at L2 radius r; bold: best of the protocol; brackets: exact "
-            f"{CI_LEVEL:.0%} Clopper-Pearson interval over the image sample.")
+    note = TABLE_NOTE
     for title, members in _titled_groups(rows, env):
         body = _display_rows(members, grid, ci)
         if fmt == "markdown":
@@ -367,8 +518,10 @@ def render(rows: Sequence[Row], fmt: str = "markdown", grid: Sequence[float] | N
             text = _markup(text, (r"\textbf{", "}"), (r"{\scriptsize[", "]}"))
             blocks.append(f"% {title}\n" + text)
     if fmt == "markdown":
-        return note + "\n\n" + "\n\n".join(blocks) + "\n"
-    return "% " + note + "\n" + "\n".join(blocks)
+        tail = "".join(f"\nNote: {_md_escape(n)}\n" for n in env_notes)
+        return note + "\n\n" + "\n\n".join(blocks) + "\n" + tail
+    tail = "".join(f"% Note: {n}\n" for n in env_notes)
+    return "% " + note + "\n" + "\n".join(blocks) + ("\n" + tail if tail else "")
 
 
 def _titled_groups(rows: Sequence[Row], env: Sequence[Row]):

@@ -7,7 +7,10 @@ What a maintainer would check by hand before accepting a new method, in one comm
 3. every model the entry references resolves to a file whose sha256 matches the registry
    (models not downloaded are listed, not failed: weights live outside the repository);
 4. the real runner certifies two images with a tiny N into a temporary results folder, so
-   the base classifier is exercised end to end exactly as a benchmark run would.
+   the base classifier is exercised end to end exactly as a benchmark run would; then certifies
+   them twice more, at another batch size and after another global ``torch.manual_seed``, and
+   requires the same counts: a base classifier that couples the samples of a batch (BatchNorm
+   in train mode, a batch-wide statistic) or draws from torch's global RNG fails.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from bench.errors import CertbenchError
 SMOKE_IMAGES = 2
 SMOKE_N0 = 10
 SMOKE_N = 64
+SMOKE_BATCHES = (SMOKE_N, 7)  # the smoke run's batch, then a small odd one
+SMOKE_TORCH_SEEDS = (0, 12345)  # the global torch seed of the smoke run, then another
 
 
 @dataclass
@@ -107,19 +112,43 @@ def smoke_target(entry, dataset: str | None) -> tuple[str, float]:
     return dataset, sigma
 
 
-def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir) -> str:
-    """Certify two images with a tiny N through the real runner; describe what came out."""
-    from bench.errors import ConfigError, DataError, ModelError
+def _smoke_run(entry, registry_path, extra, ds: str, sigma: float, data_dir, models_dir,
+               results: Path, *, batch: int, torch_seed: int):
+    """One smoke certification at this batch size and global torch seed (the caller's global
+    RNG state is restored afterwards); the run's result and its certificates' counts."""
+    import torch
+
     from bench.runner import RunOptions, run
+    from bench.store import Store
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch_seed)
+        result = run(RunOptions(
+            method=entry.name, dataset=ds, sigma=sigma, n0=SMOKE_N0, n=SMOKE_N, batch=batch,
+            max_images=SMOKE_IMAGES, results=results, registry=registry_path,
+            extra_registries=tuple(extra), data_dir=data_dir, models_dir=models_dir,
+            device="cpu", progress=False))
+    store = Store(results)
+    try:
+        counts = [(c.idx, c.counts_select, c.counts_estimate)
+                  for c in store.certs(result.run_id)]
+    finally:
+        store.close()
+    return result, counts
+
+
+def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir) -> str:
+    """Certify two images with a tiny N through the real runner, again after another global
+    torch seed and at another batch size (same counts required); describe what came out."""
+    from bench.errors import ConfigError, DataError, ModelError
 
     ds, sigma = smoke_target(entry, dataset)
+    where = f"methods.{entry.name}"
     with tempfile.TemporaryDirectory(prefix="certbench-validate-") as tmp:
+        args = (entry, registry_path, extra, ds, sigma, data_dir, models_dir)
         try:
-            result = run(RunOptions(
-                method=entry.name, dataset=ds, sigma=sigma, n0=SMOKE_N0, n=SMOKE_N,
-                batch=SMOKE_N, max_images=SMOKE_IMAGES, results=Path(tmp),
-                registry=registry_path, extra_registries=tuple(extra), data_dir=data_dir,
-                models_dir=models_dir, device="cpu", progress=False))
+            result, counts = _smoke_run(*args, Path(tmp) / "smoke", batch=SMOKE_BATCHES[0],
+                                        torch_seed=SMOKE_TORCH_SEEDS[0])
         except DataError as exc:  # the data is not on this machine: not the entry's fault
             return f"smoke NOT RUN ({ds} data not available here: {exc})"
         except ModelError as exc:
@@ -128,14 +157,28 @@ def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir
             return f"smoke NOT RUN (weights not downloaded here: {exc})"
         certified = result.summary.images
         tsv = (result.folder / "certs.tsv").read_text().splitlines()
+        # Separate stores: batch size and global seed are not part of the run id.
+        _, reseeded = _smoke_run(*args, Path(tmp) / "seed", batch=SMOKE_BATCHES[0],
+                                 torch_seed=SMOKE_TORCH_SEEDS[1])
+        _, rebatched = _smoke_run(*args, Path(tmp) / "batch", batch=SMOKE_BATCHES[1],
+                                  torch_seed=SMOKE_TORCH_SEEDS[0])
     if certified != SMOKE_IMAGES or len(tsv) != SMOKE_IMAGES + 1:
-        raise ConfigError(f"methods.{entry.name}: smoke run certified {certified} images, "
+        raise ConfigError(f"{where}: smoke run certified {certified} images, "
                           f"expected {SMOKE_IMAGES}")
     radii = [float(line.split("\t")[3]) for line in tsv[1:]]
     if not all(math.isfinite(r) and r >= 0 for r in radii):
-        raise ConfigError(f"methods.{entry.name}: smoke run produced radii {radii}")
+        raise ConfigError(f"{where}: smoke run produced radii {radii}")
+    if reseeded != counts:
+        raise ConfigError(f"{where}: counts change with the global torch seed (torch."
+                          f"manual_seed {SMOKE_TORCH_SEEDS[0]} vs {SMOKE_TORCH_SEEDS[1]}): the "
+                          "base classifier draws from the global RNG; use a seeded generator")
+    if rebatched != counts:
+        raise ConfigError(f"{where}: counts change with the batch size ({SMOKE_BATCHES[0]} vs "
+                          f"{SMOKE_BATCHES[1]}): the base classifier couples the samples of a "
+                          "batch (BatchNorm in train mode?)")
     return (f"smoke {SMOKE_IMAGES} images on {ds} sigma {sigma:g} N={SMOKE_N}: radii "
-            + ", ".join(f"{r:.3f}" for r in radii))
+            + ", ".join(f"{r:.3f}" for r in radii)
+            + f"; counts unchanged at batch {SMOKE_BATCHES[1]} and another global seed")
 
 
 def validate_method(registry, name: str, registry_path, extra, dataset, smoke_run: bool,

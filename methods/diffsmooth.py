@@ -6,7 +6,8 @@ hand argmax of the average to the outer count: one vote per outer sample, never 
 radius uses the outer sigma only. By default the m local draws are drawn once from a fixed seed
 and reused for every outer sample and image (the paper's fix_local_noise), so f is deterministic
 and independent of batch splits; ``local_noise: fresh`` draws new ones per outer sample from a
-stream seeded per image. Cost per outer sample: 1 diffusion pass, m classifier passes.
+stream seeded per image and phase (selection, estimation), so the estimation draws do not depend
+on N0. Cost per outer sample: 1 diffusion pass, m classifier passes.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from torch import nn
 from bench.diffusion import Denoiser, one_shot_denoiser
 from bench.params import Param
 from bench.protocol import Context, Cost, Method
-from bench.smoothing import NoiseStream
+from bench.smoothing import PHASE_SELECT, NoiseStream
 
 LOCAL_NOISE = ("fixed", "fresh")
-PHASE_LOCAL = 7  # the fresh local-noise stream of an image; distinct from the harness's phases
+# The fresh local-noise stream of harness phase p of an image is stream phase PHASE_LOCAL + p
+# (7, 8, 9 for select, estimate, predict): distinct from the harness's phases 0..2.
+PHASE_LOCAL = 7
 
 
 class DiffSmoothClassifier(nn.Module):
@@ -43,13 +46,14 @@ class DiffSmoothClassifier(nn.Module):
         self.register_buffer("fixed_noise", torch.randn((self.m, *self.shape), generator=gen))
         self.stream: NoiseStream | None = None
         self.pairing: dict[str, Any] = {}
-        self.begin_image(0, 0)
+        self.begin_phase(0, 0, PHASE_SELECT)
 
-    def begin_image(self, seed: int, index: int) -> None:
-        """Restart the fresh local-noise stream for one image (Smooth calls it per image)."""
+    def begin_phase(self, seed: int, index: int, phase: int) -> None:
+        """Restart the fresh local-noise stream for one phase of one image (Smooth calls it
+        before each phase's samples). The fixed draws have no stream: nothing changes."""
         if self.local_noise == "fresh":
             self.stream = NoiseStream((self.m, *self.shape), self.fixed_noise.device,
-                                      self.local_seed + seed, index, PHASE_LOCAL)
+                                      self.local_seed + seed, index, PHASE_LOCAL + phase)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -68,19 +72,20 @@ class DiffSmoothClassifier(nn.Module):
     def describe(self) -> dict[str, Any]:
         return {"denoiser": self.denoiser.describe(), "m": self.m,
                 "local_sigma": self.local_sigma,
-                "local_noise": (f"fixed (seed {self.local_seed})"
-                                if self.local_noise == "fixed" else "fresh (per image stream)"),
+                "local_noise": (f"fixed (seed {self.local_seed})" if self.local_noise == "fixed"
+                                else "fresh (per image and phase stream)"),
                 "pairing": self.pairing}
 
 
 class DiffSmooth(Method):
     id = "diffsmooth"
     PARAMS: Mapping[str, Param] = {
-        "m": Param(5, int, low=1, doc="local draws per outer sample (predictions per sample)"),
+        "m": Param(5, int, low=1, sets_m=True,
+                   doc="local draws per outer sample (predictions per sample)"),
         "local_sigma": Param(0.25, float, sigma=True, doc="sigma' of the local draws"),
         "local_noise": Param("fixed", str, choices=LOCAL_NOISE,
                              doc="fixed: one set of m draws for all (the paper); fresh: per "
-                                 "outer sample, from a stream seeded per image"),
+                                 "outer sample, from a stream seeded per image and phase"),
         "local_seed": Param(42, int, low=0, doc="seed of the local draws"),
         "denoiser": Param(None, str, optional=True,
                           doc="a registered model, diffusers folder, Hub id or module:Class "

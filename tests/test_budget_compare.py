@@ -105,3 +105,24 @@ def test_compare_bad_inputs_are_one_line(cli, tmp_path, extra, message):
                          "--results", tmp_path, *extra)
     assert code != 0 and message in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_compare_expands_m_only_where_it_sets_the_certification_cost(toy_registry):
+    from bench.compare import CompareOptions, configurations
+
+    base = RunOptions(extra_registries=(toy_registry,))
+    configs = configurations(CompareOptions(budget=100, ms=(2, 4), base=base,
+                                            methods=("smoothadv", "consistency", "diffsmooth")))
+    # SmoothAdv's and consistency's m are training params: one run each, not one per --m.
+    assert configs == [("smoothadv", {}), ("consistency", {}), ("diffsmooth", {"m": 2}),
+                       ("diffsmooth", {"m": 4})]
+
+
+def test_compare_training_m_is_one_row_at_m_1(cli, tmp_path):
+    code, out, err = cli("compare", "--dataset", "digits", "--budget", "60", "--methods",
+                         "smoothadv,consistency", "--m", "2,4", "--n0", "10", "--max-images",
+                         "1", "--quiet", "--results", tmp_path)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if "m = " in line]
+    assert len(rows) == 2 and all("N = 60, m = 1" in line for line in rows), out
+    assert [line.split()[0] for line in rows] == ["smoothadv", "consistency"]

@@ -143,3 +143,31 @@ def test_param_errors_name_where_the_value_came_from(tmp_path):
                            results=tmp_path))
     with pytest.raises(ConfigError, match="--param m_: unknown param .*did you mean 'm'"):
         prepare(RunOptions(method="diffsmooth", params={"m_": 3}, results=tmp_path))
+
+
+def test_noise_generator_device_type_is_in_the_identity_except_for_the_cpu(tmp_path,
+                                                                           monkeypatch):
+    """torch's CPU and CUDA generators draw different streams from one seed: a run resumed on
+    another device type is another run. The CPU is protocol 1's implicit generator, left out
+    so every CPU run id stays what it was."""
+    import torch
+
+    from bench import runner
+
+    cpu = runner.noise_identity((1, 8, 8), "cpu")
+    assert "generator" not in cpu
+    assert runner.noise_identity((1, 8, 8), torch.device("cuda", 1)) == {**cpu,
+                                                                         "generator": "cuda"}
+    calls = []
+    real = runner.run_card
+    monkeypatch.setattr(runner, "run_card", lambda *a: calls.append(a) or real(*a))
+    prep = prepare(RunOptions(results=tmp_path, progress=False, device="cpu"))
+    assert prep.card.run_id == README_RUN_ID and "generator" not in prep.card.identity["noise"]
+    # The same run card built for a CUDA device (no GPU here: only the card is built).
+    monkeypatch.setattr(runner, "environment", lambda device: {"device": str(device)})
+    (args,) = calls
+    card = real(*args[:-1], torch.device("cuda"))
+    assert card.identity["noise"]["generator"] == "cuda"
+    assert {k: v for k, v in card.identity.items() if k != "noise"} == {
+        k: v for k, v in prep.card.identity.items() if k != "noise"}
+    assert card.run_id != README_RUN_ID

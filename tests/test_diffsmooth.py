@@ -12,7 +12,7 @@ from torch import nn
 
 from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError
-from bench.smoothing import PHASE_ESTIMATE, Smooth
+from bench.smoothing import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT, Smooth
 from methods.diffsmooth import DiffSmooth, DiffSmoothClassifier
 
 SHAPE = (1, 8, 8)
@@ -117,19 +117,57 @@ def test_fresh_local_noise_is_new_per_sample_but_batch_independent():
     base = DiffSmoothClassifier(identity_denoiser(), Recorder(), 3, shape=SHAPE, m=m,
                                 local_sigma=0.5, local_noise="fresh")
     x = torch.full((40, *SHAPE), 0.5)
-    base.begin_image(0, 5)
+    base.begin_phase(0, 5, PHASE_ESTIMATE)
     whole = local_noise_seen(base, x, m)
-    base.begin_image(0, 5)
+    base.begin_phase(0, 5, PHASE_ESTIMATE)
     parts = torch.cat([local_noise_seen(base, x[:13], m), local_noise_seen(base, x[13:], m)])
     torch.testing.assert_close(whole, parts)
     assert not torch.allclose(whole[0], whole[1])
-    base.begin_image(0, 6)
+    base.begin_phase(0, 6, PHASE_ESTIMATE)
     assert not torch.allclose(local_noise_seen(base, x[:1], m)[0], whole[0])
     # Standard normal: 40*3*64 = 7680 values; the sample std is within 5 standard errors
     # (se of s for a normal sample is about 1/sqrt(2n)) of 1, the mean within 5/sqrt(n) of 0.
     n = whole.numel()
     assert abs(float(whole.std()) - 1) < 5 / math.sqrt(2 * n)
     assert abs(float(whole.mean())) < 5 / math.sqrt(n)
+
+
+def test_fresh_local_noise_restarts_per_phase():
+    m = 3
+    base = DiffSmoothClassifier(identity_denoiser(), Recorder(), 3, shape=SHAPE, m=m,
+                                local_sigma=0.5, local_noise="fresh")
+    x = torch.full((4, *SHAPE), 0.5)
+    seen = {}
+    for phase in (PHASE_SELECT, PHASE_ESTIMATE, PHASE_PREDICT):
+        base.begin_phase(0, 5, phase)
+        seen[phase] = local_noise_seen(base, x, m)
+    # Selection, estimation and prediction draw from distinct streams of the same image ...
+    assert not torch.allclose(seen[PHASE_SELECT], seen[PHASE_ESTIMATE])
+    assert not torch.allclose(seen[PHASE_ESTIMATE], seen[PHASE_PREDICT])
+    # ... each restarted from its beginning by begin_phase, whatever came before.
+    base.begin_phase(0, 5, PHASE_SELECT)
+    local_noise_seen(base, x, m)
+    base.begin_phase(0, 5, PHASE_ESTIMATE)
+    torch.testing.assert_close(local_noise_seen(base, x, m), seen[PHASE_ESTIMATE])
+
+
+def test_fresh_local_noise_estimation_counts_do_not_depend_on_n0():
+    """One local stream per (seed, image, phase): N0 never shifts the estimation draws."""
+    torch.manual_seed(0)
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    # m = 1 and a large sigma': each vote follows its one local draw, so the counts would
+    # change if the estimation phase drew from where the selection phase stopped.
+    base = DiffSmoothClassifier(identity_denoiser(), clf, 3, shape=SHAPE, m=1, local_sigma=2.0,
+                                local_noise="fresh")
+    smooth = Smooth(base, 3, 0.25)
+    x = torch.rand(SHAPE)
+    a = smooth.certify_record(x, 10, 400, 0.001, 64, seed=3, index=2)
+    b = smooth.certify_record(x, 50, 400, 0.001, 33, seed=3, index=2)
+    assert a.counts_estimate == b.counts_estimate
+    assert sorted(a.counts_estimate)[-2] > 0  # the votes do vary with the local draws
+    # the selection counts of N0 = 10 are a prefix of those of N0 = 50 (the same stream)
+    counts = smooth.sample_counts(x, 10, 7, seed=3, index=2, phase=PHASE_SELECT).tolist()[:-1]
+    assert counts == a.counts_select
 
 
 def test_results_do_not_depend_on_batch_size():

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench import table
-from bench.importer import parse_time, repair_correct
+from bench.importer import parse_time, radius_lower_bound, repair_correct
 from bench.store import Store
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
@@ -50,7 +50,8 @@ def test_dds_running_count_is_detected_and_repaired(cli, tmp_path):
     assert certs[4].prediction == -1 and certs[4].correct == 0
     (row,) = table.rows_from_store(store)
     store.close()
-    assert row.kind == "claimed" and row.accuracy[0.25] == pytest.approx(3 / 6)
+    # 0.25 as printed (2 decimals) only guarantees 0.245: not counted at r = 0.25.
+    assert row.kind == "claimed" and row.accuracy[0.25] == pytest.approx(2 / 6)
     assert row.accuracy[0.5] == pytest.approx(2 / 6)
     folder = next((tmp_path / "res" / "runs").iterdir())
     assert folder.name.startswith("claimed-dds-claim-cifar10-sigma0.5-")
@@ -75,6 +76,39 @@ def test_clean_file_is_imported_unchanged_and_reimport_is_idempotent(cli, tmp_pa
     assert len(runs) == 1 and runs[0].images == 6
     assert runs[0].card.identity["n"] == 5000
     store.close()
+
+
+@pytest.mark.parametrize(("text", "bound"), [
+    ("0.500", 0.4995), ("0.5", 0.45), ("0.5004", 0.50035), ("5.00e-01", 0.4995),
+    ("5e-01", 0.45), ("1.1", 1.05), ("2", 1.5), ("0.0004", 0.00035), ("0", 0.0), ("0.00", 0.0),
+])
+def test_radius_is_lowered_to_the_bottom_of_its_printed_precision(text, bound):
+    assert radius_lower_bound(text) == pytest.approx(bound, abs=1e-15)
+    assert radius_lower_bound(text) <= float(text)
+
+
+def test_rounded_radius_never_certifies_a_grid_point_it_only_reaches_by_rounding(cli, tmp_path):
+    # 0.500 may be a printed 0.4996: not certified at 0.5. 0.5004 and 5.004e-01 are at least
+    # 0.50035; a full-precision repr loses less than its last digit and stays >= 0.5.
+    radii = ["0.500", "0.5004", "5.004e-01", "0.5000000000000001", "0.5"]
+    lines = [HEADER] + [f"{i}\t1\t1\t{r}\t1\t1.0\n" for i, r in enumerate(radii)]
+    tsv = tmp_path / "rounded.tsv"
+    tsv.write_text("".join(lines))
+    code, out, err = cli("import", "--tsv", tsv, "--method", "rounded", "--dataset", "digits",
+                         "--sigma", 0.25, "--results", tmp_path / "res")
+    assert code == 0, err
+    assert "lowered to the bottom of their printed precision" in out
+    store = Store(tmp_path / "res")
+    (run,) = store.runs_of("digits")
+    certs = store.certs(run.run_id)
+    (row,) = table.rows_from_store(store)
+    store.close()
+    got = [c.radius for c in certs]
+    assert got[0] == pytest.approx(0.4995) and got[0] < 0.5
+    assert got[1] == pytest.approx(0.50035) and got[2] == pytest.approx(0.50035)
+    assert got[3] >= 0.5 and got[4] == pytest.approx(0.45)
+    assert row.accuracy[0.5] == pytest.approx(3 / 5)
+    assert "half a unit in its last printed digit" in run.card.extra["source"]["radius_guard"]
 
 
 def test_wrong_flags_are_recomputed_and_reported():

@@ -5,11 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench import leaderboard
+import pytest
+
+from bench import leaderboard, metrics
 from bench.records import Certificate, RunCard
 from bench.registry import load_registry
 from bench.store import Store
+from bench.table import Row
 from tests.conftest import ROOT
+from tests.test_table import GRID as TABLE_GRID
+from tests.test_table import _run_row
 
 XSS_NAME = "<script>window.__xss=1</script>"
 XSS_DESC = '<img src=x onerror="window.__xss=2">'
@@ -87,11 +92,60 @@ def test_same_compute_sections_and_rank_within_protocol(tmp_path):
     assert sections == ["200", "1,000"]
     # The N=200 run is alone in its protocol: rank 1 there, ranked against nothing else.
     n200 = html.split("Same compute: 200")[1].split("Same compute: 1,000")[0]
-    assert n200.count('class="kind-reproduced"') == 1 and "<td>1</td>" in n200
-    # In the N=1,000 reproduced protocol: sigma 0.25 (AUC 0.5+...) vs 0.5, ranks 1 and 2.
-    n1000 = html.split("Same compute: 1,000")[1]
-    assert "<td>2</td>" in n1000
+    assert n200.count('class="kind-reproduced"') == 1 and '<td data-sort="1">1</td>' in n200
+    # In the N=1,000 protocol: two sigmas and the claimed run on the same six images; no
+    # paired sign test on six images is significant, so all three share rank 1.
+    n1000 = html.split("Same compute: 1,000")[1].split("Best over sigma")[0]
+    ranks = re.findall(r'<td data-sort="(\d+)"[^>]*>(\d+=?)</td>', n1000)
+    assert ranks[:3] == [("1", "1=")] * 3
     assert "best over sigma per radius" in html.lower()
+    assert "share a rank" in html and "ranked by point estimate only" in html
+
+
+def test_intervals_are_in_the_cell_text_not_only_on_hover(tmp_path):
+    html = (make_board(tmp_path) / "digits.html").read_text()
+    # gaussian sigma 0.25 at r=0: 5 of 6 images certified correct (radius > 0).
+    lo, hi = metrics.sample_interval(5, 6)
+    cell = f'<span class="val">83.3</span><span class="ci">[{100 * lo:.1f}, {100 * hi:.1f}]</span>'
+    assert cell in html
+    assert 'class="best tied"' in html and '<span class="tie">=</span>' in html
+
+
+def _scored(name, scores, **kw):
+    """A run row whose image i is certified at exactly the first scores[i] grid radii."""
+    radii = [[0.0, 0.1, 0.3, 0.6, 0.8, 1.2][k] for k in scores]
+    return _run_row(name, radii, [int(k > 0) for k in scores], **kw)
+
+
+def test_shared_ranks_follow_the_top_row_of_each_rank():
+    grid = list(TABLE_GRID)
+    a = _scored("a-run", [5] * 40)
+    b = _scored("b-run", [5] * 35 + [4] * 5)  # 5 images worse than A: p = 2/32, not < 0.05
+    c = _scored("c-run", [5] * 30 + [4] * 10)  # 10 worse than A (p ~ 0.002); 5 worse than B
+    d = _scored("d-run", [2] * 40)
+    e = _scored("e-run", [2] * 39 + [1])
+    ordered = sorted([e, d, c, b, a], key=lambda r: -leaderboard.rank_score(r, grid))
+    assert [r.method for r in ordered] == ["a", "b", "c", "d", "e"]
+    assert leaderboard.rank_test(a, b, grid).p_value == pytest.approx(2 / 32)
+    assert not leaderboard.rank_test(b, c, grid).significant()  # yet C is not tied with A
+    ranks = leaderboard.shared_ranks(ordered, grid)
+    assert ranks == [1, 1, 3, 4, 4]
+    assert leaderboard.rank_labels(ranks) == ["1=", "1=", "3", "4=", "4="]
+    # Image scores average to the rank score.
+    assert sum(leaderboard.image_scores(c, grid)) / 40 == pytest.approx(
+        leaderboard.rank_score(c, grid))
+
+
+def test_reported_rows_share_a_rank_only_on_an_equal_score():
+    grid = list(TABLE_GRID)
+
+    def rep(v):
+        return Row(kind="reported", method="p", dataset="digits", sigma=0.25, n0=100, n=1000,
+                   m=1, alpha=0.001, subset="paper", subset_size=None, images=None,
+                   accuracy={0.25: v})
+
+    ordered = [rep(0.5), rep(0.5), rep(0.49)]
+    assert leaderboard.shared_ranks(ordered, grid) == [1, 1, 3]
 
 
 def test_markup_is_escaped_in_html_and_markdown(tmp_path):

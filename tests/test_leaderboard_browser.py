@@ -6,6 +6,7 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (CI installs them) and selen
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -43,6 +44,15 @@ def driver():
     drv.quit()
 
 
+def value_of(text):
+    """The number of a cell whose text is e.g. ``83.3=`` then ``[52.0, 99.6]`` on a new line."""
+    return float(re.match(r"-?\d+(\.\d+)?", text).group(0))
+
+
+def rank_number(text):
+    return int(text.rstrip("="))
+
+
 def column_values(table, col):
     return [tr.find_elements("css selector", "td")[col].text
             for tr in table.find_elements("css selector", "tbody tr")]
@@ -66,19 +76,30 @@ def test_page_renders_sorts_plots_without_errors_or_script_injection(driver, boa
                  if len(t.find_elements("css selector", "tbody tr")) >= 3)
     headers = table.find_elements("css selector", "thead th")
     r0 = next(i for i, h in enumerate(headers) if h.text.strip() == "r=0.5")
-    before = column_values(table, 0)  # ranks 1..k
-    assert before == [str(i) for i in range(1, len(before) + 1)]
+    ranks = column_values(table, 0)  # 1, 2, ... or shared: 1=, 1=, 3, ...
+    assert all(re.fullmatch(r"\d+=?", v) for v in ranks), ranks
+    assert [rank_number(v) for v in ranks] == sorted(rank_number(v) for v in ranks)
+    # The 95% interval is shown in the cell (under the value), not only on hover.
+    cell = table.find_elements("css selector", "tbody tr")[0].find_elements("css selector",
+                                                                              "td")[r0]
+    assert re.search(r"\[\d+\.\d, \d+\.\d\]", cell.text), cell.text
+    assert cell.find_element("css selector", ".ci").is_displayed()
+    before = column_values(table, 1)  # method names in rank order
     headers[r0].click()
     first = column_values(table, r0)
-    numbers = [float(v) for v in first if v != "-"]
+    numbers = [value_of(v) for v in first if v != "-"]
     assert numbers == sorted(numbers, reverse=True)
     headers[r0].click()
     second = column_values(table, r0)
-    numbers = [float(v) for v in second if v != "-"]
+    numbers = [value_of(v) for v in second if v != "-"]
     assert numbers == sorted(numbers)
     assert second != first
-    assert column_values(table, 0) != before  # the rows moved, not just the header
+    assert column_values(table, 1) != before  # the rows moved, not just the header
     assert "sorted-asc" in headers[r0].get_attribute("class")
+    # Shared ranks sort as numbers (data-sort), "1=" next to "1".
+    headers[0].click()
+    assert [rank_number(v) for v in column_values(table, 0)] == sorted(
+        (rank_number(v) for v in ranks), reverse=True)
 
     # Markup in a method name or description is shown as text and never runs.
     body = driver.find_element("css selector", "body").text

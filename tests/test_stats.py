@@ -64,4 +64,17 @@ def test_predict_decision():
     assert stats.predict_decision([0, 52, 48], 0.001) == stats.ABSTAIN
     assert stats.predict_decision([5, 5], 0.001) == stats.ABSTAIN
     assert stats.predict_decision([0, 0, 0], 0.001) == stats.ABSTAIN
-    assert math.isclose(binomtest(90, 100, 0.5).pvalue, binomtest(90, 100, 0.5).pvalue)
+
+
+@pytest.mark.parametrize("n1,n2", [(90, 10), (52, 48), (60, 40), (61, 39), (66, 34), (12, 0)])
+def test_predict_p_value_against_an_exact_hand_sum(n1, n2):
+    """PREDICT's two-sided p-value at p = 1/2, summed from math.comb, and the decision it gives:
+    symmetric, so p = 2 * P(Bin(n1 + n2, 1/2) >= n1) (capped at 1) for n1 >= n2."""
+    n = n1 + n2
+    tail = math.fsum(math.comb(n, j) for j in range(n1, n + 1)) / 2**n
+    exact = min(1.0, 2 * tail)
+    assert binomtest(n1, n, 0.5).pvalue == pytest.approx(exact, rel=1e-9)
+    assert exact == pytest.approx(min(1.0, 2 * binom.sf(n1 - 1, n, 0.5)), rel=1e-9)
+    for alpha in (0.001, 0.01, 0.05):
+        expected = 1 if exact <= alpha else stats.ABSTAIN
+        assert stats.predict_decision([0, n1, n2], alpha) == expected, (alpha, exact)

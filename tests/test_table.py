@@ -174,3 +174,136 @@ def test_row_cost_format():
               alpha=0.1, subset="dev", subset_size=1, images=1, accuracy={},
               classifier_passes=5100.0, diffusion_passes=5100.0)
     assert table.format_cost(row) == "5,100 + 5,100 diff."
+
+
+# ----- ties by paired exact tests, envelopes per configuration, requested budgets ------------
+def _run_row(run_id, radii, correct, sigma=0.25, seed=0, n=1000, m=1, n0=100, requested=None,
+             idx_offset=0, params=None):
+    """A stored-run row from hand-made certificates (idx from ``idx_offset``)."""
+    from bench.records import RunSummary
+
+    ident = {"method": run_id.split("-")[0], "dataset": "digits", "sigma": sigma, "n0": n0,
+             "n": n, "m": m, "alpha": 0.001, "subset": "dev", "subset_size": len(radii),
+             "seed": seed, "params": params or {}}
+    extra = {"run_id": run_id, "radius_grid": list(GRID)}
+    if requested is not None:
+        extra["budget"] = {"predictions_per_image": n * m, "n0": n0, "n": n, "m": m,
+                           "requested": requested}
+    card = RunCard.from_json({"identity": ident, **extra})
+    certs = _certs(radii, correct, [1] * len(radii))
+    for c in certs:
+        c.idx += idx_offset
+    return table.row_from_summary(RunSummary.from_certs(card, certs))
+
+
+def test_ten_images_100_vs_90_is_a_tie_not_a_sole_winner():
+    a = _run_row("a-run", [0.3] * 10, [1] * 10)
+    b = _run_row("b-run", [0.3] * 9 + [0.1], [1] * 10)
+    assert a.accuracy[0.25] == 1.0 and b.accuracy[0.25] == 0.9 and a.protocol == b.protocol
+    marks = table.cell_marks([a, b], GRID)
+    assert marks[0][0.25] == table.Mark("best")
+    assert marks[1][0.25].kind == "tied" and marks[1][0.25].p_value == 1.0
+    assert marks[1]["acr"].kind == "tied"  # one image differs: sign test p = 1
+    text = table.render([a, b], "markdown", GRID, envelope=False)
+    b_line = next(ln for ln in text.splitlines() if ln.startswith("| b "))
+    assert "**90.0**= [" in b_line
+    assert "level 0.05" in text and "McNemar" in text
+    latex = table.render([a, b], "latex", GRID, envelope=False)
+    assert r"\textbf{90.0}=" in latex
+    df = pd.read_csv(io.StringIO(table.render([a, b], "csv", GRID)))
+    assert list(df["r=0.25 mark"]) == ["best", "tied"]
+    assert df["r=0.25 p_vs_best"].iloc[1] == pytest.approx(1.0)
+
+
+def test_a_significant_paired_difference_is_not_tied():
+    # 80 images: A alone certified at r=0.25 on 50, B alone on 20, both on 0, neither on 10.
+    a = _run_row("a-run", [0.3] * 50 + [0.1] * 20 + [0.0] * 10, [1] * 70 + [0] * 10)
+    b = _run_row("b-run", [0.1] * 50 + [0.3] * 20 + [0.0] * 10, [1] * 70 + [0] * 10)
+    marks = table.cell_marks([a, b], GRID)
+    assert marks[0][0.25] == table.Mark("best") and 0.25 not in marks[1]
+    assert table.paired_test(a, b, 0.25).p_value == pytest.approx(
+        metrics.binomial_two_sided(20, 70))
+    assert marks[1][0.0].kind == "best"  # at r = 0 both are certified on the same 70
+    text = table.render([a, b], "markdown", GRID, envelope=False)
+    b_line = next(ln for ln in text.splitlines() if ln.startswith("| b "))
+    assert "| 25.0 [" in b_line  # plain: neither bold nor tied
+
+
+def test_rows_on_other_images_or_without_per_image_data_are_never_tied():
+    a = _run_row("a-run", [0.3] * 10, [1] * 10)
+    other = _run_row("b-run", [0.3] * 9 + [0.1], [1] * 10, idx_offset=100)
+    assert a.sample_key != other.sample_key and not table.paired(a, other)
+    marks = table.cell_marks([a, other], GRID)  # forced into one group: still not paired
+    assert marks[0][0.25].kind == "best" and 0.25 not in marks[1]
+    reported = Row(kind="reported", method="p", dataset="digits", sigma=0.25, n0=100, n=1000,
+                   m=1, alpha=0.001, subset="paper", subset_size=None, images=None,
+                   accuracy={0.25: 0.95})
+    marks = table.cell_marks([a, reported], GRID)
+    assert marks[0][0.25].kind == "best" and 0.25 not in marks[1]
+
+
+def test_envelope_only_over_sigma_of_one_configuration():
+    s25 = _run_row("g-a", [0.3] * 5 + [0.0] * 5, [1] * 10, sigma=0.25, seed=0)
+    s50 = _run_row("g-b", [0.6] * 3 + [0.0] * 7, [1] * 10, sigma=0.5, seed=0)
+    lucky = _run_row("g-c", [0.6] * 9 + [0.0], [1] * 10, sigma=0.25, seed=1)
+    env, notes = table.envelope_groups([s25, s50, lucky])
+    assert len(env) == 1 and env[0].envelope_of == ("0.25", "0.5")
+    # The seed-1 run (90% at r=0.5) is not maxed into the seed-0 envelope (30% at r=0.5).
+    assert env[0].accuracy[0.5] == pytest.approx(0.3)
+    assert len(notes) == 1 and "g-c" in notes[0] and "left out" in notes[0]
+    text = table.render([s25, s50, lucky], "markdown", GRID)
+    assert "Note: reproduced g sigma 0.25 (run g-c) left out" in text
+    # Two runs at one sigma with the same seed and params (here another N0): no envelope.
+    twin = _run_row("g-d", [0.6] * 9 + [0.0], [1] * 10, sigma=0.25, seed=0, n0=50)
+    env, notes = table.envelope_groups([s25, s50, twin])
+    assert env == [] and len(notes) == 1
+    assert "no envelope" in notes[0] and "g-a" in notes[0] and "g-d" in notes[0]
+    assert "% Note: no envelope" in table.render([s25, s50, twin], "latex", GRID)
+    # Other params are another configuration too.
+    other = _run_row("g-e", [0.6] * 9 + [0.0], [1] * 10, sigma=0.5, params={"t": 2})
+    env, _ = table.envelope_groups([s25, s50, other])
+    assert len(env) == 1 and env[0].accuracy[0.5] == pytest.approx(0.3)
+
+
+def test_requested_budget_groups_runs_of_the_same_compute():
+    from bench.budget import tier
+
+    dds = _run_row("dds-run", [0.3] * 10, [1] * 10, n=10_000, m=1)
+    diffsmooth = _run_row("diffsmooth-run", [0.3] * 10, [1] * 10, n=3_333, m=3,
+                          requested=10_000)
+    assert diffsmooth.budget == 10_000 and dds.budget == 10_000
+    assert dds.protocol == diffsmooth.protocol
+    assert len(table.group_by_protocol([dds, diffsmooth])) == 1
+    assert "budget 10,000 predictions/image" in table.render([dds, diffsmooth], "markdown", GRID)
+    # Without a requested budget (N given directly), the tier is N x m.
+    plain = _run_row("diffsmooth-n", [0.3] * 10, [1] * 10, n=3_333, m=3)
+    assert plain.budget == 9_999 and plain.protocol != dds.protocol
+    card = {"identity": {"n": 3_333, "m": 3}, "budget": {"requested": 10_000}}
+    assert tier(card) == 10_000
+    assert tier({"identity": {"n": 3_333, "m": 3}, "budget": {"requested": None}}) == 9_999
+    assert tier(RunCard.from_json({"identity": {"n": 500}})) == 500
+    # Reported rows keep N x m.
+    rep = Row(kind="reported", method="p", dataset="digits", sigma=0.25, n0=100, n=3_333, m=3,
+              alpha=0.001, subset="paper", subset_size=None, images=None, accuracy={})
+    assert rep.budget == 9_999
+
+
+def test_run_summary_keeps_per_image_data_out_of_its_json():
+    from bench.records import RunSummary
+
+    card = _card("a", 0.25)
+    summary = RunSummary.from_certs(card, _certs(RADII, CORRECT, PREDICT))
+    assert summary.per_image[8] == (0.9, 0) and summary.per_image[5] == (0.8, 1)
+    assert set(summary.to_json()) == {"run_id", "identity", "radius_grid", "images", "metrics",
+                                      "cost_per_image"}
+    assert "'per_image'" not in str(summary.to_json())
+
+
+def test_paired_test_counts_only_correct_images_as_certified():
+    # B predicts the wrong class on 8 of 20 images, with a radius: not certified there.
+    a = _run_row("a-run", [0.3] * 20, [1] * 20)
+    b = _run_row("b-run", [0.3] * 20, [1] * 12 + [0] * 8)
+    t = table.paired_test(a, b, 0.25)
+    assert (t.wins_a, t.wins_b) == (8, 0) and t.p_value == pytest.approx(2 / 256)
+    marks = table.cell_marks([a, b], GRID)
+    assert 0.25 not in marks[1] and "acr" not in marks[1]  # sign test: 8 to 0, p = 2/256

@@ -19,6 +19,7 @@ def test_example_submission_passes(cli):
     lines = out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("OK   ensemble-example:")
     assert "4 model(s) hash-checked" in out and "smoke 2 images on digits" in out
+    assert "counts unchanged at batch 7 and another global seed" in out
 
 
 def test_bad_adapter_fails_naming_the_entry(cli, tmp_path):
@@ -87,3 +88,63 @@ def test_reported_only_method_says_it_has_no_adapter(cli, tmp_path):
     bad = entry(tmp_path, "methods:\n  empty:\n    description: nothing to show\n")
     code, out, _ = cli("validate", "--extra-registry", bad)
     assert code == 1 and "methods.empty.adapter: missing" in out
+
+
+COUPLED = '''import torch
+
+from bench.protocol import Method
+
+
+class Linear:
+    """A fixed random linear classifier; subclasses break it in one way each."""
+
+    def __init__(self, ctx):
+        self.num_classes = ctx.dataset.num_classes
+        dim = 1
+        for d in ctx.dataset.shape:
+            dim *= d
+        self.w = torch.randn(dim, self.num_classes, generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, x):
+        return x.flatten(1) @ self.w
+
+
+class BatchMean(Linear):
+    def __call__(self, x):  # a batch-wide statistic: each output depends on the whole batch
+        z = x.flatten(1)
+        return (z - z.mean(0)) @ self.w
+
+
+class GlobalRandom(Linear):
+    def __call__(self, x):  # extra noise from torch's global generator
+        return super().__call__(x + torch.randn(x.shape))
+
+
+class Coupled(Method):
+    id = "coupled"
+
+    def base_classifier(self, ctx):
+        return BatchMean(ctx)
+
+
+class Unseeded(Method):
+    id = "unseeded"
+
+    def base_classifier(self, ctx):
+        return GlobalRandom(ctx)
+'''
+
+
+def test_batch_coupling_and_global_rng_are_fail_lines(cli, tmp_path, monkeypatch):
+    (tmp_path / "bad_adapters.py").write_text(COUPLED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sub = entry(tmp_path, "methods:\n  coupled:\n    adapter: bad_adapters:Coupled\n"
+                          "  unseeded:\n    adapter: bad_adapters:Unseeded\n")
+    code, out, _ = cli("validate", "--extra-registry", sub)
+    assert code == 1
+    coupled, unseeded = out.splitlines()
+    assert coupled.startswith("FAIL coupled: methods.coupled: counts change with the batch size")
+    assert "couples the samples of a batch (BatchNorm in train mode?)" in coupled
+    assert unseeded.startswith("FAIL unseeded: methods.unseeded: counts change with the global "
+                               "torch seed")
+    assert "draws from the global RNG; use a seeded generator" in unseeded

@@ -1,9 +1,10 @@
 """``python -m bench table``: the standardized certified-accuracy table of one dataset.
 
 One row per run in the store (reproduced and claimed) plus the registry's reported rows; the
-best value per radius is marked within each protocol (dataset, subset, alpha, budget), then
-the best-over-sigma envelope per method. Certified accuracy carries an exact 95%
-Clopper-Pearson interval over the image sample.
+best value per radius is marked within each protocol (dataset, subset, alpha, budget), with
+the rows not significantly different from it (paired exact tests on the same images, level
+0.05), then the best-over-sigma envelope per configuration. Certified accuracy carries an
+exact 95% Clopper-Pearson interval over the image sample.
 """
 
 from __future__ import annotations
