@@ -8,7 +8,6 @@ images are compared with exact paired tests (McNemar, sign test) at :data:`SIGNI
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -86,18 +85,15 @@ SIGNIFICANCE = 0.05  # two-sided level of the paired tests behind tie marks and 
 
 
 def binomial_two_sided(k: int, n: int) -> float:
-    """Exact two-sided p-value of k successes in n trials at probability 1/2.
-
-    The distribution is symmetric, so this is 2 P(X <= min(k, n - k)), capped at 1 (the same
-    value as ``scipy.stats.binomtest(k, n, 0.5).pvalue``); 1.0 when n is 0.
-    """
+    """Exact two-sided p-value of k successes in n trials at probability 1/2 (scipy's
+    ``binomtest``); 1.0 when n is 0 (no discordant pair: nothing to tell the rows apart)."""
     if n < 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return 1.0
-    low = min(k, n - k)
-    tail = sum(math.comb(n, i) for i in range(low + 1))
-    return min(1.0, 2 * tail / 2**n)
+    from scipy.stats import binomtest
+
+    return float(binomtest(k, n, 0.5).pvalue)
 
 
 @dataclass(frozen=True)
