@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -57,6 +58,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a one-line usage error already printed
         return int(exc.code or 0)
+    # The command line as typed, under the program's own name (model cards record it).
+    args.command_line = " ".join([parser.prog, *(shlex.quote(a) for a in (
+        sys.argv[1:] if argv is None else [str(a) for a in argv]))])
     if args.command is None:
         parser.print_help()
         return 0

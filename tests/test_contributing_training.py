@@ -19,6 +19,7 @@ def test_contributing_training_method_trains_and_certifies(capsys, tmp_path, mon
     assert weights.suffix == ".safetensors" and weights.is_file()
     card = json.loads(weights.with_suffix(".json").read_text())
     assert card["method"] == "stability-example" and card["params"] == {"lbd": 2.0}
+    assert card["command"] == commands[0]  # the card records the command as typed
     assert card["sha256"] in outputs[0] and "registry entry" in outputs[0]
     # The run certified 4 images with the trained file and recorded its sha256.
     runs = list((tmp_path / "my-results" / "runs").glob("stability-example-digits-*"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 import yaml
@@ -47,7 +45,7 @@ def run(args) -> int:
         batch=args.batch, lr=args.lr, arch=args.arch, seed=args.seed, device=args.device,
         data_dir=args.data_dir, out=args.out, name=args.name, progress=not args.quiet,
         registry=args.registry, extra_registries=tuple(args.extra_registry),
-        command="python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command=args.command_line,
     )
     card = train(opts)
     print(f"trained {card['name']}: clean accuracy {100 * card['clean_accuracy']:.1f}%, "
