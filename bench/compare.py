@@ -65,7 +65,7 @@ def configurations(opts: CompareOptions) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for name in names:
         method = registry.method(name).instantiate(opts.dataset)
-        key = m_param(method)
+        key = method.m_param()
         if key is not None and name != opts.baseline:
             for m in opts.ms:
                 n_for_budget(opts.budget, int(m), name)  # fail before any model is loaded
@@ -73,12 +73,6 @@ def configurations(opts: CompareOptions) -> list[tuple[str, dict[str, Any]]]:
         else:
             out.append((name, {}))
     return out
-
-
-def m_param(method) -> str | None:
-    """The name of the param that sets a method's predictions per noisy sample, or None."""
-    declared = getattr(type(method), "PARAMS", {}) or {}
-    return next((k for k, p in declared.items() if getattr(p, "sets_m", False)), None)
 
 
 def compare(opts: CompareOptions) -> list[Row]:

@@ -134,6 +134,12 @@ class Method:
     def base_classifier(self, ctx: Context) -> BaseClassifier:
         raise NotImplementedError
 
+    @classmethod
+    def m_param(cls) -> str | None:
+        """The declared param that sets the predictions per noisy sample (the budget's m),
+        if any: ``Param(..., sets_m=True)``, e.g. DiffSmooth's m."""
+        return next((name for name, p in cls.PARAMS.items() if p.sets_m), None)
+
     def supports_training(self) -> bool:
         return type(self).train is not Method.train
 

@@ -98,9 +98,7 @@ def check_protocol(opts: RunOptions) -> None:
     i, k = opts.shard
     if not (k >= 1 and 0 <= i < k):
         raise ConfigError(f"--shard must be I/K with 0 <= I < K, got {i}/{k}")
-    if opts.procedure not in procedures.PROCEDURES:
-        raise ConfigError(f"unknown procedure {opts.procedure!r}; valid: "
-                          f"{', '.join(procedures.PROCEDURES)}")
+    procedures.get(opts.procedure)
 
 
 def prepare(opts: RunOptions) -> Prepared:

@@ -20,14 +20,19 @@ from bench.procedures.cohen import CohenFixedN
 DEFAULT = "cohen"
 PROCEDURES: dict[str, type] = {CohenFixedN.name: CohenFixedN}
 
-__all__ = ["DEFAULT", "PROCEDURES", "CohenFixedN", "Procedure", "ProcedureSpec", "build"]
+__all__ = ["DEFAULT", "PROCEDURES", "CohenFixedN", "Procedure", "ProcedureSpec", "build", "get"]
+
+
+def get(name: str) -> type:
+    """The procedure class registered as ``name`` (checked before any model is loaded)."""
+    from bench.errors import ConfigError
+
+    cls = PROCEDURES.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown procedure {name!r}; valid: {', '.join(PROCEDURES)}")
+    return cls
 
 
 def build(spec: ProcedureSpec, method, ctx) -> Procedure:
     """The procedure ``spec.name`` for this run (its base classifiers come from ``method``)."""
-    from bench.errors import ConfigError
-
-    cls = PROCEDURES.get(spec.name)
-    if cls is None:
-        raise ConfigError(f"unknown procedure {spec.name!r}; valid: {', '.join(PROCEDURES)}")
-    return cls.build(spec, method, ctx)
+    return get(spec.name).build(spec, method, ctx)
