@@ -22,15 +22,19 @@ class Budget:
     n: int
     m: int = 1
     requested: int | None = None
+    stages: int = 1  # a multi-stage procedure draws N at each stage (the cascade's worst case)
 
     @property
     def predictions(self) -> int:
-        """Predictions per image, N x m: the same-compute tier a run is ranked in."""
-        return predictions(self.n, self.m)
+        """Predictions per image at worst, stages x N x m: the same-compute tier of a run."""
+        return predictions(self.n, self.m) * self.stages
 
     def card(self) -> dict[str, Any]:
-        return {"predictions_per_image": self.predictions, "n0": self.n0, "n": self.n,
-                "m": self.m, "requested": self.requested}
+        out = {"predictions_per_image": self.predictions, "n0": self.n0, "n": self.n,
+               "m": self.m, "requested": self.requested}
+        if self.stages != 1:
+            out["stages"] = self.stages
+        return out
 
 
 def predictions(n: int | None, m: int | None) -> int | None:
@@ -81,7 +85,8 @@ def tier(card: Any) -> int | None:
         extra = card
     else:
         identity, extra = card.identity, card.extra
-    requested = (extra.get("budget") or {}).get("requested")
-    if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0:
-        return requested
+    block = extra.get("budget") or {}
+    for value in (block.get("requested"), block.get("predictions_per_image")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
     return predictions(identity.get("n"), identity.get("m", 1))

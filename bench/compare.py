@@ -81,11 +81,34 @@ def compare(opts: CompareOptions) -> list[Row]:
     for name, params in configurations(opts):
         run_opts = replace(opts.base, method=name, dataset=opts.dataset, budget=opts.budget,
                            n=None, params={**opts.base.params, **params})
+        if cascades(opts, name):  # its noise levels are its scales, --sigma is the others'
+            run_opts = replace(run_opts, sigma=None)
         result = run(run_opts)
         s = result.summary
         n, m = s.card.identity["n"], s.card.identity["m"]
-        rows.append(Row(method=name, setting=f"N = {n:,}, m = {m}", n=n, m=m, summary=s))
+        rows.append(Row(method=name, setting=setting(s), n=n, m=m, summary=s))
     return rows
+
+
+def cascades(opts: CompareOptions, name: str) -> bool:
+    """Whether method ``name`` is certified by a multi-scale procedure (e.g. multiscale)."""
+    from bench import datasets
+    from bench.registry import load_registry
+
+    registry = load_registry(opts.base.registry, extra=opts.base.extra_registries,
+                             datasets=datasets.DATASET_NAMES)
+    method = registry.method(name).instantiate(opts.dataset)
+    return getattr(method, "PROCEDURE", "cohen") == "cascade"
+
+
+def setting(summary: RunSummary) -> str:
+    """N and m, and for a cascade its stages (N is per stage; the budget fits the worst case)."""
+    ident = summary.card.identity
+    n, m = ident["n"], ident["m"]
+    stages = (summary.card.extra.get("budget") or {}).get("stages", 1)
+    if stages > 1:
+        return f"N = {n:,} per stage x {stages}, m = {m}"
+    return f"N = {n:,}, m = {m}"
 
 
 def format_table(rows: Sequence[Row], *, markdown: bool = False) -> str:
@@ -112,7 +135,8 @@ def describe(opts: CompareOptions, rows: Sequence[Row]) -> str:
     base = opts.base
     first = rows[0].summary.card.identity if rows else {}
     images = rows[0].summary.images if rows else 0
-    return (f"{opts.dataset} ({base.subset}, {images} images)  sigma={base.sigma:g}  "
+    sigma = f"{base.sigma:g}" if base.sigma is not None else "default"
+    return (f"{opts.dataset} ({base.subset}, {images} images)  sigma={sigma}  "
             f"budget={opts.budget:,} predictions/image  N0={base.n0}  alpha={base.alpha:g}  "
             f"seed={first.get('seed', base.seed)}")
 

@@ -117,6 +117,26 @@ class Denoiser(nn.Module):
         return x0.add_(1).mul_(0.5)
 
 
+class DenoisedClassifier(nn.Module):
+    """Noisy images in [0, 1] -> logits of a classifier on their one-shot denoising (DDS's base
+    classifier, and multi-scale smoothing's at each scale). One diffusion and one classifier
+    pass per noisy sample."""
+
+    def __init__(self, denoiser: Denoiser, classifier: nn.Module, num_classes: int):
+        super().__init__()
+        from bench.protocol import Cost
+
+        self.denoiser, self.classifier = denoiser, classifier
+        self.num_classes = num_classes
+        self.cost = Cost(m=1, classifier_passes=1, diffusion_passes=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.denoiser(x))
+
+    def describe(self) -> dict[str, Any]:
+        return {"denoiser": self.denoiser.describe()}
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading
 

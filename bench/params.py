@@ -31,12 +31,31 @@ def check_sigma(value: Any, where: str = "--sigma", *, allow_zero: bool = False)
     return float(value)
 
 
+def check_sigmas(value: Any, where: str) -> list[float]:
+    """Distinct noise levels, each checked by :func:`check_sigma`, sorted ascending."""
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"{where}: expected noise levels such as 0.25,0.5,1.0, got "
+                              f"{value!r}") from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of noise levels such as "
+                          f"[0.25, 0.5, 1.0], got {value!r}")
+    levels = sorted(check_sigma(v, where) for v in value)
+    if len(set(levels)) != len(levels):
+        raise ConfigError(f"{where}: noise levels must be distinct, got {value!r}")
+    return levels
+
+
 @dataclass(frozen=True)
 class Param:
     """One declared param: its default, type and allowed values.
 
     ``kind``: int, float (ints accepted), bool, str or list; ``optional``: None is allowed;
-    ``sigma``: a noise level checked by :func:`check_sigma`; ``sets_m``: this param is the
+    ``sigma``: a noise level checked by :func:`check_sigma`; ``sigmas``: a set of distinct noise
+    levels (a list, or ``0.25,0.5`` from the command line), kept sorted ascending so the run id
+    does not depend on how they were written; ``sets_m``: this param is the
     number of predictions the base classifier makes per noisy sample (DiffSmooth's local draws),
     so it sets the certification cost and ``compare`` expands it over ``--m``. A training-only
     m (SmoothAdv's or consistency's noise copies per example) leaves it False.
@@ -51,6 +70,7 @@ class Param:
     optional: bool = False
     sigma: bool = False
     sets_m: bool = False
+    sigmas: bool = False
 
     def check(self, value: Any, where: str) -> Any:
         """The value as this param's type, or a ConfigError naming ``where``."""
@@ -58,6 +78,8 @@ class Param:
             return None
         if self.sigma:
             return check_sigma(value, where)
+        if self.sigmas:
+            return check_sigmas(value, where)
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         wrong_bool = self.kind is not bool and isinstance(value, bool)

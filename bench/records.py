@@ -60,6 +60,15 @@ class Certificate:
     idx: int = -1
     label: int | None = None
     device: str = ""
+    # A multi-stage procedure (the cascade) says how it ended and what each stage it visited
+    # counted and bounded; empty for Cohen's single stage.
+    outcome: str = ""
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stage(self) -> int:
+        """The stage that accepted (0 = the first visited), -1 when none did or no stages."""
+        return next((s["stage"] for s in self.stages if s.get("decision") == "accept"), -1)
 
     @property
     def correct(self) -> int:
@@ -78,10 +87,14 @@ class Certificate:
             "diffusion_passes": self.diffusion_passes, "device": self.device,
             "counts_select": list(self.counts_select),
             "counts_estimate": list(self.counts_estimate),
+            "stage": self.stage, "outcome": self.outcome, "stages": list(self.stages),
         }
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Certificate:
+        detail = row.get("detail") or {}
+        if isinstance(detail, str):
+            detail = json.loads(detail) if detail else {}
         return cls(
             prediction=int(row["predict"]), radius=float(row["radius"]),
             p_lower=float(row["p_lower"]), top_class=int(row["top_class"]),
@@ -91,6 +104,8 @@ class Certificate:
             classifier_passes=int(row["classifier_passes"]),
             diffusion_passes=int(row["diffusion_passes"]), seconds=float(row["time"]),
             idx=int(row["idx"]), label=int(row["label"]), device=str(row["device"]),
+            outcome=str(row.get("outcome") or detail.get("outcome", "")),
+            stages=list(row.get("stages") or detail.get("stages", [])),
         )
 
 
@@ -156,6 +171,9 @@ class RunSummary:
     # images (bench.table); not part of summary.json.
     per_image: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False,
                                                     compare=False)
+    # A multi-stage procedure's tally: where images were accepted, why they abstained, how
+    # many stages and samples they took (None for single-stage runs).
+    stages: dict[str, Any] | None = None
 
     @classmethod
     def from_certs(cls, card: RunCard, certs: Sequence[Certificate]) -> RunSummary:
@@ -177,6 +195,7 @@ class RunSummary:
             devices=sorted({c.device for c in certs if c.device}),
             sample_key=subset_hash(sorted(c.idx for c in certs)),
             per_image={c.idx: (c.radius, c.correct) for c in certs},
+            stages=stage_tally(certs),
         )
 
     @property
@@ -194,6 +213,9 @@ class RunSummary:
         """The largest radius any image can reach at this sigma, N and alpha."""
         from bench import stats
 
+        declared = (self.card.extra.get("procedure") or {}).get("max_certifiable_radius")
+        if declared is not None:  # a procedure whose bound is not Cohen's (the cascade)
+            return float(declared)
         ident = self.card.identity
         return stats.max_radius(ident["sigma"], ident["n"], ident["alpha"])
 
@@ -221,7 +243,31 @@ class RunSummary:
                 "diffusion_passes": self.diffusion_passes, "seconds": self.seconds,
                 "samples_per_second": self.samples_per_second, "devices": self.devices,
             },
+            **({"stages": self.stages} if self.stages else {}),
         }
+
+
+def stage_tally(certs: Sequence[Certificate]) -> dict[str, Any] | None:
+    """Per stage of a multi-stage procedure: images accepted there (by the stage's sigma),
+    abstentions by reason, and the mean number of stages and noisy samples per image."""
+    staged = [c for c in certs if c.stages]
+    if not staged:
+        return None
+    accepted: dict[str, int] = {}
+    abstained: dict[str, int] = {}
+    for c in staged:
+        if c.stage >= 0:
+            key = f"{c.stages[c.stage]['sigma']:g}"
+            accepted[key] = accepted.get(key, 0) + 1
+        else:
+            reason = c.outcome.split(" at ")[0] if c.outcome else "abstain"
+            abstained[reason] = abstained.get(reason, 0) + 1
+    return {
+        "accepted_at_sigma": dict(sorted(accepted.items(), key=lambda kv: -float(kv[0]))),
+        "abstained": dict(sorted(abstained.items())),
+        "mean_stages_visited": sum(len(c.stages) for c in staged) / len(staged),
+        "mean_samples": sum(s["n0"] + s["n"] for c in staged for s in c.stages) / len(staged),
+    }
 
 
 def _mean(values: Iterable[float]) -> float | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ NOISE_SCHEME = ("torch.randn in whole chunks from a generator seeded by SeedSequ
 class RunOptions:
     method: str = "gaussian"
     dataset: str = "digits"
-    sigma: float = 0.25
+    sigma: float | None = None  # None: 0.25, or the cascade's largest scale
     n0: int = 100
     n: int | None = None
     alpha: float = 0.001
@@ -60,7 +60,7 @@ class RunOptions:
     progress: bool = True
     # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
     budget: int | None = None
-    procedure: str = procedures.DEFAULT
+    procedure: str | None = None  # None: the method's own (Method.PROCEDURE, else cohen)
 
 
 @dataclass
@@ -85,7 +85,8 @@ class Prepared:
 
 def check_protocol(opts: RunOptions) -> None:
     """The run's scalar options (sizes are checked by :mod:`bench.budget`)."""
-    check_sigma(opts.sigma)
+    if opts.sigma is not None:
+        check_sigma(opts.sigma)
     budget.check_request(opts.n0, opts.n, opts.budget)
     if not 0 < opts.alpha < 1:
         raise ConfigError(f"--alpha must be in (0, 1), got {opts.alpha:g}")
@@ -98,7 +99,8 @@ def check_protocol(opts: RunOptions) -> None:
     i, k = opts.shard
     if not (k >= 1 and 0 <= i < k):
         raise ConfigError(f"--shard must be I/K with 0 <= I < K, got {i}/{k}")
-    procedures.get(opts.procedure)
+    if opts.procedure is not None:
+        procedures.get(opts.procedure)
 
 
 def prepare(opts: RunOptions) -> Prepared:
@@ -110,6 +112,9 @@ def prepare(opts: RunOptions) -> Prepared:
     check_protocol(opts)
     device = resolve_device(opts.device)
     method = entry.instantiate(opts.dataset, opts.params)
+    name = opts.procedure or getattr(method, "PROCEDURE", procedures.DEFAULT)
+    sigma = procedures.get(name).run_sigma(method, opts.sigma)
+    opts = replace(opts, procedure=name, sigma=sigma)  # resolved: the card records these
     ds = datasets.load_split(opts.dataset, "test", data_dir=opts.data_dir,
                              image_size=opts.image_size)
     indices = datasets.resolve_subset(opts.dataset, opts.subset, len(ds))
@@ -200,7 +205,7 @@ def run(opts: RunOptions) -> RunResult:
         executor = SerialExecutor(prep.procedure, prep.dataset, prep.device)
         samples = prep.procedure.budget.n0 + prep.procedure.budget.n
         bar = tqdm(executor.certify(todo), total=len(todo), unit="img",
-                   desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
+                   desc=f"{opts.method}/{opts.dataset} sigma={prep.opts.sigma:g}",
                    disable=not opts.progress, dynamic_ncols=True)
         for cert in bar:
             store.add_cert(run_id, cert)

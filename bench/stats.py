@@ -34,6 +34,16 @@ def cp_upper(k: int, n: int, alpha: float) -> float:
     return float(beta.ppf(1 - alpha, k + 1, n - k))
 
 
+def cp_upper_each(counts, n: int, alpha: float) -> list[float]:
+    """:func:`cp_upper` of every count in one vectorized call (the cascade's per-class bounds)."""
+    import numpy as np
+
+    k = np.asarray(counts, dtype=float)
+    with np.errstate(invalid="ignore"):
+        upper = beta.ppf(1 - alpha, k + 1, n - k)
+    return [1.0 if c == n else float(u) for c, u in zip(counts, upper, strict=True)]
+
+
 def radius_from_bound(p_lower: float, sigma: float) -> float:
     """Cohen's radius sigma * PhiInv(p_lower) for p_lower >= 1/2 (0 at exactly 1/2)."""
     if p_lower < 0.5:

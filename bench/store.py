@@ -24,6 +24,7 @@ TSV_COLUMNS = (
     "idx", "label", "predict", "radius", "correct", "time",
     "top_class", "count", "n0", "n", "p_lower", "classifier_passes", "diffusion_passes", "device",
 )
+STAGE_COLUMNS = ("stage", "outcome", "stages")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS certs (
     device TEXT NOT NULL,
     counts_select TEXT NOT NULL,
     counts_estimate TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
     PRIMARY KEY (run_id, idx)
 );
@@ -76,6 +78,7 @@ class Store:
                 )
             with self.db:
                 self.db.executescript(_SCHEMA)
+                _add_detail_column(self.db)
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -148,6 +151,11 @@ class Store:
             values = cert.to_row()
             values["counts_select"] = json.dumps(values["counts_select"])
             values["counts_estimate"] = json.dumps(values["counts_estimate"])
+            # A multi-stage procedure's record (the cascade's stages) as one JSON column.
+            del values["stage"]
+            outcome, stages = values.pop("outcome"), values.pop("stages")
+            values["detail"] = (json.dumps({"outcome": outcome, "stages": stages})
+                                if stages or outcome else "")
             rows.append({**values, "run_id": run_id, "created": now})
         if not rows:
             return 0
@@ -202,12 +210,23 @@ class StoredRun:
 
 
 def write_tsv(path: Path, certs: Iterable[Certificate]) -> None:
-    """Cohen's columns first (radius at full precision, time in seconds), extra columns after."""
-    lines = ["\t".join(TSV_COLUMNS)]
+    """Cohen's columns first (radius at full precision, time in seconds), extra columns after;
+    a multi-stage run adds the accepting stage, the outcome and each stage's record (JSON)."""
+    certs = list(certs)
+    columns = TSV_COLUMNS + (STAGE_COLUMNS if any(c.stages for c in certs) else ())
+    lines = ["\t".join(columns)]
     for cert in certs:
         row = cert.to_row()
-        lines.append("\t".join(_fmt(row[col]) for col in TSV_COLUMNS))
+        row["stages"] = json.dumps(row["stages"], separators=(",", ":"))
+        lines.append("\t".join(_fmt(row[col]) for col in columns))
     _atomic_write(path, "\n".join(lines) + "\n")
+
+
+def _add_detail_column(db: sqlite3.Connection) -> None:
+    """Stores written before multi-stage procedures lack ``certs.detail``: add it (empty)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(certs)")}
+    if "detail" not in columns:
+        db.execute("ALTER TABLE certs ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -118,7 +118,7 @@ def row_from_summary(summary: RunSummary, description: str = "") -> Row:
     claimed = card.kind == "claimed"
     return Row(
         kind=card.kind, method=ident["method"], dataset=ident["dataset"],
-        sigma=float(ident["sigma"]), n0=ident.get("n0"), n=ident.get("n"), m=ident.get("m", 1),
+        sigma=run_sigma(card), n0=ident.get("n0"), n=ident.get("n"), m=ident.get("m", 1),
         alpha=ident.get("alpha"), subset=ident.get("subset", ""),
         subset_size=ident.get("subset_size"), images=summary.images,
         accuracy=summary.accuracy, interval=summary.interval, acr=summary.acr,
@@ -130,6 +130,15 @@ def row_from_summary(summary: RunSummary, description: str = "") -> Row:
         config=canonical_json({k: ident.get(k) for k in ("seed", "params", "procedure")}),
         per_image=dict(summary.per_image),
     )
+
+
+def run_sigma(card) -> float | str:
+    """The run's sigma; a cascade's scales as a label ("1/0.5/0.25 cascade"), which keeps it
+    out of the best-over-sigma envelope: it already chooses among its scales per image."""
+    proc = card.extra.get("procedure") or {}
+    if card.identity.get("procedure") == "cascade" and proc.get("scales"):
+        return "/".join(f"{s:g}" for s in proc["scales"]) + " cascade"
+    return float(card.identity["sigma"])
 
 
 def rows_from_store(store: Store, dataset: str | None = None,

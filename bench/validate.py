@@ -98,13 +98,14 @@ def check_models(registry, entry, models_dir: Path) -> tuple[int, list[str]]:
     return checked, notes
 
 
-def smoke_target(entry, dataset: str | None) -> tuple[str, float]:
+def smoke_target(entry, dataset: str | None) -> tuple[str, float | None]:
     """Dataset and sigma for the smoke run: digits when registered, else the first dataset;
-    the first registered sigma of a per-sigma model mapping, else 0.25."""
+    the first registered sigma of a per-sigma model mapping, else None (the procedure's
+    default: 0.25, or a cascade's largest scale)."""
     if dataset is None:
         names = list(entry.datasets)
         dataset = "digits" if not names or "digits" in names else names[0]
-    sigma = 0.25
+    sigma = None
     for role, ref in (entry.dataset_config(dataset) or {}).items():
         if role != "params" and isinstance(ref, dict) and ref:
             sigma = float(sorted(ref)[0])
@@ -112,7 +113,7 @@ def smoke_target(entry, dataset: str | None) -> tuple[str, float]:
     return dataset, sigma
 
 
-def _smoke_run(entry, registry_path, extra, ds: str, sigma: float, data_dir, models_dir,
+def _smoke_run(entry, registry_path, extra, ds: str, sigma: float | None, data_dir, models_dir,
                results: Path, *, batch: int, torch_seed: int):
     """One smoke certification at this batch size and global torch seed (the caller's global
     RNG state is restored afterwards); the run's result and its certificates' counts."""
@@ -130,7 +131,8 @@ def _smoke_run(entry, registry_path, extra, ds: str, sigma: float, data_dir, mod
             device="cpu", progress=False))
     store = Store(results)
     try:
-        counts = [(c.idx, c.counts_select, c.counts_estimate)
+        counts = [(c.idx, c.counts_select, c.counts_estimate,
+                   [(s["counts_select"], s["counts_estimate"]) for s in c.stages])
                   for c in store.certs(result.run_id)]
     finally:
         store.close()
@@ -176,7 +178,8 @@ def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir
         raise ConfigError(f"{where}: counts change with the batch size ({SMOKE_BATCHES[0]} vs "
                           f"{SMOKE_BATCHES[1]}): the base classifier couples the samples of a "
                           "batch (BatchNorm in train mode?)")
-    return (f"smoke {SMOKE_IMAGES} images on {ds} sigma {sigma:g} N={SMOKE_N}: radii "
+    run_sigma = result.summary.card.identity["sigma"]
+    return (f"smoke {SMOKE_IMAGES} images on {ds} sigma {run_sigma:g} N={SMOKE_N}: radii "
             + ", ".join(f"{r:.3f}" for r in radii)
             + f"; counts unchanged at batch {SMOKE_BATCHES[1]} and another global seed")
 

@@ -9,30 +9,13 @@ classifier pass per noisy sample.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-import torch
-from torch import nn
-
-from bench.diffusion import Denoiser, one_shot_denoiser
+from bench.diffusion import DenoisedClassifier, one_shot_denoiser
 from bench.params import Param
-from bench.protocol import Context, Cost, Method
+from bench.protocol import Context, Method
 
-
-class DDSClassifier(nn.Module):
-    """Noisy images in [0, 1] -> logits of the classifier on their one-shot denoising."""
-
-    def __init__(self, denoiser: Denoiser, classifier: nn.Module, num_classes: int):
-        super().__init__()
-        self.denoiser, self.classifier = denoiser, classifier
-        self.num_classes = num_classes
-        self.cost = Cost(m=1, classifier_passes=1, diffusion_passes=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.denoiser(x))
-
-    def describe(self) -> dict[str, Any]:
-        return {"denoiser": self.denoiser.describe()}
+# The base classifier lives in the harness (multi-scale smoothing uses it at every scale).
+DDSClassifier = DenoisedClassifier
 
 
 class DDS(Method):

@@ -47,7 +47,9 @@ def common_registry(p: argparse.ArgumentParser) -> None:
 
 def certification_options(p: argparse.ArgumentParser) -> None:
     """The protocol and I/O options of every command that certifies (run, compare)."""
-    p.add_argument("--sigma", type=float, default=0.25, help="noise std in [0,1] pixel units")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="noise std in [0,1] pixel units (default 0.25; a cascade's noise levels "
+                        "are its param scales)")
     p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
     p.add_argument("--batch", type=int, default=1024,
@@ -63,8 +65,9 @@ def certification_options(p: argparse.ArgumentParser) -> None:
                    help="where non-zoo checkpoints live (default $CERTBENCH_MODELS or ./models)")
     p.add_argument("--param", type=param, action="append", default=[],
                    help="override a method param: KEY=VALUE (repeatable)")
-    p.add_argument("--procedure", default="cohen",
-                   help="certification procedure (default cohen: CERTIFY with fixed N0, N)")
+    p.add_argument("--procedure", default=None,
+                   help="certification procedure (default: the method's own; cohen = CERTIFY "
+                        "with fixed N0 and N, cascade = multi-scale)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     common_registry(p)
 

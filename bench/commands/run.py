@@ -51,9 +51,27 @@ def format_summary(summary: RunSummary, new_images: int, requested: int | None =
             f"{summary.subset_size} images, {new_images} new)  sigma={ident['sigma']:g}  "
             f"N0={ident['n0']:,}  N={ident['n']:,}  m={ident['m']}  alpha={ident['alpha']:g}  "
             f"seed={ident['seed']}  run {summary.card.run_id}")
+    proc = summary.card.extra.get("procedure") or {}
+    stages = (summary.card.extra.get("budget") or {}).get("stages", 1)
     if requested:  # this invocation's budget (the stored card keeps the first one's)
-        head += (f"\nbudget {requested:,} predictions/image: N = {requested:,} // m = "
+        per = f"({stages} stages x m)" if stages > 1 else "m"
+        head += (f"\nbudget {requested:,} predictions/image: N = {requested:,} // {per} = "
                  f"{ident['n']:,} (+ N0 = {ident['n0']:,} selection samples)")
+    if proc.get("name") == "cascade":
+        split = ", ".join(f"{s['sigma']:g}: {s['lower']:.2g}" + (
+            f" + {s['upper_each_class']:.2g}/class" if s["upper_each_class"] else "")
+            for s in proc["alpha_split"])
+        head += (f"\ncascade over sigma {', '.join(f'{v:g}' for v in proc['scales'])} "
+                 f"(largest first), p0 = {proc['p0']:g}, N0 and N per stage; alpha per "
+                 f"stage: {split}")
+        tally = summary.stages or {}
+        if tally:
+            accepted = ", ".join(f"{n} at sigma {k}" for k, n in
+                                 tally["accepted_at_sigma"].items()) or "none"
+            abstained = ", ".join(f"{n} {k.removeprefix('abstain: ')}" for k, n in
+                                  tally["abstained"].items()) or "none"
+            head += (f"\naccepted: {accepted}; abstained: {abstained}; "
+                     f"{tally['mean_stages_visited']:.2f} stages per image")
     ca = {f"{r:g}": v for r, v in summary.accuracy.items()}
     table = tabulate([["certified accuracy (%)", *(100 * v for v in ca.values())]],
                      headers=["radius", *ca.keys()], floatfmt=".1f")

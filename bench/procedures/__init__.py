@@ -6,7 +6,13 @@ methods never compute a bound. The run's protocol picks one by name (``--procedu
 =========  ==================================================================================
 cohen      Cohen et al.'s CERTIFY: N0 selection samples pick the class, N independent samples
            bound it at level alpha (:mod:`bench.procedures.cohen`)
+cascade    multi-scale CERTIFY (Jeong & Shin 2023), largest sigma first, accepting at the first
+           scale confidently above p0; alpha split so the whole cascade errs with probability
+           at most alpha (:mod:`bench.procedures.cascade`)
 =========  ==================================================================================
+
+A method names the procedure it is certified with (``Method.PROCEDURE``, Cohen's by default);
+``--procedure`` may only repeat it.
 
 Adding one = a module here with a class that has ``name``, ``card()`` and
 ``certify(x, idx, label)``, and an entry in :data:`PROCEDURES`; the runner is not edited.
@@ -15,12 +21,14 @@ Adding one = a module here with a class that has ``name``, ``card()`` and
 from __future__ import annotations
 
 from bench.procedures.base import Procedure, ProcedureSpec
+from bench.procedures.cascade import Cascade
 from bench.procedures.cohen import CohenFixedN
 
 DEFAULT = "cohen"
-PROCEDURES: dict[str, type] = {CohenFixedN.name: CohenFixedN}
+PROCEDURES: dict[str, type] = {CohenFixedN.name: CohenFixedN, Cascade.name: Cascade}
 
-__all__ = ["DEFAULT", "PROCEDURES", "CohenFixedN", "Procedure", "ProcedureSpec", "build", "get"]
+__all__ = ["DEFAULT", "PROCEDURES", "Cascade", "CohenFixedN", "Procedure", "ProcedureSpec",
+           "build", "get"]
 
 
 def get(name: str) -> type:

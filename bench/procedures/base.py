@@ -11,6 +11,8 @@ from bench.budget import Budget
 from bench.protocol import Cost
 from bench.records import Certificate
 
+DEFAULT_SIGMA = 0.25  # --sigma when not given, for a single-scale procedure
+
 
 @dataclass(frozen=True)
 class ProcedureSpec:
@@ -36,6 +38,7 @@ class Procedure(Protocol):
     name: str
     budget: Budget  # N0, N and m as resolved for this run
     cost: Cost  # forward passes per noisy sample
+    sigma: float  # the run's sigma (the cascade's largest scale): tables group runs by it
 
     def describe(self) -> dict[str, Any]:
         """What the base classifier reports about itself (a denoiser's t*, ...)."""

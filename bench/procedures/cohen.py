@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from bench import budget
-from bench.procedures.base import ProcedureSpec
+from bench.errors import ConfigError
+from bench.procedures.base import DEFAULT_SIGMA, ProcedureSpec
 from bench.protocol import BaseClassifier, Cost
 from bench.records import Certificate
 from bench.smoothing import Smooth
@@ -25,9 +26,19 @@ class CohenFixedN:
         self.base = base
         self.smooth = Smooth(base, num_classes, spec.sigma)
         self.spec = spec
+        self.sigma = spec.sigma
         self.cost: Cost = getattr(base, "cost", Cost())
         self.budget = budget.resolve(spec.dataset, spec.n0, spec.n, spec.budget, self.cost.m,
                                      spec.method)
+
+    @classmethod
+    def run_sigma(cls, method, requested: float | None) -> float:
+        """--sigma, or the default; a method certified by another procedure is refused."""
+        own = getattr(method, "PROCEDURE", cls.name)
+        if own != cls.name:
+            raise ConfigError(f"method {method.id!r} is certified with the {own} procedure, not "
+                              f"{cls.name}; drop --procedure")
+        return DEFAULT_SIGMA if requested is None else requested
 
     @classmethod
     def build(cls, spec: ProcedureSpec, method, ctx) -> CohenFixedN:
