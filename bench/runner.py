@@ -9,6 +9,7 @@ arrives; the run id is the hash of the card's identity, so the same command resu
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from bench.registry import MethodEntry, load_registry
 from bench.smoothing import chunk_size
 from bench.store import Store
 
+WARN_TOTAL_S, WARN_IMAGE_S = 3600.0, 300.0  # warn before a run estimated to take longer
 NOISE_SCHEME = ("torch.randn in whole chunks from a generator seeded by SeedSequence([seed, "
                 "idx, phase]); phases select=0 estimate=1")
 
@@ -202,6 +204,8 @@ def run(opts: RunOptions) -> RunResult:
     try:
         run_id = store.open_run(prep.card)
         todo = select_todo(prep, store.done_indices(run_id))
+        if todo:
+            warn_if_expensive(prep, todo)
         executor = SerialExecutor(prep.procedure, prep.dataset, prep.device)
         samples = prep.procedure.budget.n0 + prep.procedure.budget.n
         bar = tqdm(executor.certify(todo), total=len(todo), unit="img",
@@ -214,6 +218,20 @@ def run(opts: RunOptions) -> RunResult:
         return RunResult(run_id=run_id, folder=folder, summary=summary, new_images=len(todo))
     finally:
         store.close()
+
+
+def warn_if_expensive(prep: Prepared, todo: list[int]) -> None:
+    """Honest feasibility: time a few noisy samples of the first image to do and say, on
+    stderr, what the run will cost when that exceeds ``WARN_TOTAL_S`` in all or
+    ``WARN_IMAGE_S`` per image (a noised diffusion classifier at the paper's N needs hours per
+    image on a CPU). The timing draws its own noise, so no certificate changes."""
+    from bench import feasibility
+
+    x, _ = prep.dataset[todo[0]]
+    est = feasibility.estimate(prep.procedure, x.to(prep.device), len(todo), samples=4)
+    line = feasibility.warning(est, WARN_TOTAL_S, per_image_threshold_s=WARN_IMAGE_S)
+    if line:
+        tqdm.write(line, file=sys.stderr)
 
 
 def select_todo(prep: Prepared, done: set[int]) -> list[int]:

@@ -94,3 +94,16 @@ def test_compare_takes_multiscale_beside_dds(cli, tmp_path):
                          "--results", tmp_path)
     assert code == 0, err
     assert "N = 90, m = 1" in out and "N = 30 per stage x 3, m = 1" in out
+
+
+@pytest.mark.slow
+def test_train_cli_finetunes_the_zoo_ddpm(cli, tmp_path):
+    """``bench train --method multiscale`` fine-tunes digits-ddpm with the classifier frozen
+    and prints the registry entry of a diffusers folder (one epoch here, about a minute)."""
+    code, out, err = cli("train", "--method", "multiscale", "--dataset", "digits", "--epochs",
+                         "1", "--out", tmp_path, "--name", "ft", "--quiet")
+    assert code == 0, err
+    card = json.loads((tmp_path / "ft" / "card.json").read_text())
+    assert card["base"] == "digits-ddpm" and card["classifier"] == "digits-cnn-clean"
+    assert card["scales"] == [0.25, 0.5, 1.0] and card["epochs"] == 1
+    assert "trained_by: multiscale" in out and "source: diffusers" in out

@@ -126,6 +126,11 @@ class Cascade:
         self.sigma = self.scales[0]
         self._phi_p0 = float(norm.ppf(self.p0))
 
+    @property
+    def base(self):
+        """The first stage's base classifier (the largest scale), e.g. for a cost estimate."""
+        return self.bases[0]
+
     @classmethod
     def run_sigma(cls, method, requested: float | None) -> float:
         """The largest scale: the run's sigma in tables. --sigma may only repeat it."""
