@@ -57,13 +57,16 @@ class Estimate:
 
 def estimate(procedure, x: torch.Tensor, n_images: int, *, samples: int = 8,
              n0: int | None = None, n: int | None = None, sigma: float | None = None,
-             warmup: bool = True) -> Estimate:
+             warmup: bool = True, min_seconds: float = 0.0,
+             max_samples: int = 1024) -> Estimate:
     """Time ``samples`` noisy copies of ``x`` (one image (C, H, W) in [0, 1]) through the base
-    classifier and extrapolate to ``n_images`` images.
+    classifier and extrapolate to ``n_images`` images. With ``min_seconds``, a call faster
+    than that is repeated with 4x the samples (up to ``max_samples``): a cheap classifier's
+    per-call overhead would otherwise dominate a small batch and inflate the estimate.
 
     ``procedure`` is a certification procedure (its ``base``, ``budget`` (n0, n, stages) and
     ``spec.sigma`` are used) or a bare base classifier, in which case ``n0`` and ``n`` are
-    required. The first call (one sample) is a warm-up and is not timed.
+    required. With ``warmup`` each batch is run once untimed first.
     """
     base = getattr(procedure, "base", procedure)
     budget = getattr(procedure, "budget", None)
@@ -83,16 +86,20 @@ def estimate(procedure, x: torch.Tensor, n_images: int, *, samples: int = 8,
     cost: Cost = getattr(base, "cost", None) or getattr(procedure, "cost", None) or Cost()
     x = x[0] if x.dim() == 4 else x
     gen = torch.Generator(device="cpu").manual_seed(0)
-    noise = torch.randn((samples, *x.shape), generator=gen).to(x.device, x.dtype)
-    batch = x.unsqueeze(0) + sigma * noise
     with torch.inference_mode():
-        if warmup:
-            base(batch[:1])
+        while True:
+            noise = torch.randn((samples, *x.shape), generator=gen).to(x.device, x.dtype)
+            batch = x.unsqueeze(0) + sigma * noise
+            if warmup:  # the first call at a batch shape pays one-off setup (kernels, caches)
+                base(batch)
+                _sync(x.device)
+            start = time.perf_counter()
+            base(batch)
             _sync(x.device)
-        start = time.perf_counter()
-        base(batch)
-        _sync(x.device)
-        elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds or samples >= max_samples:
+                break
+            samples = min(4 * samples, max_samples)
     per_sample = elapsed / samples
     per_image_samples = (int(n0) + int(n)) * stages
     per_image = per_sample * per_image_samples

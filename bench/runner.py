@@ -224,12 +224,21 @@ def warn_if_expensive(prep: Prepared, todo: list[int]) -> None:
     """Honest feasibility: time a few noisy samples of the first image to do and say, on
     stderr, what the run will cost when that exceeds ``WARN_TOTAL_S`` in all or
     ``WARN_IMAGE_S`` per image (a noised diffusion classifier at the paper's N needs hours per
-    image on a CPU). The timing draws its own noise, so no certificate changes."""
+    image on a CPU). The estimate assumes every stage of a cascade is visited (its worst
+    case). The timing draws its own noise, so no certificate changes."""
     from bench import feasibility
 
     x, _ = prep.dataset[todo[0]]
-    est = feasibility.estimate(prep.procedure, x.to(prep.device), len(todo), samples=4)
-    line = feasibility.warning(est, WARN_TOTAL_S, per_image_threshold_s=WARN_IMAGE_S)
+    x = x.to(prep.device)
+
+    def over(samples: int, min_seconds: float) -> str | None:
+        est = feasibility.estimate(prep.procedure, x, len(todo), samples=samples,
+                                   min_seconds=min_seconds, max_samples=prep.opts.batch)
+        return feasibility.warning(est, WARN_TOTAL_S, per_image_threshold_s=WARN_IMAGE_S)
+
+    # A crude look first (4 samples: cheap, but per-call overhead inflates it), then, only if
+    # that crosses a threshold, batches large enough for the per-sample cost to dominate.
+    line = over(4, 0.0) and over(16, 1.0)
     if line:
         tqdm.write(line, file=sys.stderr)
 

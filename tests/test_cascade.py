@@ -206,3 +206,31 @@ def test_card_records_the_split_and_the_largest_radius():
     # All n agree at sigma 1: PhiInv((alpha/6)^(1/n)) - PhiInv(0.6).
     p_lo = (0.001 / 6) ** (1 / 1000)
     assert card["max_certifiable_radius"] == pytest.approx(norm.ppf(p_lo) - norm.ppf(0.6))
+
+
+# ----- records ----------------------------------------------------------------------------------
+def test_stage_records_survive_the_store_and_an_old_store_gains_the_column(tmp_path):
+    """A store written before multi-stage procedures has no ``certs.detail`` column: opening
+    it adds one (its rows read back with no stages), and a cascade's stages round-trip."""
+    import sqlite3
+
+    from bench.records import RunCard
+    from bench.store import DB_NAME, Store
+
+    store = Store(tmp_path)
+    store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("ALTER TABLE certs DROP COLUMN detail")
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    run = store.open_run(RunCard(identity={"method": "test", "dataset": "digits"}))
+    proc = cascade([Slab(1.0, [0.3, 0.6], [1, 2, 0]), Slab(0.5, [0.9], [2, 0])], [1.0, 0.5],
+                   n=500)
+    cert = proc.certify(X, 4, 2)
+    plain = CohenFixedN(Slab(1.0, [0.5], [0, 1]), 3, spec(n=50)).certify(X, 5, 1)
+    store.add_certs(run, [cert, plain])
+    back = {c.idx: c for c in store.certs(run)}
+    assert back[4].stages == cert.stages and back[4].outcome == cert.outcome
+    assert back[4].stage == cert.stage == 1
+    assert back[5].stages == [] and back[5].stage == -1

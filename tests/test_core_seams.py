@@ -98,7 +98,8 @@ def test_a_new_procedure_plugs_in_without_editing_the_runner(tmp_path, monkeypat
     a, b = store.certs(base.run_id), store.certs(probed.run_id)
     store.close()
     assert [(c.prediction, c.radius) for c in a] == [(c.prediction, c.radius) for c in b]
-    with pytest.raises(ConfigError, match="unknown procedure 'nope'; valid: cohen, probe"):
+    with pytest.raises(ConfigError,
+                       match="unknown procedure .nope.; valid: cohen, cascade, probe"):
         prepare(dataclasses.replace(opts, procedure="nope"))
 
 

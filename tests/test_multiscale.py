@@ -49,6 +49,9 @@ def test_run_records_each_stage(cli, tmp_path):
     assert len(card["alpha_split"]) == 3
     tally = summary["stages"]
     assert sum(tally["accepted_at_sigma"].values()) + sum(tally["abstained"].values()) == 3
+    # Tables name the scales (a cascade has no single sigma, and no best-over-sigma envelope).
+    code, out, err = cli("table", "--dataset", "digits", "--results", tmp_path, "--no-reported")
+    assert code == 0 and "| 1/0.5/0.25 cascade |" in out, err
 
 
 def test_resume_gives_the_same_certificates(cli, tmp_path):

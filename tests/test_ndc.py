@@ -488,6 +488,27 @@ def test_cli_run_with_the_shipped_conditional_model(cli, tmp_path):
         assert code == 0, err
 
 
+def test_an_expensive_run_is_announced_before_it_starts(cli, tmp_path, toy_ndc_registry,
+                                                       monkeypatch):
+    """The runner times a few samples first and warns on stderr with the time per image and
+    in total (here with a zero threshold; the real ones are an hour in all or 5 min/image)."""
+    import bench.runner
+
+    args = ("run", "--method", "ndc-toy", "--dataset", "digits", "--subset", "dev", "--n", "20",
+            "--n0", "5", "--max-images", "2", "--quiet", "--extra-registry", toy_ndc_registry)
+    code, out, err = cli(*args, "--results", tmp_path / "quiet")
+    assert code == 0 and "warning" not in err, err
+    monkeypatch.setattr(bench.runner, "WARN_IMAGE_S", 0.0)
+    code, out, err = cli(*args, "--results", tmp_path / "warned")
+    assert code == 0, err
+    assert "warning: estimated" in err and "per image and" in err and "for 2 images" in err
+    assert "diffusion passes per image" in err
+    # The timing draws its own noise: the certificates are those of the unwarned run.
+    a, b = ((tmp_path / d).rglob("certs.tsv") for d in ("quiet", "warned"))
+    cut = [[line.split("\t")[:5] for line in next(f).read_text().splitlines()] for f in (a, b)]
+    assert cut[0] == cut[1]
+
+
 def _tiny_ctx(out_dir, epochs=2):
     from bench.dataspecs import spec
     from bench.protocol import TrainContext
