@@ -23,9 +23,10 @@ comparison of 10-image intervals would tie nearly everything and say little.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -178,15 +179,42 @@ def rows_from_registry(registry, dataset: str | None = None) -> list[Row]:
 
 
 def collect_rows(store: Store | None, registry=None, dataset: str | None = None,
-                 budget: int | None = None) -> list[Row]:
-    """All rows of a dataset (runs, claims, reported), optionally of one budget only."""
+                 budget: int | None = None, *, reported: bool = True) -> list[Row]:
+    """All rows of a dataset (runs, claims, and the registry's reported rows unless
+    ``reported`` is False), optionally of one budget only. Runs are labelled with the params
+    that differ from their registry entry's."""
     descriptions = {m.name: m.description for m in registry.methods.values()} if registry else {}
     rows = rows_from_store(store, dataset, descriptions) if store is not None else []
     if registry is not None:
-        rows += rows_from_registry(registry, dataset)
+        rows = [replace(r, setting=non_default_params(r, registry)) if not r.setting else r
+                for r in rows]
+        if reported:
+            rows += rows_from_registry(registry, dataset)
     if budget is not None:
         rows = [r for r in rows if r.budget == budget]
     return rows
+
+
+def non_default_params(row: Row, registry) -> str:
+    """A stored run's params that differ from its registry entry's for that dataset
+    (``variant=ap``, ``denoiser=digits-ddpm``): what tells two runs of one method apart."""
+    try:
+        params = json.loads(row.config).get("params") or {}
+        defaults = registry.method(row.method).instantiate(row.dataset).params
+    except Exception:  # noqa: BLE001 - a run of a method no longer registered: show nothing
+        return ""
+    return ", ".join(f"{k}={_param_text(v)}" for k, v in sorted(params.items())
+                     if k in defaults and _jsonable(defaults[k]) != v)
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 # ----- grouping, best values and envelopes -------------------------------------------------------

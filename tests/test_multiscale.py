@@ -63,6 +63,10 @@ def test_resume_gives_the_same_certificates(cli, tmp_path):
     drop = ("time",)
     strip = [[{k: v for k, v in r.items() if k not in drop} for r in x] for x in (a, b)]
     assert len(a) == 3 and strip[0] == strip[1]
+    # A table labels the run with the params that differ from the registry entry's.
+    code, out, err = cli("table", "--dataset", "digits", "--results", tmp_path / "a",
+                         "--no-reported")
+    assert code == 0 and "| multiscale (scales=0.5,1) |" in out, err
 
 
 def test_budget_gives_each_stage_its_share(cli, tmp_path):

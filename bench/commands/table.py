@@ -39,8 +39,8 @@ def run(args) -> int:
     # Reading never creates a store: without one, only the registry's numbers are shown.
     store = Store(args.results) if (args.results / DB_NAME).is_file() else None
     try:
-        rows = collect_rows(store, None if args.no_reported else registry, args.dataset,
-                            args.budget)
+        rows = collect_rows(store, registry, args.dataset, args.budget,
+                            reported=not args.no_reported)
     finally:
         if store is not None:
             store.close()
