@@ -9,8 +9,10 @@ script, :func:`console_main`), in ``--help`` and in the ``(see '... --help')`` o
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import shlex
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -67,11 +69,36 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         return _command_module(args.command).run(args)
     except CertbenchError as exc:
-        sys.stderr.write(f"certbench: error: {exc}\n")
+        sys.stderr.write(f"certbench: error: {_one_line(exc)}\n")
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in _USER_ERRNOS:
+            raise
+        where = exc.filename or "a path"
+        sys.stderr.write(f"certbench: error: {where}: {exc.strerror}; pass a folder (not a "
+                         "file) that can be written, e.g. a new --results or --out path\n")
+        return 2
+    except sqlite3.DatabaseError as exc:
+        sys.stderr.write(f"certbench: error: the results store is damaged ({_one_line(exc)}); "
+                         "restore it from a copy or pass another --results folder\n")
+        return 2
     except KeyboardInterrupt:
-        sys.stderr.write("certbench: interrupted; finished images are saved, rerun to resume\n")
+        sys.stderr.write(f"certbench: interrupted; {_RESUME.get(args.command, _RESUME['run'])}\n")
         return 130
+
+
+# Filesystem mistakes a user makes (a file where a folder goes, no permission, disk full).
+_USER_ERRNOS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                errno.EROFS, errno.ENOSPC, errno.ENAMETOOLONG}
+_RESUME = {
+    "run": "finished images are saved, rerun the same command to resume",
+    "compare": "finished images are saved, rerun the same command to resume",
+    "train": "the last finished epoch is saved, rerun the same command to resume from it",
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def console_main() -> int:

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -155,7 +156,12 @@ class _FolderDataset(CertDataset):
         return len(self.folder)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        x, label = self.folder[index]
+        try:
+            x, label = self.folder[index]
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for a broken file
+            path = self.folder.samples[index][0]
+            raise DataError(f"{self.info.name} image {index} ({path}) cannot be read "
+                            f"({_first_line(err)}); replace or remove the file") from err
         return x, int(label)
 
     def _content(self) -> Iterator[bytes | memoryview]:
@@ -224,6 +230,9 @@ def load_digits(info: DatasetInfo, split: str, root: Path) -> CertDataset:
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
+    if root != default_data_dir():
+        raise ConfigError(f"digits is embedded in scikit-learn and reads nothing from --data-dir "
+                          f"{root}; drop --data-dir")
     bunch = sklearn_digits()
     x_train, x_test, y_train, y_test = train_test_split(
         bunch.images,
@@ -291,11 +300,17 @@ def load_idx(info: DatasetInfo, split: str, root: Path) -> CertDataset:
     else:
         from torchvision import datasets
 
+        target = root / _TORCHVISION_NAMES[name]
+        existed = {path for path in (root, target) if path.exists()}
         try:
             downloaded = getattr(datasets, _TORCHVISION_NAMES[name])(
                 str(root), train=split == "train", download=True
             )
         except (OSError, RuntimeError) as err:
+            # Leave no folders behind from the failed attempt (a mistyped --data-dir).
+            for path in (target, root):
+                if path not in existed:
+                    shutil.rmtree(path, ignore_errors=True)
             fix = "pass --data-dir PATH to a directory holding the idx files"
             if name == "fashion-mnist":
                 fix += " or install the Debian package dataset-fashion-mnist"

@@ -24,8 +24,8 @@ def test_example_submission_passes(cli):
 
 def test_bad_adapter_fails_naming_the_entry(cli, tmp_path):
     bad = entry(tmp_path, "methods:\n  broken:\n    adapter: examples.ensemble:Nope\n")
-    code, out, _ = cli("validate", "--extra-registry", bad, "--no-smoke")
-    assert code == 1
+    code, _, out = cli("validate", "--extra-registry", bad, "--no-smoke")
+    assert code == 2
     assert out.startswith("FAIL broken:") and "methods.broken.adapter" in out
     assert "has no class 'Nope'" in out
 
@@ -33,8 +33,8 @@ def test_bad_adapter_fails_naming_the_entry(cli, tmp_path):
 def test_schema_error_names_file_entry_and_field(cli, tmp_path):
     bad = entry(tmp_path, "methods:\n  typo:\n    adapter: examples.ensemble:SoftmaxEnsemble\n"
                           "    parms: {weight: 0.5}\n")
-    code, out, _ = cli("validate", "--extra-registry", bad)
-    assert code == 1
+    code, _, out = cli("validate", "--extra-registry", bad)
+    assert code == 2
     assert out.startswith("FAIL registry:") and "methods.typo.parms: unknown field" in out
     assert "did you mean 'params'" in out and str(bad) in out
 
@@ -45,8 +45,8 @@ def test_hash_mismatch_fails(cli, tmp_path):
             "    path: digits-cnn-gaussian-0.25.safetensors\n    sha256: " + "ab" * 32 + "\n"
             + text.replace("partner: {0.25: digits-cnn-gaussian-0.5",
                            "partner: {0.25: wrong-hash"))
-    code, out, _ = cli("validate", "--extra-registry", entry(tmp_path, text), "--no-smoke")
-    assert code == 1
+    code, _, out = cli("validate", "--extra-registry", entry(tmp_path, text), "--no-smoke")
+    assert code == 2
     assert out.startswith("FAIL tampered:") and "models.wrong-hash.sha256" in out
     assert "methods.tampered.datasets.digits.partner" in out
 
@@ -56,8 +56,8 @@ def test_param_outside_its_declared_range_names_file_entry_and_field(cli, tmp_pa
     text = EXAMPLE.read_text().replace("ensemble-example:", "outside:").replace(
         "params: {weight: 0.5}", "params: {weight: 3}")
     sub = entry(tmp_path, text)
-    code, out, _ = cli("validate", "--extra-registry", sub)
-    assert code == 1 and out.startswith("FAIL outside:")
+    code, _, out = cli("validate", "--extra-registry", sub)
+    assert code == 2 and out.startswith("FAIL outside:")
     assert f"{sub}: methods.outside.params.weight: expected float in [0, 1], got 3" in out
 
 
@@ -74,8 +74,8 @@ def test_adapter_crash_in_smoke_run_is_a_fail_line(cli, tmp_path, monkeypatch):
     (tmp_path / "crashy_adapter.py").write_text(CRASHY)
     monkeypatch.syspath_prepend(str(tmp_path))
     sub = entry(tmp_path, "methods:\n  crashy:\n    adapter: crashy_adapter:Crashy\n")
-    code, out, _ = cli("validate", "--extra-registry", sub)
-    assert code == 1 and out.startswith("FAIL crashy:")
+    code, _, out = cli("validate", "--extra-registry", sub)
+    assert code == 2 and out.startswith("FAIL crashy:")
     assert "RuntimeError: adapter bug" in out
 
 
@@ -86,8 +86,8 @@ def test_reported_only_method_says_it_has_no_adapter(cli, tmp_path):
     code, _, err = cli("run", "--method", "boosting", "--results", tmp_path)
     assert code == 2 and "reported-only (no adapter)" in err
     bad = entry(tmp_path, "methods:\n  empty:\n    description: nothing to show\n")
-    code, out, _ = cli("validate", "--extra-registry", bad)
-    assert code == 1 and "methods.empty.adapter: missing" in out
+    code, _, out = cli("validate", "--extra-registry", bad)
+    assert code == 2 and "methods.empty.adapter: missing" in out
 
 
 COUPLED = '''import torch
@@ -140,8 +140,8 @@ def test_batch_coupling_and_global_rng_are_fail_lines(cli, tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     sub = entry(tmp_path, "methods:\n  coupled:\n    adapter: bad_adapters:Coupled\n"
                           "  unseeded:\n    adapter: bad_adapters:Unseeded\n")
-    code, out, _ = cli("validate", "--extra-registry", sub)
-    assert code == 1
+    code, _, out = cli("validate", "--extra-registry", sub)
+    assert code == 2
     coupled, unseeded = out.splitlines()
     assert coupled.startswith("FAIL coupled: methods.coupled: counts change with the batch size")
     assert "couples the samples of a batch (BatchNorm in train mode?)" in coupled

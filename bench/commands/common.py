@@ -29,6 +29,18 @@ def param(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def folder(text: str) -> Path:
+    """A folder to write into: refused when it, or a parent, exists as a file."""
+    path = Path(text).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise argparse.ArgumentTypeError(
+                    f"{part} is a file, not a folder; pass a folder path")
+            break
+    return path
+
+
 def params_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
     """--param pairs as a dict; a key given twice is a mistake, not "the last one wins"."""
     out: dict[str, Any] = {}
@@ -59,7 +71,7 @@ def certification_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--results", type=folder, default=Path("results"))
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--models-dir", type=Path, default=None,
                    help="where non-zoo checkpoints live (default $CERTBENCH_MODELS or ./models)")

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.commands.common import common_registry
+from bench.commands.common import common_registry, folder
 
 HELP = "write Markdown and static HTML leaderboards"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--out", type=Path, default=Path("leaderboards"))
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--out", type=folder, default=Path("leaderboards"))
+    p.add_argument("--results", type=folder, default=Path("results"))
     common_registry(p)
 
 

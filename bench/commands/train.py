@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.commands.common import common_registry, param, params_dict
+from bench.commands.common import common_registry, folder, param, params_dict
 
 HELP = "train a base classifier for a method"
 
@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=folder, default=None,
                        help="output folder (default: the package zoo, bench/zoo)")
     p.add_argument("--name", default=None, help="model name (default derived)")
     p.add_argument("--quiet", action="store_true")

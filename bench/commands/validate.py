@@ -7,6 +7,7 @@ results folder. One line per method, OK or FAIL with the entry and field named.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bench.commands.common import common_registry
@@ -32,6 +33,7 @@ def run(args) -> int:
     report = validate(args.registry, extra=args.extra_registry, methods=args.method,
                       dataset=args.dataset, smoke=not args.no_smoke, data_dir=args.data_dir,
                       models_dir=args.models_dir)
+    # A failing entry is a user mistake like any other: its line goes to stderr, exit 2.
     for line in report.lines():
-        print(line)
-    return 0 if report.ok else 1
+        print(line, file=sys.stderr if line.startswith("FAIL") else sys.stdout)
+    return 0 if report.ok else 2

@@ -309,10 +309,12 @@ def _torch_load(name: str, path: Path) -> Any:
             "files only with torch.load(weights_only=True): re-save just the state dict, e.g. "
             "torch.save(model.state_dict(), path)"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as exc:
+        # torch.load itself hands a file that starts like safetensors to safetensors.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"model {name}: {path} cannot be read as a PyTorch checkpoint ({first})"
+            f"model {name}: {path} cannot be read as a checkpoint ({first}); it may be "
+            "truncated or damaged: download or save it again"
         ) from exc
 
 

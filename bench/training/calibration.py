@@ -73,6 +73,7 @@ from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError, ModelError
 from bench.nets import sha256_file
 from bench.protocol import TrainContext
+from bench.training.loop import load_training_checkpoint
 
 SCALES = (0.25, 0.5, 1.0)
 TRAIN_DEFAULTS = {"epochs": 8, "batch": 64, "lr": 1e-4}
@@ -201,7 +202,7 @@ def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
     state: dict[str, Any] = {"epoch": 0, "seconds": 0.0, "history": [], "resumed_from": None}
     ckpt_path = partial / "checkpoint.pt"
     if ckpt_path.is_file():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
+        saved = load_training_checkpoint(ckpt_path, device)
         if saved["identity"] != identity:
             raise ConfigError(f"{ckpt_path} is from a different configuration; delete "
                               f"{partial} to start over")

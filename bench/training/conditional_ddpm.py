@@ -35,6 +35,7 @@ from bench.errors import ConfigError
 from bench.nets import sha256_file
 from bench.protocol import TrainContext
 from bench.training.ddpm import EMA_DECAY, SCHEDULE, UNET_CONFIG
+from bench.training.loop import load_training_checkpoint
 
 TRAIN_DEFAULTS = {"epochs": 200, "batch": 128, "lr": 2e-3}
 # The card's label check: test-set eps MSE at these timesteps, true vs wrong label.
@@ -86,7 +87,7 @@ def train_conditional_ddpm(ctx: TrainContext) -> dict[str, Any]:
                          for key, v in UNET_CONFIG.items()}}
     ckpt_path = partial / "checkpoint.pt"
     if ckpt_path.is_file():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
+        saved = load_training_checkpoint(ckpt_path, device)
         if saved["identity"] != identity:
             raise ConfigError(f"{ckpt_path} is from a different configuration; delete "
                               f"{partial} to start over")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from bench.errors import CertbenchError, ConfigError
 from bench.nets import sha256_file
 from bench.protocol import TrainContext
+from bench.training.loop import load_training_checkpoint
 
 # Sized for 8x8 digits on a CPU: ~0.7M parameters, a few thousand one-shot denoisings/s.
 UNET_CONFIG = {
@@ -79,7 +80,7 @@ def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
                                                    for k, v in UNET_CONFIG.items()}}
     ckpt_path = partial / "checkpoint.pt"
     if ckpt_path.is_file():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
+        saved = load_training_checkpoint(ckpt_path, device)
         if saved["identity"] != identity:
             raise ConfigError(f"{ckpt_path} is from a different configuration; delete "
                               f"{partial} to start over")

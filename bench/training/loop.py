@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from tqdm import tqdm
 
@@ -134,8 +136,25 @@ def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def load_training_checkpoint(path: Path, device="cpu") -> Any:
+    """A resume checkpoint, weights-only; a truncated, damaged or pickled-object file is a
+    one-line error (delete it to start over), never a traceback or executed code."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            raise ConfigError(f"training checkpoint {path} is not weights-only (it pickles "
+                              f"objects); delete {path} to start over") from exc
+        raise ConfigError(f"training checkpoint {path} cannot be read: it is truncated or "
+                          f"damaged; delete {path} to start over") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"training checkpoint {path} cannot be read ({first}): it is "
+                          f"truncated or damaged; delete {path} to start over") from exc
+
+
 def _resume(path: Path, fingerprint: str, net, opt, sched, gens, device) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_training_checkpoint(path)
     if ckpt.get("fingerprint") != fingerprint:
         raise ConfigError(
             f"checkpoint {path} was written by a different training configuration; "

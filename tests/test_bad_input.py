@@ -1,0 +1,156 @@
+"""The bad-input battery: every user mistake, on every subcommand, is one stderr line naming the
+problem and the fix, exit status 2, no traceback, and leaves the results store as it was.
+
+A new subcommand or a newly found mistake adds a row to ``CASES``. ``{store}`` is a results
+folder that already holds one run; ``{file}`` is a regular file; ``{bad_ckpt}`` and
+``{bad_weights}`` are truncated weights; ``{tsv}`` is a valid Cohen TSV.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bench.store import DB_NAME
+from tests.conftest import ROOT
+
+RUN = ("run", "--dataset", "digits", "--subset", "dev", "--n", "10", "--n0", "5",
+       "--max-images", "1", "--quiet", "--results", "{store}")
+DUMMY = (*RUN, "--method", "dummy")
+
+CASES = {
+    # run: names, values, ranges
+    "unknown method": ((*RUN, "--method", "nosuch"), "unknown method 'nosuch'"),
+    "unknown dataset": ((*RUN, "--dataset", "nosuch"), "nosuch"),
+    "unknown subset": ((*RUN, "--subset", "nosuch"), "nosuch"),
+    "unknown procedure": ((*RUN, "--procedure", "nosuch"), "unknown procedure 'nosuch'"),
+    "yaml that does not parse": ((*DUMMY, "--param", "label=[1"), "--param label"),
+    "int param given text": ((*DUMMY, "--param", "label=abc"), "--param label: expected int"),
+    "int param given a float": ((*DUMMY, "--param", "label=3.7"), "got 3.7"),
+    "list param given a number": ((*DUMMY, "--param", "classes=5"), "--param classes"),
+    "float param given text": ((*DUMMY, "--param", "threshold=abc"), "--param threshold"),
+    "int param in e-notation": ((*DUMMY, "--param", "pixel=1e3"), "--param pixel"),
+    "unknown param": ((*DUMMY, "--param", "nosuch=1"), "unknown param"),
+    "negative sigma": ((*RUN, "--sigma", "-1"), "--sigma"),
+    "zero N": ((*RUN, "--n", "0"), "--n must be"),
+    "alpha above 1": ((*RUN, "--alpha", "2"), "--alpha must be in (0, 1)"),
+    "zero batch": ((*RUN, "--batch", "0"), "--batch must be at least 1"),
+    "bad shard": ((*RUN, "--shard", "3/2"), "--shard"),
+    "budget and N": ((*RUN, "--budget", "100"), "drop --n or --budget"),
+    "results is a file": ((*RUN[:-1], "{file}"), "is a file, not a folder"),
+    "results under a file": ((*RUN[:-1], "{file}/sub"), "is a file, not a folder"),
+    "truncated weights": ((*RUN, "--model", "{bad_weights}"), "truncated or damaged"),
+    "data dir on digits": ((*RUN, "--data-dir", "{file}.d"), "drop --data-dir"),
+    "sigma on a cascade": ((*RUN, "--method", "multiscale", "--sigma", "0.5"),
+                           "does not apply to the cascade"),
+    "cohen on a cascade": ((*RUN, "--method", "multiscale", "--procedure", "cohen"),
+                           "certified with the cascade procedure"),
+    "cascade on dds": ((*RUN, "--method", "dds", "--procedure", "cascade"),
+                       "cannot run under the cascade"),
+    # train
+    "train out is a file": (("train", "--method", "clean", "--out", "{file}"),
+                            "is a file, not a folder"),
+    "nothing to train": (("train", "--method", "dds", "--out", "{tmp}"), "nothing to train"),
+    "zero epochs": (("train", "--method", "clean", "--epochs", "0", "--out", "{tmp}"),
+                    "--epochs must be at least 1"),
+    "damaged training checkpoint": (("train", "--method", "clean", "--out", "{bad_ckpt}"),
+                                    "truncated or damaged"),
+    # compare, table, leaderboard, validate
+    "zero budget": (("compare", "--budget", "0", "--results", "{store}", "--quiet"),
+                    "--budget must be a positive number"),
+    "unknown table format": (("table", "--format", "docx", "--results", "{store}"),
+                             "invalid choice"),
+    "leaderboard out is a file": (("leaderboard", "--out", "{file}", "--results", "{store}"),
+                                  "is a file, not a folder"),
+    "unknown method to validate": (("validate", "--method", "nosuch", "--no-smoke"),
+                                   "nosuch"),
+    # import
+    "missing tsv": (("import", "--tsv", "{tmp}/nope.tsv", "--method", "x", "--dataset",
+                     "digits", "--sigma", "0.25", "--results", "{store}"), "nope.tsv"),
+    "import into a file": (("import", "--tsv", "{tsv}", "--method", "x", "--dataset", "digits",
+                            "--sigma", "0.25", "--results", "{file}"), "not a folder"),
+}
+
+
+def store_content(folder: Path) -> list:
+    db = folder / DB_NAME
+    if not db.is_file():
+        return []
+    con = sqlite3.connect(db)
+    try:
+        return [con.execute("SELECT run_id, card FROM runs ORDER BY run_id").fetchall(),
+                con.execute("SELECT run_id, idx, predict, radius FROM certs ORDER BY run_id, idx")
+                .fetchall()]
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    from bench.cli import main
+
+    base = tmp_path_factory.mktemp("bad-input")
+    store = base / "store"
+    assert main(["run", "--dataset", "digits", "--subset", "dev", "--n", "10", "--n0", "5",
+                 "--max-images", "1", "--quiet", "--results", str(store)]) == 0
+    (base / "file").write_text("a file, not a folder\n")
+    weights = (ROOT / "bench" / "zoo" / "digits-cnn-clean.safetensors").read_bytes()
+    (base / "bad.safetensors").write_bytes(weights[:100])
+    ckpt = base / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "digits-cnn-clean.ckpt").write_bytes(weights[:300])
+    (base / "claim.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+                                    "0\t7\t7\t0.5\t1\t0.1\n")
+    return {"store": store, "file": base / "file", "bad_weights": base / "bad.safetensors",
+            "bad_ckpt": ckpt, "tsv": base / "claim.tsv", "tmp": base}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_user_mistake_is_one_line_exit_2_and_the_store_is_untouched(cli, places, case):
+    args, message = CASES[case]
+    argv = [a.format(**places) for a in args]
+    before = store_content(places["store"])
+    code, out, err = cli(*argv)
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    # (validate reports a failing entry as its "FAIL <entry>: ..." line)
+    assert len(lines) == 1 and lines[0].startswith(("certbench: error:", "FAIL ")), err
+    assert "Traceback" not in err and message in lines[0], lines[0]
+    assert store_content(places["store"]) == before
+
+
+def test_a_damaged_store_is_one_line(cli, tmp_path):
+    store = tmp_path / "store"
+    assert cli("run", "--subset", "dev", "--n", "10", "--n0", "5", "--max-images", "2",
+               "--quiet", "--results", store)[0] == 0
+    db = store / DB_NAME
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[page:3 * page] = b"\xff" * (2 * page)  # wipe the pages after the header
+    db.write_bytes(bytes(data))
+    code, out, err = cli("run", "--subset", "dev", "--n", "10", "--n0", "5", "--max-images", "3",
+                         "--quiet", "--results", store)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "another --results" in err
+
+
+def test_a_corrupt_image_names_the_file(tmp_path):
+    """An image folder with a broken PNG: a DataError naming the file, not a PIL traceback."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import ToTensor
+
+    from bench.datasets import _FolderDataset
+    from bench.dataspecs import spec
+    from bench.errors import DataError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    folder = ImageFolder(str(tmp_path), transform=ToTensor())
+    ds = _FolderDataset(spec("digits").info, "test", folder)
+    with pytest.raises(DataError, match="broken.png.*replace or remove the file"):
+        ds[0]
