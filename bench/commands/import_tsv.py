@@ -2,7 +2,10 @@
 
 Reads Cohen's format (``idx label predict radius correct time``), repairs the DDS reference
 code's running-count ``correct`` column (and says so), and stores the rows as a claimed run:
-shown on tables and leaderboards as claimed, never as reproduced by this harness.
+shown on tables and leaderboards as claimed, never as reproduced by this harness. Every row is
+checked first (indices in the subset or test split, labels in the dataset's classes, radii finite
+and at most the largest certifiable radius of --sigma, --n and --alpha): a bad file changes
+nothing and fails with one line naming the line, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--method", required=True, help="method name shown on the leaderboard")
     p.add_argument("--dataset", required=True)
     p.add_argument("--sigma", type=float, required=True)
-    p.add_argument("--n", type=int, default=100_000, help="estimation samples N (default 1e5)")
+    p.add_argument("--n", type=int, default=None,
+                   help="estimation samples N the file was certified with (default 100000); "
+                        "claimed radii must not exceed the largest one sigma, N and alpha allow")
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--m", type=int, default=1, help="predictions per noisy sample (DiffSmooth)")
     p.add_argument("--alpha", type=float, default=0.001)
