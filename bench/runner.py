@@ -1,16 +1,34 @@
 """Certify a dataset subset with one method: plan, resume, certify, record, export.
 
 Everything that can be wrong with a request (method, dataset, subset, sizes, registry, params,
-models) is checked by :func:`prepare` before the first noisy sample. :func:`run` then hands
-the images still to do to an executor and commits each certificate to the store as it
-arrives; the run id is the hash of the card's identity, so the same command resumes.
+models, a --batch too large for the device's memory) is checked by :func:`prepare` before the
+first noisy sample. :func:`run` then hands the images still to do to an executor and commits
+each certificate to the store as it arrives; the run id is the hash of the card's identity, so
+the same command resumes.
+
+The run row is stored with the run's first certificate (one transaction): a run whose first
+image fails (a corrupt image, a model error, memory running out) leaves no run behind, and the
+store is as it was. Processes running the same command at once share the images: each claims
+a few images at a time (:class:`bench.store.ClaimSession`), so every image is certified once,
+and each waits for the images others hold before it exports, so every export is complete.
+
+Memory: ``--batch`` noisy copies of an image go through the base classifier at once. Before the
+run, :func:`fit_batch` estimates what a batch needs (``MEMORY_FACTOR`` x 4 bytes per image
+float and prediction per sample, for the noise buffer and the classifier's activations) and,
+when that exceeds ``MEMORY_SHARE`` of the memory available (CUDA: free device memory; else
+the host's available memory, capped by the address-space limit), lowers the batch and says so
+on stderr: the batch size never changes a certificate. An allocation that fails anyway (the
+estimate is rough) stops the run with one line asking for a smaller ``--batch``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,11 +47,16 @@ from bench.protocol import Context
 from bench.records import PROTOCOL_VERSION, RunCard, RunSummary
 from bench.registry import MethodEntry, load_registry
 from bench.smoothing import chunk_size
-from bench.store import Store
+from bench.store import ClaimSession, Store
 
 WARN_TOTAL_S, WARN_IMAGE_S = 3600.0, 300.0  # warn before a run estimated to take longer
 NOISE_SCHEME = ("torch.randn in whole chunks from a generator seeded by SeedSequence([seed, "
                 "idx, phase]); phases select=0 estimate=1")
+MEMORY_FACTOR = 64  # floats per image float of a noisy sample: buffer + classifier activations
+MEMORY_SHARE = 0.5  # of the available memory a batch may use
+CLAIM_SECONDS = 2.0  # claim about this much work at a time (at least one image, at most 64)
+CLAIM_MAX = 64
+WAIT_POLL_S = 0.5  # how often a process with nothing left to claim looks at others' images
 
 
 @dataclass
@@ -129,9 +152,112 @@ def prepare(opts: RunOptions) -> Prepared:
                          n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
                          sigma=opts.sigma, seed=opts.seed, batch=opts.batch)
     procedure = procedures.build(spec, method, ctx)
+    batch = fit_batch(procedure, ds.info.shape, opts.batch, device)
+    if batch != opts.batch:  # the batch never changes a certificate, nor the card
+        opts = replace(opts, batch=batch)
+        procedure = procedures.build(replace(spec, batch=batch), method, ctx)
     card = run_card(opts, entry, method.params, procedure, models, ds, indices, device)
     return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
                     device=device)
+
+
+def fit_batch(procedure: Procedure, shape, batch: int, device: torch.device,
+              available: int | None = None) -> int:
+    """``batch``, or the largest batch that fits in memory by the estimate (said on stderr).
+
+    A batch never exceeds a phase's samples (N0 or N), so only ``min(batch, max(N0, N))``
+    noisy copies (each with ``m`` predictions) are ever held at once. ``available`` defaults
+    to :func:`available_memory`; where that is unknown, the batch is kept.
+    """
+    b = procedure.budget
+    used = max(1, min(batch, max(b.n0, b.n)))
+    per_sample = 4 * MEMORY_FACTOR * max(1, int(b.m)) * int(torch.Size(shape).numel())
+    available = available_memory(device) if available is None else available
+    if available is None or used * per_sample <= MEMORY_SHARE * available:
+        return batch
+    fits = int(MEMORY_SHARE * available // per_sample)
+    if fits < 1:
+        raise ConfigError(
+            f"one noisy sample needs ~{_gb(per_sample)} of memory by certbench's estimate, more "
+            f"than half of the {_gb(available)} available on {device}; free some memory or use "
+            "another --device")
+    chunk = chunk_size(shape)
+    fits = fits - fits % chunk if fits >= chunk else fits  # whole noise chunks when possible
+    tqdm.write(f"certbench: --batch {batch} would need ~{_gb(used * per_sample)} of memory, "
+               f"{_gb(available)} is available on {device}: using --batch {fits} (the batch "
+               "size never changes a certificate)", file=sys.stderr)
+    return fits
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes a run may still allocate on ``device``, or None when unknown.
+
+    CUDA: the device's free memory. Otherwise the host's available memory (Linux
+    ``MemAvailable``, else the physical memory), capped by the process's address-space limit
+    (``ulimit -v``) less what it already maps.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if device.type not in ("cpu", "mps"):
+        return None
+    avail = _meminfo_available()
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            avail = None
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as fh:
+                mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            headroom = max(0, soft - mapped)
+            avail = headroom if avail is None else min(avail, headroom)
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass
+    return avail
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+_OOM = re.compile(r"out of memory|can't allocate memory|not enough memory|failed to allocate|"
+                  r"cannot allocate memory", re.I)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure of torch (CPU or CUDA) or of Python."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError",
+                                                              None)
+    if isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom)):
+        return True
+    return isinstance(exc, RuntimeError) and bool(_OOM.search(str(exc)))
+
+
+def _out_of_memory_error(prep: Prepared, exc: BaseException) -> ConfigError:
+    tried = re.search(r"tried to allocate (\d+ bytes|[\d.]+ ?[KMGT]i?B)", str(exc), re.I)
+    what = f"allocating {tried.group(1)} failed" if tried else "an allocation failed"
+    return ConfigError(
+        f"--batch {prep.opts.batch} does not fit in memory on {prep.device} ({what}); use a "
+        "smaller --batch (the batch size never changes a certificate)")
 
 
 def noise_identity(shape, device: torch.device | str) -> dict[str, Any]:
@@ -198,26 +324,118 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
 
 
 def run(opts: RunOptions) -> RunResult:
-    """Certify the requested images (skipping finished ones) and export the run's files."""
+    """Certify the requested images (skipping finished ones, sharing them with other processes
+    on the same run) and export the run's files."""
     prep = prepare(opts)
     store = Store(opts.results)
     try:
-        run_id = store.open_run(prep.card)
+        found = store.find_run(prep.card)
+        run_id = found or prep.card.run_id
+        # A new run's row is written with its first certificate: a run whose first image
+        # fails leaves nothing behind.
+        create = None if found else prep.card
         todo = select_todo(prep, store.done_indices(run_id))
+        new = 0
         if todo:
-            warn_if_expensive(prep, todo)
-        executor = SerialExecutor(prep.procedure, prep.dataset, prep.device)
-        samples = prep.procedure.budget.n0 + prep.procedure.budget.n
-        bar = tqdm(executor.certify(todo), total=len(todo), unit="img",
-                   desc=f"{opts.method}/{opts.dataset} sigma={prep.opts.sigma:g}",
-                   disable=not opts.progress, dynamic_ncols=True)
-        for cert in bar:
-            store.add_cert(run_id, cert)
-            bar.set_postfix(samples_per_s=f"{samples / max(cert.seconds, 1e-9):,.0f}")
+            try:
+                new = certify_shared(prep, store, run_id, todo, create=create)
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise _out_of_memory_error(prep, exc) from None
+                raise
+        if create is not None:  # nothing to certify (an empty shard), or others did it all
+            run_id = store.open_run(prep.card)
         folder, summary = store.export(run_id, prep.indices)
-        return RunResult(run_id=run_id, folder=folder, summary=summary, new_images=len(todo))
+        return RunResult(run_id=run_id, folder=folder, summary=summary, new_images=new)
     finally:
         store.close()
+
+
+def certify_shared(prep: Prepared, store: Store, run_id: str, todo: list[int], *,
+                   create: RunCard | None = None) -> int:
+    """Certify the images of ``todo`` that no other process certifies, claiming a few at a
+    time; return how many this process certified. Returns once every image of ``todo`` is
+    certified (waiting for images that other live processes hold)."""
+    opts = prep.opts
+    warn_if_expensive(prep, todo)
+    executor = SerialExecutor(prep.procedure, prep.dataset, prep.device)
+    samples = prep.procedure.budget.n0 + prep.procedure.budget.n
+    bar = tqdm(total=len(todo), unit="img",
+               desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
+               disable=not opts.progress, dynamic_ncols=True)
+    pace = _Pace()
+    new = 0
+
+    def left(count: int) -> None:  # images this process may still certify
+        total = bar.n + count
+        if total != bar.total:
+            bar.total = total
+            bar.refresh()
+
+    def waiting(count: int) -> None:
+        if opts.progress:
+            tqdm.write(f"certbench: waiting for {count} image(s) another process is "
+                       "certifying", file=sys.stderr)
+
+    try:
+        with ClaimSession(store, run_id) as claims:
+            indices = claimed_indices(claims, todo, pace.chunk, left=left, waiting=waiting)
+            for cert in executor.certify(indices):
+                store.add_cert(run_id, cert, card=create)
+                new += 1
+                pace.add(cert.seconds)
+                bar.update(1)
+                bar.set_postfix(samples_per_s=f"{samples / max(cert.seconds, 1e-9):,.0f}")
+    finally:
+        bar.close()
+    return new
+
+
+class _Pace:
+    """How many images to claim at once: about ``CLAIM_SECONDS`` of work, from the images
+    certified so far (one until the first is done)."""
+
+    def __init__(self) -> None:
+        self.images, self.seconds = 0, 0.0
+
+    def add(self, seconds: float) -> None:
+        self.images += 1
+        self.seconds += max(seconds, 0.0)
+
+    def chunk(self) -> int:
+        if not self.images:
+            return 1
+        per_image = self.seconds / self.images
+        return max(1, min(CLAIM_MAX, int(CLAIM_SECONDS / max(per_image, 1e-6))))
+
+
+def claimed_indices(claims: ClaimSession, todo: Sequence[int], chunk: Callable[[], int], *,
+                    left: Callable[[int], None] | None = None,
+                    waiting: Callable[[int], None] | None = None,
+                    poll_s: float = WAIT_POLL_S) -> Iterator[int]:
+    """The images of ``todo`` this process is to certify, claimed ``chunk()`` at a time as
+    they are asked for (the executor pulls the next one once the last is committed).
+
+    Images certified meanwhile (by anyone) are skipped; images another live process holds
+    are waited for, and taken over if it dies. Ends when every image of ``todo`` is done.
+    """
+    remaining = list(todo)
+    said = False
+    while remaining:
+        got = claims.take(remaining, chunk())
+        taken = set(got.claimed) | got.done
+        remaining = [idx for idx in remaining if idx not in taken]
+        if left is not None:
+            left(len(got.claimed) + len(remaining))
+        if got.claimed:
+            yield from got.claimed
+            continue
+        if not got.held:
+            return
+        if not said and waiting is not None:
+            waiting(len(got.held))
+            said = True
+        time.sleep(poll_s)
 
 
 def warn_if_expensive(prep: Prepared, todo: list[int]) -> None:

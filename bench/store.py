@@ -3,19 +3,34 @@
 A run is keyed by the hash of its protocol card, so re-running the same command finds the
 same run and skips images already certified. Exports (``certs.tsv``, ``summary.json``) are
 derived from the store and can be rebuilt at any time (no torch needed).
+
+Concurrency: any number of processes may use one store at once. Creating a run is one
+``INSERT OR IGNORE`` transaction (the identity read back and compared); exports write a
+temporary file of their own and replace the target atomically; and processes certifying the
+same run share its images through the ``claims`` table: each claims a few images (one
+``BEGIN IMMEDIATE`` transaction: images neither certified nor held by a live owner) before
+certifying them, refreshes its claims while it works (:class:`ClaimSession`) and releases them
+when it ends. A claim whose owner is dead (same host, no such process) or that was not
+refreshed for ``CLAIM_STALE_S`` seconds is free again, so a killed run resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import socket
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.errors import StoreError
+from bench.jsonsafe import json_safe
 from bench.records import Certificate, RunCard, RunSummary
 
 SCHEMA_VERSION = 1
@@ -25,6 +40,9 @@ TSV_COLUMNS = (
     "top_class", "count", "n0", "n", "p_lower", "classifier_passes", "diffusion_passes", "device",
 )
 STAGE_COLUMNS = ("stage", "outcome", "stages")
+CLAIM_STALE_S = 300.0  # a claim not refreshed for this long is free (its owner hung or is gone)
+HEARTBEAT_S = 30.0  # how often a live owner refreshes its claims
+_IN_LIMIT = 500  # ids per "IN (...)" query (SQLite's variable limit is 999 on old builds)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -56,6 +74,14 @@ CREATE TABLE IF NOT EXISTS certs (
     created REAL NOT NULL,
     PRIMARY KEY (run_id, idx)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    run_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner)
 """
 
 
@@ -76,18 +102,40 @@ class Store:
                     f"{self.root / DB_NAME} has schema version {version}, this certbench writes "
                     f"{SCHEMA_VERSION}; use another --results folder"
                 )
-            with self.db:
-                self.db.executescript(_SCHEMA)
-                _add_detail_column(self.db)
-                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if not _schema_is_current(self.db):
+                # One write transaction: processes opening a new store at once each see either
+                # no tables or all of them.
+                with self._write():
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self.db.execute(statement)
+                    _add_detail_column(self.db)
+                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"cannot open the results store {self.root / DB_NAME} ({exc}); "
                 "pass another --results folder"
             ) from None
 
+    @property
+    def path(self) -> Path:
+        return self.root / DB_NAME
+
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, its lock taken at the start (``BEGIN IMMEDIATE``): what it
+        reads cannot change before it commits, whatever other processes do."""
+        if self.db.in_transaction:
+            self.db.commit()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
 
     # ----- runs -----------------------------------------------------------------------------
     def open_run(self, card: RunCard) -> str:
@@ -95,25 +143,48 @@ class Store:
 
         A run stored under another id with the same identity (an id scheme of an older
         certbench) is found by identity, so its certificates are resumed, not duplicated.
+        Atomic: processes opening the same card at once all get the one run.
         """
+        with self._write():
+            found = self._find_run(card)
+            if found is not None:
+                return found
+            self._insert_run(card)
+        return card.run_id
+
+    def find_run(self, card: RunCard) -> str | None:
+        """The id of the stored run with this card's identity (by id, then by identity, as
+        :meth:`open_run`), or None when there is none yet; creates nothing."""
+        return self._find_run(card)
+
+    def _find_run(self, card: RunCard) -> str | None:
         run_id = card.run_id
         row = self.db.execute("SELECT card FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is not None:
-            if json.loads(row["card"]).get("identity") != card.identity:
-                raise StoreError(f"run {run_id} exists with a different protocol card")
+            _check_identity(run_id, row["card"], card)
             return run_id
-        for other in self.runs_of(card.identity.get("dataset")):
-            if other.card.identity == card.identity:
-                return other.card.run_id
+        dataset = card.identity.get("dataset")
+        rows = (self.db.execute("SELECT run_id, card FROM runs WHERE dataset = ? ORDER BY "
+                                "created", (dataset,)) if dataset is not None else
+                self.db.execute("SELECT run_id, card FROM runs ORDER BY created"))
+        for r in rows.fetchall():
+            if json.loads(r["card"]).get("identity") == card.identity:
+                return r["run_id"]
+        return None
+
+    def _insert_run(self, card: RunCard) -> None:
+        """Insert the run row unless it exists (inside the caller's transaction), then read it
+        back: a row under this id with another identity is refused."""
         now = time.time()
-        with self.db:
-            self.db.execute(
-                "INSERT INTO runs (run_id, method, dataset, card, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, card.identity["method"], card.identity["dataset"],
-                 json.dumps(card.to_json(), sort_keys=True), now, now),
-            )
-        return run_id
+        self.db.execute(
+            "INSERT OR IGNORE INTO runs (run_id, method, dataset, card, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (card.run_id, card.identity["method"], card.identity["dataset"],
+             json.dumps(card.to_json(), sort_keys=True), now, now),
+        )
+        row = self.db.execute("SELECT card FROM runs WHERE run_id = ?",
+                              (card.run_id,)).fetchone()
+        _check_identity(card.run_id, row["card"], card)
 
     def run_card(self, run_id: str) -> RunCard:
         row = self.db.execute("SELECT card FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -139,12 +210,16 @@ class Store:
         rows = self.db.execute("SELECT idx FROM certs WHERE run_id = ?", (run_id,))
         return {r[0] for r in rows}
 
-    def add_cert(self, run_id: str, cert: Certificate) -> None:
-        """Commit one certificate durably (its own transaction): a kill loses at most this one."""
-        self.add_certs(run_id, [cert])
+    def add_cert(self, run_id: str, cert: Certificate, *, card: RunCard | None = None) -> None:
+        """Commit one certificate durably (its own transaction): a kill loses at most this one.
+        With ``card``, the run row is created in the same transaction if it does not exist yet
+        (a run is stored once its first certificate is)."""
+        self.add_certs(run_id, [cert], card=card)
 
-    def add_certs(self, run_id: str, certs: Iterable[Certificate]) -> int:
-        """Commit certificates in one transaction (imports: all of a file or none)."""
+    def add_certs(self, run_id: str, certs: Iterable[Certificate], *,
+                  card: RunCard | None = None) -> int:
+        """Commit certificates in one transaction (imports: all of a file or none); ``card``
+        as in :meth:`add_cert`. Claims on these images are dropped: they are done."""
         now = time.time()
         rows = []
         for cert in certs:
@@ -159,12 +234,72 @@ class Store:
             rows.append({**values, "run_id": run_id, "created": now})
         if not rows:
             return 0
+        if card is not None and card.run_id != run_id:
+            raise ValueError(f"card of run {card.run_id} given for run {run_id}")
         cols = ", ".join(rows[0])
         marks = ", ".join(f":{c}" for c in rows[0])
-        with self.db:
+        with self._write():
+            if card is not None:
+                self._insert_run(card)
             self.db.executemany(f"INSERT OR REPLACE INTO certs ({cols}) VALUES ({marks})", rows)
             self.db.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (now, run_id))
+            self.db.executemany("DELETE FROM claims WHERE run_id = ? AND idx = ?",
+                                [(run_id, r["idx"]) for r in rows])
         return len(rows)
+
+    # ----- claims: processes on one run share its images -------------------------------------
+    def claim(self, run_id: str, candidates: Sequence[int], owner: str, limit: int) -> Claim:
+        """Claim, for ``owner``, up to ``limit`` of ``candidates`` (taken in their order) that
+        are neither certified nor held by another live owner, in one transaction.
+
+        Stale claims (:func:`claim_is_stale`) are taken over. The answer also says which of
+        the candidates looked at are certified already and which other owners hold; when it
+        claims nothing, it has looked at all of them.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        out = Claim()
+        with self._write():
+            now = time.time()
+            for start in range(0, len(candidates), _IN_LIMIT):
+                part = list(candidates[start : start + _IN_LIMIT])
+                marks = ", ".join("?" * len(part))
+                certified = {r[0] for r in self.db.execute(
+                    f"SELECT idx FROM certs WHERE run_id = ? AND idx IN ({marks})",
+                    (run_id, *part))}
+                holders = {r[0]: (r[1], r[2]) for r in self.db.execute(
+                    f"SELECT idx, owner, time FROM claims WHERE run_id = ? AND idx IN ({marks})",
+                    (run_id, *part))}
+                for idx in part:
+                    if idx in certified:
+                        out.done.add(idx)
+                        continue
+                    holder = holders.get(idx)
+                    if (holder is None or holder[0] == owner
+                            or claim_is_stale(holder[0], holder[1], now)):
+                        out.claimed.append(idx)
+                        if len(out.claimed) == limit:
+                            break
+                    else:
+                        out.held.append(idx)
+                if len(out.claimed) == limit:
+                    break
+            self.db.executemany(
+                "INSERT OR REPLACE INTO claims (run_id, idx, owner, time) VALUES (?, ?, ?, ?)",
+                [(run_id, idx, owner, now) for idx in out.claimed])
+        return out
+
+    def release(self, owner: str) -> None:
+        """Drop every claim of ``owner`` (at the end of its work, finished or not)."""
+        with self._write():
+            self.db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+
+    def claims(self, run_id: str | None = None) -> list[tuple[str, int, str, float]]:
+        """Open claims as (run_id, idx, owner, time), optionally of one run."""
+        query = "SELECT run_id, idx, owner, time FROM claims"
+        rows = (self.db.execute(query + " WHERE run_id = ? ORDER BY idx", (run_id,))
+                if run_id is not None else self.db.execute(query + " ORDER BY run_id, idx"))
+        return [tuple(r) for r in rows]
 
     def certs(self, run_id: str, indices: Iterable[int] | None = None) -> list[Certificate]:
         """Certificates of a run ordered by image index (optionally only the given indices)."""
@@ -200,6 +335,96 @@ class Store:
 
 
 @dataclass
+class Claim:
+    """What :meth:`Store.claim` found: images now claimed, certified ones, others' ones."""
+
+    claimed: list[int] = field(default_factory=list)
+    done: set[int] = field(default_factory=set)
+    held: list[int] = field(default_factory=list)  # by other live owners
+
+
+def new_owner() -> str:
+    """A claim owner: ``host:pid:token`` (the token tells apart owners in one process and a
+    process that reuses a dead owner's pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+def claim_is_stale(owner: str, stamp: float, now: float | None = None) -> bool:
+    """A claim is free again when it was not refreshed for ``CLAIM_STALE_S`` seconds (an
+    owner on another host, or one that hangs) or its owner runs on this host and is dead."""
+    now = time.time() if now is None else now
+    if now - stamp > CLAIM_STALE_S:
+        return True
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not _pid_alive(int(pid))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+class ClaimSession:
+    """One process's claims on one run: claims images (:meth:`take`), keeps its claims fresh
+    from a background thread (its own connection) while the images are certified, and
+    releases them on exit, finished or not.
+
+    Use as a context manager: ``with ClaimSession(store, run_id) as claims: ...``.
+    """
+
+    def __init__(self, store: Store, run_id: str, owner: str | None = None,
+                 heartbeat_s: float = HEARTBEAT_S):
+        self.store, self.run_id = store, run_id
+        self.owner = owner or new_owner()
+        self.heartbeat_s = heartbeat_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self, candidates: Sequence[int], limit: int) -> Claim:
+        return self.store.claim(self.run_id, candidates, self.owner, limit)
+
+    def __enter__(self) -> ClaimSession:
+        self._thread = threading.Thread(target=self._beat, name="certbench-claims",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.store.release(self.owner)
+
+    def _beat(self) -> None:
+        db = None
+        try:
+            while not self._stop.wait(self.heartbeat_s):
+                try:
+                    if db is None:
+                        db = sqlite3.connect(self.store.path, timeout=5)
+                    with db:
+                        db.execute("UPDATE claims SET time = ? WHERE owner = ?",
+                                   (time.time(), self.owner))
+                except sqlite3.Error:  # busy or gone: try again at the next beat
+                    continue
+        finally:
+            if db is not None:
+                db.close()
+
+
+@dataclass
 class StoredRun:
     card: RunCard
     images: int  # certificates stored so far
@@ -222,6 +447,21 @@ def write_tsv(path: Path, certs: Iterable[Certificate]) -> None:
     _atomic_write(path, "\n".join(lines) + "\n")
 
 
+def _check_identity(run_id: str, stored_card: str, card: RunCard) -> None:
+    if json.loads(stored_card).get("identity") != card.identity:
+        raise StoreError(f"run {run_id} exists with a different protocol card")
+
+
+def _schema_is_current(db: sqlite3.Connection) -> bool:
+    """True when the store has every table and column this certbench writes (no write then)."""
+    if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        return False
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"runs", "certs", "claims"} <= tables:
+        return False
+    return "detail" in {r[1] for r in db.execute("PRAGMA table_info(certs)")}
+
+
 def _add_detail_column(db: sqlite3.Connection) -> None:
     """Stores written before multi-stage procedures lack ``certs.detail``: add it (empty)."""
     columns = {r[1] for r in db.execute("PRAGMA table_info(certs)")}
@@ -230,7 +470,9 @@ def _add_detail_column(db: sqlite3.Connection) -> None:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    _atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: a NaN or infinity (e.g. samples/s of a claim without times) is null."""
+    _atomic_write(path, json.dumps(json_safe(data), indent=2, sort_keys=False,
+                                   allow_nan=False) + "\n")
 
 
 def _fmt(value: Any) -> str:
@@ -240,7 +482,16 @@ def _fmt(value: Any) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file of this writer alone (name, pid and a random
+    token), then replace ``path`` with it: concurrent writers never share a temporary file,
+    and a reader sees the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

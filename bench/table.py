@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
 
-from bench import metrics
+from bench import escape, metrics
 from bench.budget import predictions, tier
 from bench.dataspecs import grid_for
 from bench.records import CI_LEVEL, RunSummary, canonical_json
@@ -496,17 +496,20 @@ def _cells(row: Row, grid: Sequence[float], marks: Mapping[Any, Mark], ci: bool)
     return cells + [acr]
 
 
-def _display_rows(rows: Sequence[Row], grid: Sequence[float], ci: bool) -> list[list[Any]]:
+def _display_rows(rows: Sequence[Row], grid: Sequence[float], ci: bool,
+                  esc: Callable[[Any], str]) -> list[list[Any]]:
+    """The cells of each row; free text (method, setting, kind, sigma label, subset, device or
+    source) goes through ``esc``, the escape of the output format (:mod:`bench.escape`)."""
     out = []
     for row, marks in zip(rows, cell_marks(rows, grid), strict=True):
         out.append([
-            f"{row.method} ({row.setting})" if row.setting else row.method, row.kind,
-            row.sigma_label, _num(row.n0), _num(row.n), _num(row.m),
-            f"{row.alpha:g}" if row.alpha is not None else "-", row.subset_label,
+            esc(f"{row.method} ({row.setting})" if row.setting else row.method), esc(row.kind),
+            esc(row.sigma_label), _num(row.n0), _num(row.n), _num(row.m),
+            f"{row.alpha:g}" if row.alpha is not None else "-", esc(row.subset_label),
             *_cells(row, grid, marks, ci),
             f"{100 * row.abstain:.1f}" if _finite(row.abstain) else "-",
             format_cost(row), f"{row.seconds:.3f}" if _finite(row.seconds) else "-",
-            row.device or (row.source if row.kind != "reproduced" else "-"),
+            esc(row.device or (row.source if row.kind != "reproduced" else "-")),
         ])
     return out
 
@@ -538,27 +541,45 @@ def render(rows: Sequence[Row], fmt: str = "markdown", grid: Sequence[float] | N
     if fmt == "csv":
         df = frame(rows, grid)
         if env:
-            df = pd.concat([df, frame(env, grid).assign(kind=lambda d: d["kind"] + " envelope")])
+            df = pd.concat([df, frame(env, grid).assign(kind=lambda d: d["kind"] + " envelope")],
+                           ignore_index=True)
+        for col in df.columns:  # text columns only: -0.5 in a numeric column stays a number
+            if not pd.api.types.is_numeric_dtype(df[col]):
+                df[col] = df[col].map(escape.csv_cell)
         return df.to_csv(index=False)
     blocks = []
-    note = TABLE_NOTE
     for title, members in _titled_groups(rows, env):
-        body = _display_rows(members, grid, ci)
         if fmt == "markdown":
-            body = [[_md_escape(str(c)) for c in line] for line in body]
-            text = tabulate(body, headers=headers(grid), tablefmt="github", disable_numparse=True)
+            body = _display_rows(members, grid, ci, escape.markdown)
+            text = tabulate(body, headers=[escape.markdown(h) for h in headers(grid)],
+                            tablefmt="github", disable_numparse=True)
             text = _markup(text, ("**", "**"), ("[", "]"))
-            blocks.append(f"### {_md_escape(title)}\n\n" + text)
+            blocks.append(f"### {escape.markdown(title)}\n\n" + text)
         else:
-            text = tabulate(body, headers=headers(grid), tablefmt="latex_booktabs",
-                            disable_numparse=True)
+            body = _display_rows(members, grid, ci, escape.latex)
+            text = _booktabs([escape.latex(h) for h in headers(grid)], body)
             text = _markup(text, (r"\textbf{", "}"), (r"{\scriptsize[", "]}"))
-            blocks.append(f"% {title}\n" + text)
+            blocks.append(f"% {escape.latex(title)}\n" + text)
     if fmt == "markdown":
-        tail = "".join(f"\nNote: {_md_escape(n)}\n" for n in env_notes)
-        return note + "\n\n" + "\n\n".join(blocks) + "\n" + tail
-    tail = "".join(f"% Note: {n}\n" for n in env_notes)
-    return "% " + note + "\n" + "\n".join(blocks) + ("\n" + tail if tail else "")
+        tail = "".join(f"\nNote: {escape.markdown(n)}\n" for n in env_notes)
+        return escape.markdown(TABLE_NOTE) + "\n\n" + "\n\n".join(blocks) + "\n" + tail
+    tail = "".join(f"% Note: {escape.latex(n)}\n" for n in env_notes)
+    return ("% " + escape.latex(TABLE_NOTE) + "\n" + "\n".join(blocks)
+            + ("\n" + tail if tail else ""))
+
+
+def _booktabs(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A booktabs tabular of cells that are already LaTeX (escaped free text, numbers, and
+    the bold/interval placeholders), columns padded to line up."""
+    lines = [list(header), *(list(map(str, line)) for line in body)]
+    widths = [max(len(line[k]) for line in lines) for k in range(len(header))]
+
+    def row(cells: Sequence[str]) -> str:
+        return " " + " & ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " \\\\"
+
+    return "\n".join([r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", row(header),
+                      r"\midrule", *(row(line) for line in lines[1:]), r"\bottomrule",
+                      r"\end{tabular}"])
 
 
 def _titled_groups(rows: Sequence[Row], env: Sequence[Row]):
@@ -572,7 +593,3 @@ def _markup(text: str, bold: tuple[str, str], ci: tuple[str, str]) -> str:
     for (a, b), (x, y) in ((_BOLD, bold), (_CI, ci)):
         text = text.replace(a, x).replace(b, y)
     return text
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")

@@ -239,8 +239,6 @@ def test_json_safe_makes_a_summary_without_times_strict_json(cli, tmp_path):
     assert strict_json(dumps(summary))["cost_per_image"]["samples_per_second"] is None
 
 
-@pytest.mark.xfail(reason="needs bench/store.py write_json to dump through bench.jsonsafe",
-                   strict=False)
 def test_summary_json_on_disk_is_strict_json_without_times(cli, tmp_path):
     path = tmp_path / "t.tsv"
     path.write_text("idx\tlabel\tpredict\tradius\tcorrect\n0\t1\t1\t0.5\t1\n")
