@@ -79,7 +79,10 @@ class Smooth:
 
     ``base_classifier`` is a network returning logits (B, K) or a callable returning labels
     (B,), applied to images in [0, 1] plus N(0, sigma^2 I) noise; sigma is in [0, 1] pixel
-    units. Results depend on (seed, index), never on batch_size.
+    units. Results depend on (seed, index), never on batch_size. Without ``index=`` each call
+    draws a fresh noise stream (Cohen et al.'s behaviour: certifying a dataset in a loop does not
+    reuse one image's noise for the next), reproducible under ``torch.manual_seed`` or a
+    ``generator``; with ``seed=`` and ``index=`` a certificate is reproducible bit for bit.
     """
 
     ABSTAIN = stats.ABSTAIN
@@ -98,16 +101,16 @@ class Smooth:
 
     # ----- Cohen-compatible API -------------------------------------------------------------
     def certify(self, x, n0=100, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
-                generator=None, index=0):
+                generator=None, index=None):
         """(label, radius): CERTIFY with n0 selection and n estimation samples; -1 abstains."""
         cert = self.certify_record(x, n0, n, alpha, batch_size, seed=seed, generator=generator,
                                    index=index)
         return cert.prediction, cert.radius
 
     def predict(self, x, n=100_000, alpha=0.001, batch_size=1000, *, seed=0, generator=None,
-                index=0) -> int:
+                index=None) -> int:
         """PREDICT: the top class if it beats the runner-up in a binomial test at alpha, else -1."""
-        seed = _resolve_seed(seed, generator)
+        seed, index = _resolve_stream(seed, generator, index)
         x = self._prepare(x)
         counts = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_PREDICT)
         counts = self._checked(counts.cpu().tolist(), index)
@@ -115,10 +118,11 @@ class Smooth:
 
     # ----- full record ----------------------------------------------------------------------
     def certify_record(self, x, n0=100, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
-                       generator=None, index=0) -> Certificate:
+                       generator=None, index=None) -> Certificate:
         """CERTIFY with every number kept: counts, p_A bound, radius, forward passes, seconds."""
         _check_sizes(n0, n, alpha, batch_size)
-        seed = _resolve_seed(seed, generator)
+        image = -1 if index is None else index
+        seed, index = _resolve_stream(seed, generator, index)
         start = time.perf_counter()
         x = self._prepare(x)
         c0 = self.sample_counts(x, n0, batch_size, seed=seed, index=index, phase=PHASE_SELECT)
@@ -136,7 +140,7 @@ class Smooth:
             n0=n0, n=n, counts_select=counts_select, counts_estimate=counts_estimate,
             classifier_passes=samples * self.cost.classifier_passes,
             diffusion_passes=samples * self.cost.diffusion_passes,
-            seconds=time.perf_counter() - start, idx=index,
+            seconds=time.perf_counter() - start, idx=image,
         )
 
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, seed: int, index: int,
@@ -202,6 +206,24 @@ class Smooth:
                 "classifier, after the noise"
             )
         return x
+
+
+FRESH_INDEX_BASE = 1 << 62  # fresh streams never coincide with an image index below 2^62
+
+
+def _resolve_stream(seed: int, generator: torch.Generator | None,
+                    index: int | None) -> tuple[int, int]:
+    """(seed, index) of a call's noise. With ``index`` the stream is fixed by (seed, index):
+    bit-for-bit reproducible. Without it every call draws a fresh stream, as Cohen et al.'s
+    code does: its index comes from ``generator`` if given, else from torch's global RNG (so
+    ``torch.manual_seed`` reproduces a script), offset past any image index."""
+    seed = _resolve_seed(seed, generator)
+    if index is None:
+        draw = torch.randint(0, 2**62, (1,), generator=generator)
+        return seed, FRESH_INDEX_BASE + int(draw.item())
+    if index < 0:
+        raise ValueError(f"index must be non-negative, got {index}")
+    return seed, int(index)
 
 
 def _resolve_seed(seed: int, generator: torch.Generator | None) -> int:

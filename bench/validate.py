@@ -114,7 +114,7 @@ def smoke_target(entry, dataset: str | None) -> tuple[str, float | None]:
 
 
 def _smoke_run(entry, registry_path, extra, ds: str, sigma: float | None, data_dir, models_dir,
-               results: Path, *, batch: int, torch_seed: int):
+               image_size: int | None, results: Path, *, batch: int, torch_seed: int):
     """One smoke certification at this batch size and global torch seed (the caller's global
     RNG state is restored afterwards); the run's result and its certificates' counts."""
     import torch
@@ -128,7 +128,7 @@ def _smoke_run(entry, registry_path, extra, ds: str, sigma: float | None, data_d
             method=entry.name, dataset=ds, sigma=sigma, n0=SMOKE_N0, n=SMOKE_N, batch=batch,
             max_images=SMOKE_IMAGES, results=results, registry=registry_path,
             extra_registries=tuple(extra), data_dir=data_dir, models_dir=models_dir,
-            device="cpu", progress=False))
+            image_size=image_size, device="cpu", progress=False))
     store = Store(results)
     try:
         counts = [(c.idx, c.counts_select, c.counts_estimate,
@@ -139,7 +139,8 @@ def _smoke_run(entry, registry_path, extra, ds: str, sigma: float | None, data_d
     return result, counts
 
 
-def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir) -> str:
+def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir, *,
+          image_size: int | None = None) -> str:
     """Certify two images with a tiny N through the real runner, again after another global
     torch seed and at another batch size (same counts required); describe what came out."""
     from bench.errors import ConfigError, DataError, ModelError
@@ -147,7 +148,7 @@ def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir
     ds, sigma = smoke_target(entry, dataset)
     where = f"methods.{entry.name}"
     with tempfile.TemporaryDirectory(prefix="certbench-validate-") as tmp:
-        args = (entry, registry_path, extra, ds, sigma, data_dir, models_dir)
+        args = (entry, registry_path, extra, ds, sigma, data_dir, models_dir, image_size)
         try:
             result, counts = _smoke_run(*args, Path(tmp) / "smoke", batch=SMOKE_BATCHES[0],
                                         torch_seed=SMOKE_TORCH_SEEDS[0])
@@ -185,7 +186,7 @@ def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir
 
 
 def validate_method(registry, name: str, registry_path, extra, dataset, smoke_run: bool,
-                    data_dir, models_dir) -> MethodReport:
+                    data_dir, models_dir, image_size: int | None = None) -> MethodReport:
     entry = registry.method(name)
     if entry.reported_only:
         return MethodReport(name, True, f"reported-only, no adapter (cannot be run or smoke "
@@ -203,7 +204,11 @@ def validate_method(registry, name: str, registry_path, extra, dataset, smoke_ru
         if entry.reported:
             parts.append(f"{len(entry.reported)} reported rows")
         if smoke_run:
-            parts.append(smoke(entry, registry_path, extra, dataset, data_dir, models_dir))
+            parts.append(smoke(entry, registry_path, extra, dataset, data_dir, models_dir,
+                               image_size=image_size))
+            if parts[-1].startswith("smoke NOT RUN"):  # unverified is not OK
+                return MethodReport(name, False, "; ".join(parts) + "; pass --data-dir or "
+                                    "--models-dir, or --no-smoke to skip the smoke run knowingly")
     except CertbenchError as exc:
         return MethodReport(name, False, str(exc))
     except Exception as exc:  # an adapter bug must be reported, not crash the whole report
@@ -214,7 +219,8 @@ def validate_method(registry, name: str, registry_path, extra, dataset, smoke_ru
 
 def validate(registry_path: str | Path | None = None, *, extra: Iterable[str | Path] = (),
              methods: Sequence[str] = (), dataset: str | None = None, smoke: bool = True,
-             data_dir: Path | None = None, models_dir: Path | None = None) -> Report:
+             data_dir: Path | None = None, models_dir: Path | None = None,
+             image_size: int | None = None) -> Report:
     """Validate the chosen methods (default: those of the extra files, else all)."""
     from bench import datasets
     from bench.registry import load_registry
@@ -239,5 +245,5 @@ def validate(registry_path: str | Path | None = None, *, extra: Iterable[str | P
     report = Report()
     for name in names:
         report.methods.append(validate_method(registry, name, registry_path, extra, dataset,
-                                              smoke, data_dir, models_dir))
+                                              smoke, data_dir, models_dir, image_size))
     return report

@@ -157,3 +157,32 @@ def test_max_radius_agrees_with_constant_certificate():
 def test_rejects_inputs_outside_the_pixel_contract(bad, needle):
     with pytest.raises(ValueError, match=needle):
         Smooth(ConstantClassifier(0, 10), 10, 0.25).certify(bad, 10, 100, 0.001, 50)
+
+
+def test_without_index_every_call_draws_fresh_noise_and_index_pins_it():
+    """Cohen's interface: calls without ``index=`` never share a stream (a loop over images
+    would otherwise correlate their noise); ``torch.manual_seed`` reproduces them; ``seed=``
+    with ``index=`` is reproducible whatever ran before."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, z):
+            seen.append(z.clone())
+            return torch.zeros(z.shape[0], 10)
+
+    smooth = Smooth(Spy(), 10, 0.25)
+    x = torch.full(INFO.shape, 0.5)
+
+    def draws(**kw):
+        seen.clear()
+        smooth.certify(x, 5, 20, 0.001, 25, **kw)
+        return torch.cat(seen)
+
+    torch.manual_seed(0)
+    a, b = draws(), draws()
+    assert not torch.equal(a, b)
+    torch.manual_seed(0)
+    assert torch.equal(draws(), a)
+    assert torch.equal(draws(seed=3, index=7), draws(seed=3, index=7))
+    assert not torch.equal(draws(seed=3, index=7), draws(seed=3, index=8))
+    assert smooth.certify_record(x, 5, 20, 0.001, 25).idx == -1

@@ -148,3 +148,13 @@ def test_batch_coupling_and_global_rng_are_fail_lines(cli, tmp_path, monkeypatch
     assert unseeded.startswith("FAIL unseeded: methods.unseeded: counts change with the global "
                                "torch seed")
     assert "draws from the global RNG; use a seeded generator" in unseeded
+
+
+def test_a_smoke_run_that_could_not_run_is_not_ok(cli, tmp_path):
+    """No data here for the smoke certification: FAIL (exit 2) naming it, and no folders made."""
+    missing = tmp_path / "no-data"
+    code, _, err = cli("validate", "--method", "gaussian", "--dataset", "imagenet",
+                       "--data-dir", missing)
+    assert code == 2 and err.startswith("FAIL gaussian:") and "smoke NOT RUN" in err
+    assert "--no-smoke to skip the smoke run knowingly" in err
+    assert not missing.exists()

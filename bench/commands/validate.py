@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-smoke", action="store_true", help="skip the smoke certification")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image size of the smoke run (image-folder datasets)")
     common_registry(p)
 
 
@@ -32,7 +34,7 @@ def run(args) -> int:
 
     report = validate(args.registry, extra=args.extra_registry, methods=args.method,
                       dataset=args.dataset, smoke=not args.no_smoke, data_dir=args.data_dir,
-                      models_dir=args.models_dir)
+                      models_dir=args.models_dir, image_size=args.image_size)
     # A failing entry is a user mistake like any other: its line goes to stderr, exit 2.
     for line in report.lines():
         print(line, file=sys.stderr if line.startswith("FAIL") else sys.stdout)
