@@ -119,7 +119,10 @@ class RoleResolver:
         """The registry fields of ``name``, or fields inferred for a path, folder, Hub id or
         ``module:Class``."""
         if name in self.registry.models:
-            entry = dict(self.registry.models[name].fields)
+            model = self.registry.models[name]
+            entry = dict(model.fields)
+            # A module:callable arch is imported from beside the registry file naming it.
+            entry["registry_dir"] = str(Path(model.origin).expanduser().resolve().parent)
             if self.arch and entry.get("arch") and entry["arch"] != self.arch:
                 raise ConfigError(f"--arch {self.arch} contradicts model {name!r}'s arch "
                                   f"{entry['arch']}; drop --arch")

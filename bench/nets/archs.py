@@ -6,6 +6,9 @@ Names match the ``arch`` strings that Cohen et al.'s checkpoints declare (``cifa
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
 from typing import Protocol
 
 from torch import nn
@@ -57,10 +60,52 @@ ARCHITECTURES: dict[str, ArchBuilder] = {
 }
 
 
-def build_arch(name: str, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """A freshly initialised network of architecture ``name`` (no input layer)."""
-    builder = ARCHITECTURES.get(name)
+def build_arch(name: str, *, num_classes: int, in_channels: int, image_size: int,
+               search_dir: str | Path | None = None) -> nn.Module:
+    """A freshly initialised network of architecture ``name`` (no input layer).
+
+    ``name`` is a built-in architecture, or your own as ``module:callable``: a function (or
+    class) called as ``callable(num_classes=, in_channels=, image_size=)`` that returns an
+    ``nn.Module`` producing logits. The module is imported from ``search_dir`` first (the
+    folder of the registry file that names it), then from ``sys.path``.
+    """
+    if ":" in name:
+        builder = _user_builder(name, search_dir)
+    else:
+        builder = ARCHITECTURES.get(name)
     if builder is None:
         known = ", ".join(ARCHITECTURES)
-        raise ModelError(f"unknown architecture {name!r}; known: {known}")
-    return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        raise ModelError(f"unknown architecture {name!r}; known: {known}, or module:callable "
+                         "for your own")
+    try:
+        net = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    except TypeError as exc:
+        raise ModelError(f"architecture {name!r} must accept num_classes=, in_channels= and "
+                         f"image_size= keywords ({exc})") from exc
+    if not isinstance(net, nn.Module):
+        raise ModelError(f"architecture {name!r} returned {type(net).__name__}, not an "
+                         "nn.Module")
+    return net
+
+
+def _user_builder(spec: str, search_dir: str | Path | None) -> ArchBuilder:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"architecture {spec!r}: expected module:callable, e.g. my_nets:lenet")
+    added = None
+    if search_dir is not None:
+        added = str(Path(search_dir).resolve())
+        sys.path.insert(0, added)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        where = f"{search_dir} or " if search_dir is not None else ""
+        raise ModelError(f"architecture {spec!r}: cannot import {module_name!r} ({exc}); put "
+                         f"{module_name}.py in {where}a folder on PYTHONPATH") from exc
+    finally:
+        if added is not None:
+            sys.path.remove(added)
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise ModelError(f"architecture {spec!r}: {module_name} has no callable {attr!r}")
+    return builder

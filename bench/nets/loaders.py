@@ -94,12 +94,13 @@ def load_network(
     arch = _resolve_arch(name, path, entry.get("arch"), ckpt)
     channels, height, _ = dataset.shape
     try:
-        net = build_arch(arch, num_classes=num_classes, in_channels=channels, image_size=height)
+        net = build_arch(arch, num_classes=num_classes, in_channels=channels, image_size=height,
+                         search_dir=entry.get("registry_dir"))
     except (ModelError, ValueError) as exc:
         raise ModelError(f"model {name}: {exc}") from exc
     net.load_state_dict(_fit_state(name, path, arch, ckpt.state, net))
 
-    layer = _input_layer(layer_kind, dataset)
+    layer = _input_layer(layer_kind, dataset, entry.get("mean"), entry.get("std"))
     model = net if layer is None else nn.Sequential(layer, net)
     model.checkpoint_sha256 = sha256  # recorded in protocol cards
     return model.to(device).eval()
@@ -427,9 +428,13 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(d) for d in t.shape) + ")"
 
 
-def _input_layer(kind: str, dataset: DatasetInfo) -> nn.Module | None:
+def _input_layer(kind: str, dataset: DatasetInfo, mean=None, std=None) -> nn.Module | None:
+    """The normalization a network was trained with: the model entry's own ``mean``/``std``
+    when it has them (e.g. ImageNet statistics), else the dataset's."""
+    mean = dataset.mean if mean is None else tuple(float(v) for v in mean)
+    std = dataset.std if std is None else tuple(float(v) for v in std)
     if kind == "normalize":
-        return NormalizeLayer(dataset.mean, dataset.std)
+        return NormalizeLayer(mean, std)
     if kind == "center":
-        return InputCenterLayer(dataset.mean)
+        return InputCenterLayer(mean)
     return None
