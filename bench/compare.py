@@ -115,11 +115,13 @@ def format_table(rows: Sequence[Row], *, markdown: bool = False) -> str:
     """DiffSmooth Table 6's shape: certified accuracy per radius, ACR and cost per image."""
     if not rows:
         return "(no rows)"
-    radii = list(rows[0].summary.accuracy)
+    # The union of the runs' grids (--radii auto follows each run's N); "-" where a run has none.
+    radii = sorted(set().union(*(r.summary.accuracy for r in rows)))
     body = []
     for r in rows:
         s = r.summary
-        body.append([r.method, r.setting, *(100 * s.accuracy[k] for k in radii), s.acr,
+        body.append([r.method, r.setting,
+                     *(100 * s.accuracy[k] if k in s.accuracy else "-" for k in radii), s.acr,
                      s.max_certifiable_radius, s.diffusion_passes, s.classifier_passes,
                      s.seconds, s.images])
     # R max: the largest radius N and alpha allow at this sigma (smaller N, smaller R max).

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -256,3 +257,62 @@ def grid_for(name: str) -> tuple[float, ...]:
 def _radii(grid: tuple[float, float]) -> tuple[float, ...]:
     step, top = grid
     return tuple(round(i * step, 4) for i in range(round(top / step) + 1))
+
+
+# ----- a run's own radius grid (--radii) ---------------------------------------------------------
+MAX_RADII = 50  # points of a --radii grid
+AUTO_RADII = "auto"  # --radii auto: 0 up to the run's maximum certifiable radius
+AUTO_POINTS = 10  # at most this many points (0 included) on an auto grid
+_NICE = (1.0, 1.25, 2.0, 2.5, 5.0)  # step mantissas of an auto grid: ..., 0.1, 0.125, 0.2, ...
+
+
+def parse_radii(text: str) -> tuple[float, ...] | str:
+    """``--radii``: ``auto``, or comma-separated non-negative radii (returned sorted)."""
+    text = text.strip()
+    if text.lower() == AUTO_RADII:
+        return AUTO_RADII
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise ConfigError(f"--radii: {part.strip()!r} is not a number; expected radii such "
+                              "as 0,0.25,0.5 or 'auto'") from None
+    return check_radii(values)
+
+
+def check_radii(radii) -> tuple[float, ...] | str:
+    """A grid given as radii (or ``auto``): finite, non-negative, distinct, at most
+    :data:`MAX_RADII`; returned sorted ascending."""
+    if isinstance(radii, str):
+        if radii != AUTO_RADII:
+            return parse_radii(radii)
+        return radii
+    values = [float(r) for r in radii]
+    if not values:
+        raise ConfigError("--radii needs at least one radius (or 'auto')")
+    bad = [r for r in values if not math.isfinite(r) or r < 0]
+    if bad:
+        raise ConfigError(f"--radii must be finite and non-negative, got {bad[0]:g}")
+    if len(values) > MAX_RADII:
+        raise ConfigError(f"--radii takes at most {MAX_RADII} radii, got {len(values)}")
+    dupes = sorted({f"{r:g}" for r in values if values.count(r) > 1})
+    if dupes:
+        raise ConfigError(f"--radii lists {', '.join(dupes)} more than once")
+    return tuple(sorted(values))
+
+
+def auto_grid(max_radius: float, points: int = AUTO_POINTS) -> tuple[float, ...]:
+    """0 up to ``max_radius`` (never past it) in the smallest "nice" step (1, 1.25, 2, 2.5 or
+    5 times a power of ten) that needs at most ``points`` points."""
+    if not math.isfinite(max_radius) or max_radius <= 0:
+        return (0.0,)
+    exp = math.floor(math.log10(max_radius / (points - 1)))
+    for k in range(exp - 1, exp + 3):
+        for mantissa in _NICE:
+            step = mantissa * 10.0 ** k
+            count = math.floor(max_radius / step + 1e-9)
+            if count + 1 <= points:
+                grid = [round(i * step, 6) for i in range(count + 1)]
+                return tuple(r for r in grid if r <= max_radius)
+    return (0.0, round(max_radius, 6))  # unreachable: some step always fits

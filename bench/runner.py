@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench import budget, datasets, procedures
+from bench import budget, datasets, dataspecs, procedures, stats
 from bench.devices import environment, resolve_device
 from bench.errors import ConfigError
 from bench.executors import SerialExecutor
@@ -86,6 +86,9 @@ class RunOptions:
     # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
     budget: int | None = None
     procedure: str | None = None  # None: the method's own (Method.PROCEDURE, else cohen)
+    # The reporting grid: radii, "auto" (0 up to the run's maximum certifiable radius) or None
+    # (the dataset's grid). Recorded in the card's extra, never part of the run id.
+    radii: tuple[float, ...] | str | None = None
 
 
 @dataclass
@@ -126,6 +129,8 @@ def check_protocol(opts: RunOptions) -> None:
         raise ConfigError(f"--shard must be I/K with 0 <= I < K, got {i}/{k}")
     if opts.procedure is not None:
         procedures.get(opts.procedure)
+    if opts.radii is not None:
+        dataspecs.check_radii(opts.radii)
 
 
 def prepare(opts: RunOptions) -> Prepared:
@@ -311,7 +316,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "budget": b.card(),
         "cost_per_sample": {"classifier_passes": procedure.cost.classifier_passes,
                             "diffusion_passes": procedure.cost.diffusion_passes},
-        "radius_grid": list(datasets.radius_grid(opts.dataset)),
+        **radius_grid_fields(opts, procedure),
         "paper": dict(entry.paper),
         "environment": environment(device),
         "procedure": procedure.card(),
@@ -321,6 +326,37 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
     if described:  # e.g. a denoiser's timestep, DiffSmooth's sigma/sigma' pairing
         extra["base_classifier"] = _jsonable(described)
     return RunCard(identity=identity, extra=extra)
+
+
+def radius_grid_fields(opts: RunOptions, procedure: Procedure) -> dict[str, Any]:
+    """The card's ``radius_grid`` (and ``radius_grid_source`` when it is not the dataset's):
+    the dataset's grid, ``--radii`` as given, or ``auto``: 0 up to the run's maximum
+    certifiable radius (a procedure's own bound where it declares one, else Cohen's)."""
+    if opts.radii is None:
+        return {"radius_grid": list(datasets.radius_grid(opts.dataset))}
+    radii = dataspecs.check_radii(opts.radii)
+    if radii == dataspecs.AUTO_RADII:
+        top = (procedure.card() or {}).get("max_certifiable_radius")
+        if top is None:
+            top = stats.max_radius(opts.sigma, procedure.budget.n, opts.alpha)
+        return {"radius_grid": list(dataspecs.auto_grid(float(top))),
+                "radius_grid_source": "auto"}
+    return {"radius_grid": list(radii), "radius_grid_source": "--radii"}
+
+
+def _regrid(store: Store, run_id: str, card: RunCard) -> None:
+    """A resumed run asked for another grid (--radii): its stored card's grid becomes this one
+    (descriptive, like the budget; the identity and the certificates are unchanged)."""
+    stored = store.run_card(run_id)
+    keys = ("radius_grid", "radius_grid_source")
+    if all(stored.extra.get(k) == card.extra.get(k) for k in keys):
+        return
+    extra = {k: v for k, v in stored.extra.items() if k not in keys}
+    extra.update({k: card.extra[k] for k in keys if k in card.extra})
+    updated = RunCard(identity=stored.identity, extra=extra)
+    with store._write() as db:
+        db.execute("UPDATE runs SET card = ? WHERE run_id = ?",
+                   (json.dumps(updated.to_json(), sort_keys=True), run_id))
 
 
 def run(opts: RunOptions) -> RunResult:
@@ -345,6 +381,8 @@ def run(opts: RunOptions) -> RunResult:
                 raise
         if create is not None:  # nothing to certify (an empty shard), or others did it all
             run_id = store.open_run(prep.card)
+        if opts.radii is not None:
+            _regrid(store, run_id, prep.card)
         folder, summary = store.export(run_id, prep.indices)
         return RunResult(run_id=run_id, folder=folder, summary=summary, new_images=new)
     finally:

@@ -75,6 +75,9 @@ class Row:
     paper_url: str = ""  # the method's paper (registry), linked from reported rows
     tier: int | None = None  # a run's requested budget (bench.budget.tier); None: N x m
     config: str = ""  # what identifies the configuration besides sigma (seed, params, ...)
+    # A run reported on its own grid (--radii, auto) rather than the dataset's: its radii alone
+    # then make the table's columns (see grid_of).
+    own_grid: bool = False
     # idx -> (radius, correct) of each certified image (runs only): for the paired tests
     per_image: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False,
                                                     compare=False)
@@ -130,6 +133,7 @@ def row_from_summary(summary: RunSummary, description: str = "") -> Row:
         description=description, sample_key=summary.sample_key, tier=tier(card),
         config=canonical_json({k: ident.get(k) for k in ("seed", "params", "procedure")}),
         per_image=dict(summary.per_image),
+        own_grid=card.extra.get("radius_grid_source", "dataset") != "dataset",
     )
 
 
@@ -237,9 +241,13 @@ def _group_order(row: Row) -> tuple[Any, ...]:
 
 
 def grid_of(rows: Iterable[Row], dataset: str | None = None) -> list[float]:
-    """The dataset grid, plus any radius a reported row gives beyond it."""
+    """The union of the rows' radii: the dataset grid (unless every row is a run on a grid of
+    its own), plus every radius a row gives beyond it; a row without a value at one of them
+    shows "-" there."""
     rows = list(rows)
-    radii = set(grid_for(dataset or (rows[0].dataset if rows else "digits")))
+    radii: set[float] = set()
+    if not rows or not all(row.own_grid for row in rows):
+        radii.update(grid_for(dataset or (rows[0].dataset if rows else "digits")))
     for row in rows:
         radii.update(row.accuracy)
     return sorted(radii)

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from bench.dataspecs import parse_radii
 from bench.errors import ConfigError
 
 
@@ -80,6 +81,11 @@ def certification_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--procedure", default=None,
                    help="certification procedure (default: the method's own; cohen = CERTIFY "
                         "with fixed N0 and N, cascade = multi-scale)")
+    p.add_argument("--radii", default=None, metavar="R1,R2,...|auto",
+                   help="radii to report certified accuracy at: comma-separated non-negative "
+                        "values (at most 50), or 'auto' for 0 up to the run's maximum "
+                        "certifiable radius in nice steps (default: the dataset's grid; the "
+                        "grid is recorded in the card, not part of the run id)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     common_registry(p)
 
@@ -93,4 +99,5 @@ def certification_fields(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": args.data_dir, "models_dir": args.models_dir, "registry": args.registry,
         "extra_registries": tuple(args.extra_registry), "params": params_dict(args.param),
         "progress": not args.quiet, "procedure": args.procedure,
+        "radii": None if args.radii is None else parse_radii(args.radii),
     }

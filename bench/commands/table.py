@@ -29,11 +29,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.dataspecs import grid_for
     from bench.errors import ConfigError
     from bench.registry import load_registry
     from bench.store import DB_NAME, Store
-    from bench.table import collect_rows, render
+    from bench.table import collect_rows, grid_of, render
 
     registry = load_registry(args.registry, extra=args.extra_registry)
     # Reading never creates a store: without one, only the registry's numbers are shown.
@@ -48,7 +47,7 @@ def run(args) -> int:
         raise ConfigError(f"no runs or reported numbers for dataset {args.dataset!r}"
                           + (f" at budget {args.budget:,}" if args.budget else "")
                           + f" in {args.results}; run 'python -m bench run' first")
-    grid = sorted(set(grid_for(args.dataset)).union(*(r.accuracy for r in rows)))
+    grid = grid_of(rows, args.dataset)  # each run's own grid; the union of them all
     text = render(rows, args.format, grid, ci=not args.no_ci)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
