@@ -353,10 +353,7 @@ def _regrid(store: Store, run_id: str, card: RunCard) -> None:
         return
     extra = {k: v for k, v in stored.extra.items() if k not in keys}
     extra.update({k: card.extra[k] for k in keys if k in card.extra})
-    updated = RunCard(identity=stored.identity, extra=extra)
-    with store._write() as db:
-        db.execute("UPDATE runs SET card = ? WHERE run_id = ?",
-                   (json.dumps(updated.to_json(), sort_keys=True), run_id))
+    store.update_card(run_id, RunCard(identity=stored.identity, extra=extra))
 
 
 def run(opts: RunOptions) -> RunResult:

@@ -125,12 +125,8 @@ class Smooth:
         seed, index = _resolve_stream(seed, generator, index)
         start = time.perf_counter()
         x = self._prepare(x)
-        c0 = self.sample_counts(x, n0, batch_size, seed=seed, index=index, phase=PHASE_SELECT)
-        # Selection on the device; estimation uses an independent noise stream.
-        c1 = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_ESTIMATE)
-        both = torch.stack([c0, c1]).cpu().tolist()  # the one host sync of this image
-        counts_select = self._checked(both[0], index)
-        counts_estimate = self._checked(both[1], index)
+        counts_select, counts_estimate = self.select_and_estimate(
+            x, n0, n, batch_size, seed=seed, index=index)
         top = int(np.argmax(counts_select))
         count = counts_estimate[top]
         prediction, radius, p_lower = stats.certify_decision(top, count, n, alpha, self.sigma)
@@ -142,6 +138,18 @@ class Smooth:
             diffusion_passes=samples * self.cost.diffusion_passes,
             seconds=time.perf_counter() - start, idx=image,
         )
+
+    def select_and_estimate(self, x: torch.Tensor, n0: int, n: int, batch_size: int, *,
+                            seed: int, index: int,
+                            phases: tuple[int, int] = (PHASE_SELECT, PHASE_ESTIMATE)
+                            ) -> tuple[list[int], list[int]]:
+        """Selection (n0) and estimation (n) counts from two independent streams (``phases``;
+        a multi-stage procedure gives each stage its own pair), checked for invalid outputs,
+        with one host sync. ``x`` is an already checked image."""
+        c0 = self.sample_counts(x, n0, batch_size, seed=seed, index=index, phase=phases[0])
+        c1 = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=phases[1])
+        both = torch.stack([c0, c1]).cpu().tolist()  # the one host sync of this image (stage)
+        return self._checked(both[0], index), self._checked(both[1], index)
 
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, seed: int, index: int,
                       phase: int) -> torch.Tensor:

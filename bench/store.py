@@ -85,6 +85,21 @@ CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner)
 """
 
 
+def _enable_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Switch to WAL. Two processes creating one store at the same instant can make SQLite
+    report "database is locked" here at once, without its busy timeout (the switch needs an
+    exclusive lock): retry until ``wait_s`` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05 + 0.05 * secrets.randbelow(4))
+
+
 class Store:
     """A results folder: ``<root>/certbench.sqlite`` plus ``<root>/runs/<run>/`` exports."""
 
@@ -94,7 +109,7 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.root / DB_NAME, timeout=30)
             self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(self.db)
             self.db.execute("PRAGMA synchronous=NORMAL")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
@@ -185,6 +200,15 @@ class Store:
         row = self.db.execute("SELECT card FROM runs WHERE run_id = ?",
                               (card.run_id,)).fetchone()
         _check_identity(card.run_id, row["card"], card)
+
+    def update_card(self, run_id: str, card: RunCard) -> None:
+        """Replace a stored run's card by one with the same identity (its descriptive fields,
+        e.g. the radius grid a resumed run asked for, change; the run id never does)."""
+        if self.run_card(run_id).identity != card.identity:
+            raise StoreError(f"run {run_id} exists with a different protocol card")
+        with self._write() as db:
+            db.execute("UPDATE runs SET card = ? WHERE run_id = ?",
+                       (json.dumps(card.to_json(), sort_keys=True), run_id))
 
     def run_card(self, run_id: str) -> RunCard:
         row = self.db.execute("SELECT card FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -190,8 +190,9 @@ def collect_rows(store: Store | None, registry=None, dataset: str | None = None,
     descriptions = {m.name: m.description for m in registry.methods.values()} if registry else {}
     rows = rows_from_store(store, dataset, descriptions) if store is not None else []
     if registry is not None:
-        rows = [replace(r, setting=non_default_params(r, registry)) if not r.setting else r
-                for r in rows]
+        defaults: dict[tuple[str, str], dict[str, Any] | None] = {}  # one adapter per method
+        rows = [replace(r, setting=non_default_params(r, registry, defaults))
+                if not r.setting else r for r in rows]
         if reported:
             rows += rows_from_registry(registry, dataset)
     if budget is not None:
@@ -199,14 +200,22 @@ def collect_rows(store: Store | None, registry=None, dataset: str | None = None,
     return rows
 
 
-def non_default_params(row: Row, registry) -> str:
+def non_default_params(row: Row, registry,
+                       cache: dict[tuple[str, str], dict[str, Any] | None] | None = None) -> str:
     """A stored run's params that differ from its registry entry's for that dataset
-    (``variant=ap``, ``denoiser=digits-ddpm``): what tells two runs of one method apart."""
-    try:
-        params = json.loads(row.config).get("params") or {}
-        defaults = registry.method(row.method).instantiate(row.dataset).params
-    except Exception:  # noqa: BLE001 - a run of a method no longer registered: show nothing
+    (``variant=ap``, ``denoiser=digits-ddpm``): what tells two runs of one method apart.
+    ``cache`` keeps each (method, dataset)'s bound defaults across rows."""
+    cache = {} if cache is None else cache
+    key = (row.method, row.dataset)
+    if key not in cache:
+        try:
+            cache[key] = registry.method(row.method).instantiate(row.dataset).params
+        except Exception:  # noqa: BLE001 - a run of a method no longer registered: show nothing
+            cache[key] = None
+    defaults = cache[key]
+    if defaults is None:
         return ""
+    params = json.loads(row.config).get("params") or {}
     return ", ".join(f"{k}={_param_text(v)}" for k, v in sorted(params.items())
                      if k in defaults and _jsonable(defaults[k]) != v)
 

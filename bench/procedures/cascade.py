@@ -192,12 +192,8 @@ class Cascade:
         prediction, radius, outcome = ABSTAIN, 0.0, ""
         for k, (sigma, smooth, lv) in enumerate(zip(self.scales, self.smooths, self.levels,
                                                      strict=True)):
-            select, estimate = stage_phases(k)
-            c0 = smooth.sample_counts(x, b.n0, s.batch, seed=s.seed, index=idx, phase=select)
-            c1 = smooth.sample_counts(x, b.n, s.batch, seed=s.seed, index=idx, phase=estimate)
-            both = torch.stack([c0, c1]).cpu().tolist()  # one host sync per stage
-            counts_select, counts_estimate = smooth._checked(both[0], idx), \
-                smooth._checked(both[1], idx)
+            counts_select, counts_estimate = smooth.select_and_estimate(
+                x, b.n0, b.n, s.batch, seed=s.seed, index=idx, phases=stage_phases(k))
             top = int(np.argmax(counts_select))
             count = counts_estimate[top]
             p_lower = stats.cp_lower(count, b.n, lv.lower)

@@ -18,6 +18,7 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,30 +55,50 @@ def build_unet(shape: tuple[int, int, int]):
 
 def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
     """Fit the UNet with the epsilon objective; write the diffusers folder + card."""
+    info = ctx.dataset
+    torch.manual_seed(ctx.seed)
+    unet = build_unet(info.shape)
+    card = {"method": "ddpm", "arch": "diffusers-unet2d", "dataset": info.name,
+            "sigma": ctx.sigma,  # only the noise level of the card's denoised-accuracy check
+            "objective": "epsilon MSE, t ~ U{0..T-1}"}
+    return fit_ddpm(ctx, unet, name=ctx.name or f"{info.name}-ddpm", defaults=TRAIN_DEFAULTS,
+                    desc=f"ddpm {info.name}", card=card,
+                    evaluate=lambda ema, abar: _denoised_accuracy(ema, ctx))
+
+
+def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], desc: str,
+             card: dict[str, Any], labels: torch.Tensor | None = None,
+             identity: dict[str, Any] | None = None,
+             evaluate: Callable[[Any, torch.Tensor], dict[str, Any]] | None = None
+             ) -> dict[str, Any]:
+    """The DDPM training loop every diffusion trainer shares: epsilon MSE with t ~ U{0..T-1}
+    on ``ctx.train`` (``class_labels=labels[batch]`` when given: a class-conditional UNet),
+    AdamW with a one-cycle schedule, an EMA of the weights, a per-epoch checkpoint in
+    ``<out>/<name>.partial/`` (resumed when ``identity`` matches), then the EMA saved as a
+    diffusers folder with ``card`` (plus the training record and ``evaluate(ema, abar)``)."""
     from diffusers import DDPMScheduler
 
-    info = ctx.dataset
-    opts = {k: ctx.options.get(k) or v for k, v in TRAIN_DEFAULTS.items()}
-    name = ctx.name or f"{info.name}-ddpm"
+    opts = {k: ctx.options.get(k) or v for k, v in defaults.items()}
     out = Path(ctx.out_dir) / name
     partial = Path(ctx.out_dir) / f"{name}.partial"
     device = ctx.device
     scheduler = DDPMScheduler(**SCHEDULE)
     abar = scheduler.alphas_cumprod.to(device)
 
-    torch.manual_seed(ctx.seed)
-    unet = build_unet(info.shape).to(device)
+    unet = unet.to(device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     x_train = ctx.train[0].to(device) * 2 - 1  # the model lives in [-1, 1]
+    if labels is not None:
+        labels = labels.to(device).long()
     steps_per_epoch = -(-len(x_train) // opts["batch"])
     opt = torch.optim.AdamW(unet.parameters(), lr=opts["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts["lr"], pct_start=0.05,
                                                 total_steps=opts["epochs"] * steps_per_epoch)
     shuffle = torch.Generator().manual_seed(ctx.seed)
     noise_gen = torch.Generator(device=device).manual_seed(ctx.seed + 1)
-    state = {"epoch": 0, "seconds": 0.0, "losses": []}
-    identity = {"seed": ctx.seed, **opts, "unet": {k: list(v) if isinstance(v, tuple) else v
-                                                   for k, v in UNET_CONFIG.items()}}
+    state: dict[str, Any] = {"epoch": 0, "seconds": 0.0, "losses": []}
+    unet_config = {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()}
+    identity = {"seed": ctx.seed, **opts, **(identity or {}), "unet": unet_config}
     ckpt_path = partial / "checkpoint.pt"
     if ckpt_path.is_file():
         saved = load_training_checkpoint(ckpt_path, device)
@@ -92,7 +113,7 @@ def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
         noise_gen.set_state(saved["noise"])
         state = saved["state"]
 
-    bar = tqdm(range(state["epoch"], opts["epochs"]), desc=f"ddpm {info.name}", unit="epoch",
+    bar = tqdm(range(state["epoch"], opts["epochs"]), desc=desc, unit="epoch",
                disable=not ctx.progress, dynamic_ncols=True, initial=state["epoch"],
                total=opts["epochs"])
     for epoch in bar:
@@ -101,12 +122,14 @@ def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
         order = torch.randperm(len(x_train), generator=shuffle).to(device)
         total = torch.zeros((), device=device)
         for i in range(0, len(x_train), opts["batch"]):
-            x0 = x_train[order[i : i + opts["batch"]]]
+            idx = order[i : i + opts["batch"]]
+            x0 = x_train[idx]
             t = torch.randint(0, len(abar), (len(x0),), generator=noise_gen, device=device)
             eps = torch.randn(x0.shape, generator=noise_gen, device=device)
             a = abar[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-            loss = torch.nn.functional.mse_loss(unet(xt, t).sample, eps)
+            cond = {} if labels is None else {"class_labels": labels[idx]}
+            loss = torch.nn.functional.mse_loss(unet(xt, t, **cond).sample, eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -133,9 +156,7 @@ def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
     ema.save_pretrained(tmp_out / "unet", safe_serialization=True)
     scheduler.save_config(tmp_out / "scheduler")
     card = {
-        "name": name, "method": "ddpm", "arch": "diffusers-unet2d", "dataset": info.name,
-        "sigma": ctx.sigma,  # only the noise level of the card's denoised-accuracy check
-        "objective": "epsilon MSE, t ~ U{0..T-1}", "schedule": SCHEDULE, "unet": identity["unet"],
+        "name": name, **card, "schedule": SCHEDULE, "unet": unet_config,
         "parameters": sum(p.numel() for p in ema.parameters()), "ema_decay": EMA_DECAY,
         "epochs": opts["epochs"], "batch": opts["batch"], "lr": opts["lr"],
         "optimizer": "AdamW, one-cycle schedule", "seed": ctx.seed,
@@ -145,7 +166,8 @@ def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
         "torch": torch.__version__, "python": platform.python_version(),
         "command": ctx.command,
     }
-    card.update(_denoised_accuracy(ema, ctx))
+    if evaluate is not None:
+        card.update(evaluate(ema, abar.cpu()))
     (tmp_out / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp_out.replace(out)
