@@ -40,6 +40,7 @@ from bench.dataspecs import (  # noqa: F401  re-exported: callers use bench.data
     subset_names,
 )
 from bench.errors import ConfigError, DataError
+from bench.imagefolder import ModelFacts, Tree
 
 if TYPE_CHECKING:  # torchvision and scikit-learn are imported where used: they cost ~2 s each
     from torchvision.datasets import ImageFolder
@@ -173,20 +174,83 @@ class _FolderDataset(CertDataset):
         yield "\n".join(paths).encode()
 
 
+class TreeDataset(CertDataset):
+    """A class-folder tree (:class:`bench.imagefolder.Tree`) read lazily: each image converted
+    to the model's channels, resized (shorter side) and center-cropped to its size."""
+
+    def __init__(self, info: DatasetInfo, split: str, tree: Tree):
+        super().__init__(info, split)
+        from torchvision import transforms
+
+        self.tree = tree
+        self.mode = "L" if info.shape[0] == 1 else "RGB"
+        size = info.shape[-1]
+        self.transform = transforms.Compose(
+            [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.tree.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        sample = self.tree.samples[index]
+        try:
+            with Image.open(sample.path) as img:
+                x = self.transform(img.convert(self.mode))
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"{self.info.name} image {index} ({sample.path}) cannot be read "
+                            f"({_first_line(err)}); replace or remove the file") from err
+        return x, sample.label
+
+    def path_of(self, index: int) -> str:
+        """The image's file, relative to the tree (the certs.tsv ``path`` column)."""
+        return self.tree.samples[index].relpath
+
+    def describe(self) -> dict:
+        """The run card's ``data`` block: the folder, how labels were read, the size fed."""
+        c, h, _ = self.info.shape
+        return {**self.tree.card(), "image_size": h, "channels": c,
+                "num_classes": self.info.num_classes}
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return self.tree.fingerprint(self.info.shape)
+
+    def _content(self) -> Iterator[bytes | memoryview]:  # pragma: no cover - fingerprint above
+        yield self.fingerprint.encode()
+
+
 # ----------------------------------------------------------------------------------------------
 # Public entry points
 
 
 def dataset_info(
-    name: str, *, data_dir: PathLike | None = None, image_size: int | None = None
+    name: str, *, data_dir: PathLike | None = None, image_size: int | None = None,
+    model: ModelFacts | None = None,
 ) -> DatasetInfo:
-    """Shape, classes and normalization statistics, without loading any images."""
+    """Shape, classes and normalization statistics (a class-folder tree is scanned: its
+    classes and sizes are in the files)."""
     entry = dataspecs.spec(name)
-    shape = entry.image_shape(image_size)  # a bad size is reported before a missing folder
-    classes = entry.num_classes
-    if classes is None:
-        classes = len(_folder_classes(name, _folder_root(name, data_dir)))
-    return DatasetInfo(name, shape, classes, entry.mean, entry.std)
+    if reads_tree(name):
+        return load_split(name, data_dir=data_dir, image_size=image_size, model=model,
+                          allow_resize=True).info
+    shape = entry.image_shape(image_size)
+    return DatasetInfo(name, shape, entry.num_classes, entry.mean, entry.std)
+
+
+def placeholder_info(name: str) -> DatasetInfo:
+    """The info of a fixed dataset, or a stand-in for a class-folder tree whose shape and
+    classes are known only once the model has said what it takes (names resolve meanwhile)."""
+    entry = dataspecs.spec(name)
+    if reads_tree(name) or entry.shape is None or entry.num_classes is None:
+        return DatasetInfo(name, (len(entry.mean), 1, 1), 1, entry.mean, entry.std)
+    return entry.info
+
+
+def reads_tree(name: str) -> bool:
+    """Whether ``name`` is a class-folder tree read to fit the model (imagefolder)."""
+    return dataspecs.spec(name).loader == "bench.datasets:load_imagefolder"
 
 
 def load_split(
@@ -195,17 +259,23 @@ def load_split(
     *,
     data_dir: PathLike | None = None,
     image_size: int | None = None,
+    model: ModelFacts | None = None,
+    allow_resize: bool = False,
 ) -> CertDataset:
     """Load one split of a dataset; raises :class:`DataError` with the fix when data is missing.
 
     The spec's loader gets ``(info, split, root)``: root is ``--data-dir`` or the default data
-    dir.
+    dir. A class-folder tree (imagefolder) is read to fit ``model`` (its classes, channels
+    and image size; :func:`load_tree`).
     """
     entry = dataspecs.spec(name)
     if split not in entry.splits:
         raise ConfigError(
             f"dataset {name!r} has no split {split!r}; valid: {', '.join(entry.splits)}"
         )
+    if reads_tree(name):
+        return load_tree(name, _folder_root(name, data_dir), model=model,
+                         image_size=image_size, allow_resize=allow_resize)
     info = dataset_info(name, data_dir=data_dir, image_size=image_size)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     return _loader(entry)(info, split, root)
@@ -325,6 +395,9 @@ def load_idx(info: DatasetInfo, split: str, root: Path) -> CertDataset:
 def load_cifar10(info: DatasetInfo, split: str, root: Path) -> CertDataset:
     from torchvision import datasets
 
+    tree = _cifar10_tree(root, split)
+    if tree is not None:
+        return load_cifar10_tree(info, split, tree)
     train = split == "train"
     try:
         cifar = datasets.CIFAR10(str(root), train=train, download=False)
@@ -342,13 +415,102 @@ def load_cifar10(info: DatasetInfo, split: str, root: Path) -> CertDataset:
     return MemoryDataset(info, split, raw, labels, scale=255.0)
 
 
+def _cifar10_tree(root: Path, split: str) -> Path | None:
+    """A class-folder copy of CIFAR-10 (``<root>/<split>/<class>/*.png``, or the test split
+    directly under ``root``), when there are no cifar-10-batches-py files to read."""
+    if (root / "cifar-10-batches-py").is_dir():
+        return None
+    names = set(dataspecs.spec("cifar10").class_names or ()) | {str(i) for i in range(10)}
+    for candidate in (root / split, root if split == "test" else None):
+        if candidate is not None and candidate.is_dir() and any(
+                e.is_dir() and e.name in names for e in os.scandir(candidate)):
+            return candidate
+    return None
+
+
+def load_cifar10_tree(info: DatasetInfo, split: str, root: Path) -> MemoryDataset:
+    """CIFAR-10 as class folders of PNG/JPEG files (class names or indices as folder names).
+
+    Files named by their index in the split (``0.png`` ... ``9999.png``, in any class folder)
+    are put in that order, so every named subset (cohen500, ...) picks the same images as the
+    original batches, and lossless files give the same fingerprint, hence the same run ids.
+    Otherwise the order is class, then file name, and the card's fingerprint says it differs.
+    """
+    from PIL import Image
+
+    from bench import imagefolder as F
+
+    spec_ = dataspecs.spec("cifar10")
+    folders = F.class_folders(root, "cifar10")
+    mapping, _, _, _ = F.label_map(folders, root, num_classes=10, name="cifar10",
+                                   class_lists=[("cifar10 class names", spec_.class_names)])
+    samples = F.scan(root, mapping, name="cifar10")
+    stems = [s.path.stem for s in samples]
+    if all(stem.isdigit() for stem in stems) and len({int(v) for v in stems}) == len(stems):
+        samples = sorted(samples, key=lambda s: int(s.path.stem))
+    wrong = next((s for s in samples if s.size != (32, 32)), None)
+    if wrong is not None:
+        raise DataError(f"cifar10: {root / wrong.relpath} is {wrong.size[0]}x{wrong.size[1]}, "
+                        "not 32x32; use --dataset imagefolder for other images")
+    raw = np.empty((len(samples), 32, 32, 3), dtype=np.uint8)
+    for i, sample in enumerate(samples):
+        with Image.open(sample.path) as img:
+            raw[i] = np.asarray(img.convert("RGB"))
+    labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
+    return MemoryDataset(info, split, torch.from_numpy(raw).permute(0, 3, 1, 2), labels,
+                         scale=255.0)
+
+
 def load_imagenet(info: DatasetInfo, split: str, root: Path) -> CertDataset:
     return _load_folder(info, _imagenet_root(root), resize=256, crop=224)
 
 
 def load_imagefolder(info: DatasetInfo, split: str, root: Path) -> CertDataset:
-    size = info.shape[-1]
-    return _load_folder(info, root, resize=size, crop=size)
+    """The spec's loader (kept for callers with an info): the tree read at ``info``'s shape."""
+    return load_tree(info.name, root, image_size=info.shape[-1],
+                     model=ModelFacts(channels=info.shape[0]), allow_resize=True)
+
+
+def load_tree(name: str, root: Path, *, model: ModelFacts | None = None,
+              image_size: int | None = None, allow_resize: bool = False) -> TreeDataset:
+    """A class-folder tree read to fit ``model``: labels from folder names
+    (:func:`bench.imagefolder.label_map`), the model's class count, channels (else grayscale
+    when every image is) and image size (else ``--image-size``, else the size of the dataset
+    the model was trained on, else the images' own size when all share it)."""
+    from bench import imagefolder as F
+
+    if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
+        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+    model = model or ModelFacts()
+    trained = dataspecs.DATASETS.get(model.dataset or "")
+    if trained is not None and (trained.shape is None or trained.name == name):
+        trained = None
+    folders = F.class_folders(root, name)
+    lists = [(f"model {model.name}'s classes", model.classes),
+             (str(root / F.CLASSES_FILE), F.read_class_list(root)),
+             (f"{trained.name} class names" if trained else "",
+              trained.class_names if trained else None)]
+    num_classes = model.num_classes or (trained.num_classes if trained else None)
+    mapping, source, names, count = F.label_map(folders, root, class_lists=lists,
+                                                num_classes=num_classes, name=name)
+    samples = F.scan(root, mapping, name=name)
+    tree = F.Tree(root=root, samples=samples, classes_from=source, class_names=names,
+                  num_classes=count, folders=tuple(folders))
+    size = (image_size or model.image_size or (trained.shape[-1] if trained else None)
+            or tree.uniform_size)
+    if size is None:
+        raise ConfigError(
+            f"{name}: the images in {root} differ in size and nothing says which size the "
+            "model takes; set image_size in the model entry or pass --image-size")
+    F.check_resize(samples, size, allow=allow_resize, name=name)
+    channels = model.channels or (trained.shape[0] if trained else None) \
+        or (1 if tree.grayscale else 3)
+    spec_ = dataspecs.spec(name)
+    mean, std = spec_.mean, spec_.std
+    if channels != len(mean):  # one channel: the channels' average statistics
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    info = DatasetInfo(name, (channels, size, size), count, tuple(mean), tuple(std))
+    return TreeDataset(info, "test", tree)
 
 
 def _imagenet_root(root: Path) -> Path:

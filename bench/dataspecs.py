@@ -86,6 +86,9 @@ class DatasetSpec:
     # Augmentation of the field's reference training recipes ("crop-flip" on CIFAR-10); a
     # dataset with one trains with --recipe reference by default.
     reference_augment: str = "none"
+    # Class names in label order, when the dataset has them: a class-folder copy of it (and
+    # an imagefolder certified with a model trained on it) reads labels from folder names.
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if ":" not in self.loader:
@@ -156,9 +159,12 @@ DATASETS: dict[str, DatasetSpec] = {
             "cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
             (0.25, 2.25), "bench.datasets:load_cifar10", default_arch="cifar_resnet110",
             reference_augment="crop-flip",
+            class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                         "horse", "ship", "truck"),
             subsets={"cohen500": range(0, 10_000, 20), "macer500": range(500, 1000),
                      "first512": range(512)},
-            description="torchvision CIFAR10 (cifar-10-batches-py), or download",
+            description="torchvision CIFAR10 (cifar-10-batches-py), a class-folder tree of "
+                        "PNG/JPEG files, or download",
         ),
         DatasetSpec(
             "imagenet", (3, 224, 224), 1000, **_IMAGENET, grid=(0.5, 3.0),
@@ -169,7 +175,8 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "imagefolder", None, None, **_IMAGENET, grid=(0.5, 3.0),
             loader="bench.datasets:load_imagefolder", splits=("test",),
-            description="any class-folder tree (--data-dir); Resize and crop to --image-size",
+            description="any class-folder tree (--data-dir), labels from folder names, size "
+                        "and channels from the model",
         ),
     )
 }

@@ -2,31 +2,77 @@
 
 An executor never changes a certificate (every random draw is seeded by run seed, image
 index and phase), so a run's results are the same whichever executor, shard or resume
-produced them. Today: :class:`SerialExecutor`, one process on one device. Shards, a
-distributed engine or a GPU pipeline plug in here without editing the runner.
+produced them. :class:`SerialExecutor` certifies in this process on one device;
+:class:`bench.distributed.RayExecutor` (``--executor ray``) on Ray actors, one per device,
+imported only when asked for (the core never imports ray). :func:`make_executor` picks one
+from the run's options.
 
 The runner hands an executor a lazy iterable of indices: images are claimed in the store as
 they are asked for (so processes on one run share them), and the runner commits each
-certificate before asking for the next. An executor should pull an index only when it is
-about to certify it; one that reads ahead holds claims it has not started on.
+certificate as it is yielded. An executor should pull an index only when it is about to
+certify it; one that reads ahead holds claims it has not started on. An executor that keeps
+several images in flight sets ``polls = True``: it is then handed :func:`polled_indices`,
+which yields ``None`` instead of waiting when every image left is held by another process,
+so it can hand over its finished certificates meanwhile (two such processes on one run would
+otherwise each wait for images the other has certified but not yet committed).
+
+The runner closes the iterator :meth:`Executor.certify` returns (``contextlib.closing``) when
+it stops early, so an executor releases what it started (workers, a cluster) in its
+``finally``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from bench.datasets import CertDataset
 from bench.devices import describe_device
+from bench.errors import ConfigError
 from bench.procedures import Procedure
 from bench.records import Certificate
+
+if TYPE_CHECKING:
+    from bench.store import ClaimSession
+
+EXECUTORS = ("serial", "ray")
 
 
 class Executor(Protocol):
     def certify(self, indices: Iterable[int]) -> Iterator[Certificate]: ...
+
+
+def check_executor_options(executor: str, address: str | None = None,
+                           workers: int | None = None) -> None:
+    """The run's executor options, checked before anything is loaded: a known executor,
+    ``--address``/``--workers`` only with ``ray``, and Ray importable when asked for."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown --executor {executor!r}; use {' or '.join(EXECUTORS)}")
+    if executor != "ray":
+        given = [name for name, value in (("--address", address), ("--workers", workers))
+                 if value is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} only apply to --executor ray")
+        return
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    from bench.distributed import import_ray
+
+    import_ray()
+
+
+def make_executor(prep: Any) -> Executor:
+    """The executor a prepared run (:class:`bench.runner.Prepared`) asks for."""
+    opts = prep.opts
+    check_executor_options(opts.executor, opts.address, opts.workers)
+    if opts.executor == "ray":
+        from bench.distributed import RayExecutor
+
+        return RayExecutor(prep, address=opts.address, workers=opts.workers)
+    return SerialExecutor(prep.procedure, prep.dataset, prep.device)
 
 
 class SerialExecutor:
@@ -40,6 +86,36 @@ class SerialExecutor:
         """Certify the images one at a time, pulling the next index only after the last
         certificate was taken."""
         for idx in indices:
-            x, label = self.dataset[idx]
-            cert = self.procedure.certify(x.to(self.device), idx, int(label))
-            yield replace(cert, device=self.device_name)
+            yield self.certify_one(idx)
+
+    def certify_one(self, idx: int) -> Certificate:
+        x, label = self.dataset[idx]
+        cert = self.procedure.certify(x.to(self.device), idx, int(label))
+        path_of = getattr(self.dataset, "path_of", None)  # a class-folder tree's file
+        return replace(cert, device=self.device_name,
+                       path=path_of(idx) if callable(path_of) else cert.path)
+
+
+def polled_indices(claims: ClaimSession, todo: Sequence[int], chunk: Callable[[], int], *,
+                   left: Callable[[int], None] | None = None,
+                   waiting: Callable[[int], None] | None = None) -> Iterator[int | None]:
+    """:func:`bench.runner.claimed_indices` for an executor with ``polls = True``: the same
+    claims, but where that waits for images another live process holds, this yields ``None``
+    (nothing claimable now; ask again after a while). Ends when every image is done."""
+    remaining = list(todo)
+    said = False
+    while remaining:
+        got = claims.take(remaining, chunk())
+        taken = set(got.claimed) | got.done
+        remaining = [idx for idx in remaining if idx not in taken]
+        if left is not None:
+            left(len(got.claimed) + len(remaining))
+        if got.claimed:
+            yield from got.claimed
+            continue
+        if not got.held:
+            return
+        if not said and waiting is not None:
+            waiting(len(got.held))
+            said = True
+        yield None

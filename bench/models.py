@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from bench.errors import ConfigError
+from bench.imagefolder import ModelFacts
 from bench.nets import load_network
 from bench.protocol import DatasetInfo, ModelRef
 from bench.registry import Registry
@@ -78,6 +79,14 @@ class RoleResolver:
         if role not in self.loaded:
             raise ConfigError(f"no {role} model has been loaded for this run")
         return self.loaded[role]
+
+    def facts(self) -> ModelFacts | None:
+        """What the classifier's entry says about its input (classes, channels, image size):
+        a class-folder tree is read to fit it. None for a method without a classifier."""
+        if PRIMARY_ROLE not in self.overrides and PRIMARY_ROLE not in self.config:
+            return None
+        name = self.name_for(PRIMARY_ROLE)
+        return ModelFacts.from_entry(name, self.entry(name))
 
     # ----- card records ---------------------------------------------------------------------
     def hashes(self) -> dict[str, str | None]:

@@ -64,11 +64,18 @@ class Certificate:
     # counted and bounded; empty for Cohen's single stage.
     outcome: str = ""
     stages: list[dict[str, Any]] = field(default_factory=list)
+    path: str = ""  # the image's file, relative to a class-folder tree; "" for other datasets
 
     @property
     def stage(self) -> int:
         """The stage that accepted (0 = the first visited), -1 when none did or no stages."""
         return next((s["stage"] for s in self.stages if s.get("decision") == "accept"), -1)
+
+    @property
+    def level(self) -> int:
+        """The grid level a sequential certificate reached (its stages' ``level``), -1 when
+        none or when the stages have no levels (Cohen's, the cascade's)."""
+        return max((int(s["level"]) for s in self.stages if "level" in s), default=-1)
 
     @property
     def correct(self) -> int:
@@ -88,6 +95,7 @@ class Certificate:
             "counts_select": list(self.counts_select),
             "counts_estimate": list(self.counts_estimate),
             "stage": self.stage, "outcome": self.outcome, "stages": list(self.stages),
+            "path": self.path,
         }
 
     @classmethod
@@ -106,6 +114,7 @@ class Certificate:
             idx=int(row["idx"]), label=int(row["label"]), device=str(row["device"]),
             outcome=str(row.get("outcome") or detail.get("outcome", "")),
             stages=list(row.get("stages") or detail.get("stages", [])),
+            path=str(row.get("path") or detail.get("path", "")),
         )
 
 
@@ -250,6 +259,8 @@ class RunSummary:
 def stage_tally(certs: Sequence[Certificate]) -> dict[str, Any] | None:
     """Per stage of a multi-stage procedure: images accepted there (by the stage's sigma),
     abstentions by reason, and the mean number of stages and noisy samples per image."""
+    if any("level" in s for c in certs for s in c.stages):
+        return sequential_tally(certs)
     staged = [c for c in certs if c.stages]
     if not staged:
         return None
@@ -267,6 +278,25 @@ def stage_tally(certs: Sequence[Certificate]) -> dict[str, Any] | None:
         "abstained": dict(sorted(abstained.items())),
         "mean_stages_visited": sum(len(c.stages) for c in staged) / len(staged),
         "mean_samples": sum(s["n0"] + s["n"] for c in staged for s in c.stages) / len(staged),
+    }
+
+
+def sequential_tally(certs: Sequence[Certificate]) -> dict[str, Any]:
+    """A sequential run: images per certified grid level, why they stopped, and the mean
+    number of looks and of noisy samples (N0 + estimation samples actually drawn) per image."""
+    levels: dict[str, int] = {}
+    stops: dict[str, int] = {}
+    for c in certs:
+        key = str(c.level) if c.level >= 0 else "none"
+        levels[key] = levels.get(key, 0) + 1
+        reason = c.stages[-1]["decision"] if c.stages else (c.outcome or "no estimation")
+        stops[reason] = stops.get(reason, 0) + 1
+    return {
+        "certified_at_level": dict(sorted(levels.items(), key=lambda kv: (kv[0] == "none",
+                                                                          kv[0].zfill(4)))),
+        "stopped": dict(sorted(stops.items())),
+        "mean_looks": sum(len(c.stages) for c in certs) / max(1, len(certs)),
+        "mean_samples": sum(c.n0 + c.n for c in certs) / max(1, len(certs)),
     }
 
 

@@ -30,6 +30,7 @@ MODEL_FIELDS = {
     "arch": str, "source": str, "path": str, "sha256": str, "dataset": str, "input_layer": str,
     "sigma": (int, float), "trained_by": str, "num_classes": int, "url": str,
     "description": str, "trained_with": str, "image_size": int, "mean": list, "std": list,
+    "channels": int, "classes": list,
 }
 METHOD_FIELDS = {
     "adapter": str, "description": str, "paper": dict, "params": dict, "datasets": dict,
@@ -255,6 +256,15 @@ def _validate_model(where: str, name: str, data: Any) -> ModelEntry:
     if "image_size" in data and data["image_size"] < 1:
         raise ConfigError(f"{where}.image_size: expected a positive size, got "
                           f"{data['image_size']!r}")
+    if data.get("channels", 3) not in (1, 3):
+        raise ConfigError(f"{where}.channels: expected 1 or 3, got {data['channels']!r}")
+    classes = data.get("classes")
+    if classes is not None and (not classes or len(set(map(str, classes))) != len(classes)):
+        raise ConfigError(f"{where}.classes: expected the class names in label order, each "
+                          f"once, got {classes!r}")
+    if classes is not None and data.get("num_classes", len(classes)) != len(classes):
+        raise ConfigError(f"{where}.classes: lists {len(classes)} classes but num_classes is "
+                          f"{data['num_classes']}")
     if "sigma" in data:  # the noise it was trained at; 0 for a clean model
         check_sigma(data["sigma"], f"{where}.sigma", allow_zero=True)
     return ModelEntry(name=name, fields=dict(data), origin=where.split(":")[0])

@@ -23,6 +23,7 @@ estimate is rough) stops the run with one line asking for a smaller ``--batch``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -39,7 +40,7 @@ from tqdm import tqdm
 from bench import budget, datasets, dataspecs, procedures, stats
 from bench.devices import environment, resolve_device
 from bench.errors import ConfigError
-from bench.executors import SerialExecutor
+from bench.executors import make_executor, polled_indices
 from bench.models import RoleResolver, models_dir, parse_overrides
 from bench.params import check_sigma
 from bench.procedures import Procedure, ProcedureSpec
@@ -49,6 +50,8 @@ from bench.registry import MethodEntry, load_registry
 from bench.smoothing import chunk_size
 from bench.store import ClaimSession, Store
 
+PROTOCOLS = ("fixed", "sequential")
+SEQUENTIAL_IDENTITY = ("checkpoints", "checkpoint_alphas", "alpha_f", "grid", "label_aware")
 WARN_TOTAL_S, WARN_IMAGE_S = 3600.0, 300.0  # warn before a run estimated to take longer
 NOISE_SCHEME = ("torch.randn in whole chunks from a generator seeded by SeedSequence([seed, "
                 "idx, phase]); phases select=0 estimate=1")
@@ -79,6 +82,7 @@ class RunOptions:
     model: str | Sequence[str] | None = None  # NAME (the classifier) or ROLE=NAME, repeatable
     arch: str | None = None
     image_size: int | None = None
+    allow_resize: bool = False  # a class-folder tree resized by more than 2x is refused without
     registry: Path | None = None
     extra_registries: tuple[Path, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -86,9 +90,19 @@ class RunOptions:
     # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
     budget: int | None = None
     procedure: str | None = None  # None: the method's own (Method.PROCEDURE, else cohen)
+    # fixed: the method's procedure at a fixed N (the leaderboards' protocol); sequential:
+    # group-sequential bounds over the radius grid, stopping once the answer is determined
+    protocol: str = "fixed"
+    label_aware: bool = False  # sequential: stop after selection when the class is wrong
     # The reporting grid: radii, "auto" (0 up to the run's maximum certifiable radius) or None
     # (the dataset's grid). Recorded in the card's extra, never part of the run id.
     radii: tuple[float, ...] | str | None = None
+    # Who certifies (never changes a certificate, nor the run id): "serial" (this process) or
+    # "ray" (Ray actors, one per device: bench.distributed); address: an existing Ray cluster
+    # (default: a local one for the run); workers: actors (default: one per GPU, or 2 on CPU).
+    executor: str = "serial"
+    address: str | None = None
+    workers: int | None = None
 
 
 @dataclass
@@ -131,6 +145,25 @@ def check_protocol(opts: RunOptions) -> None:
         procedures.get(opts.procedure)
     if opts.radii is not None:
         dataspecs.check_radii(opts.radii)
+    if opts.protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown --protocol {opts.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if opts.protocol == "sequential" and opts.radii == dataspecs.AUTO_RADII:
+        raise ConfigError("--protocol sequential stops at the levels of a fixed grid; pass "
+                          "--radii R1,R2,... or leave the dataset's grid")
+    if opts.label_aware and opts.protocol != "sequential":
+        raise ConfigError("--label-aware applies to --protocol sequential only")
+
+
+def procedure_name(opts: RunOptions, method) -> str:
+    """The procedure of the run: --procedure, the method's own, or ``sequential`` for
+    ``--protocol sequential`` (which replaces Cohen's fixed N, never another procedure)."""
+    name = opts.procedure or getattr(method, "PROCEDURE", procedures.DEFAULT)
+    if opts.protocol != "sequential":
+        return name
+    if name not in (procedures.DEFAULT, "sequential"):
+        raise ConfigError(f"--protocol sequential replaces Cohen's fixed-N CERTIFY; method "
+                          f"{opts.method!r} is certified with the {name} procedure")
+    return "sequential"
 
 
 def prepare(opts: RunOptions) -> Prepared:
@@ -142,21 +175,28 @@ def prepare(opts: RunOptions) -> Prepared:
     check_protocol(opts)
     device = resolve_device(opts.device)
     method = entry.instantiate(opts.dataset, opts.params)
-    name = opts.procedure or getattr(method, "PROCEDURE", procedures.DEFAULT)
+    name = procedure_name(opts, method)
     sigma = procedures.get(name).run_sigma(method, opts.sigma)
     opts = replace(opts, procedure=name, sigma=sigma)  # resolved: the card records these
-    ds = datasets.load_split(opts.dataset, "test", data_dir=opts.data_dir,
-                             image_size=opts.image_size)
-    indices = datasets.resolve_subset(opts.dataset, opts.subset, len(ds))
-    models = RoleResolver(registry, opts.method, entry.model_roles(opts.dataset), info=ds.info,
-                          sigma=opts.sigma, device=device, base_dir=models_dir(opts.models_dir),
+    models = RoleResolver(registry, opts.method, entry.model_roles(opts.dataset),
+                          info=datasets.placeholder_info(opts.dataset), sigma=opts.sigma,
+                          device=device, base_dir=models_dir(opts.models_dir),
                           overrides=parse_overrides(opts.model), arch=opts.arch)
+    ds = datasets.load_split(opts.dataset, "test", data_dir=opts.data_dir,
+                             image_size=opts.image_size, allow_resize=opts.allow_resize,
+                             model=models.facts() if datasets.reads_tree(opts.dataset) else None)
+    models.info = ds.info  # a class-folder tree is read to fit the model: now its info is known
+    indices = datasets.resolve_subset(opts.dataset, opts.subset, len(ds))
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
                   models=models)
     spec = ProcedureSpec(name=opts.procedure, dataset=opts.dataset, method=opts.method,
                          n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
-                         sigma=opts.sigma, seed=opts.seed, batch=opts.batch)
+                         sigma=opts.sigma, seed=opts.seed, batch=opts.batch,
+                         radii=tuple(opts.radii) if isinstance(opts.radii, tuple) else (),
+                         label_aware=opts.label_aware)
     procedure = procedures.build(spec, method, ctx)
+    if datasets.reads_tree(opts.dataset):
+        check_model_fits(procedure, ds, indices, device)
     batch = fit_batch(procedure, ds.info.shape, opts.batch, device)
     if batch != opts.batch:  # the batch never changes a certificate, nor the card
         opts = replace(opts, batch=batch)
@@ -164,6 +204,34 @@ def prepare(opts: RunOptions) -> Prepared:
     card = run_card(opts, entry, method.params, procedure, models, ds, indices, device)
     return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
                     device=device)
+
+
+def check_model_fits(procedure: Procedure, ds: datasets.CertDataset, indices: list[int],
+                     device: torch.device) -> None:
+    """One forward pass on the first image, before any noise: images the model cannot take
+    (channels, size) or a class count other than the tree's are one line, not a traceback
+    an hour in."""
+    base = getattr(procedure, "base", None)
+    if base is None or not indices:
+        return
+    x, _ = ds[indices[0]]
+    shape = tuple(ds.info.shape)
+    begin = getattr(base, "begin_phase", None)
+    if callable(begin):  # its own randomness restarts at every phase: this draw is never used
+        begin(0, 0, 99)
+    try:
+        with torch.inference_mode():
+            out = base(x[None].to(device))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"the model does not accept the images as read ({shape[0]} channels, "
+            f"{shape[1]}x{shape[2]}): {str(exc).strip().splitlines()[0][:160]}; set the model "
+            "entry's channels / image_size or pass --image-size") from None
+    if out.is_floating_point() and out.dim() == 2 and out.shape[-1] != ds.info.num_classes:
+        raise ConfigError(
+            f"the model outputs {out.shape[-1]} classes but the images' labels index "
+            f"{ds.info.num_classes} classes ({ds.describe()['classes_from']}); set the model "
+            "entry's num_classes or classes to match")
 
 
 def fit_batch(procedure: Procedure, shape, batch: int, device: torch.device,
@@ -312,6 +380,9 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
     }
     if procedure.name != procedures.DEFAULT:
         identity["procedure"] = procedure.name
+    if procedure.name == "sequential":  # its looks, alphas and grid decide when it stops
+        rule = procedure.card()
+        identity["sequential"] = {k: rule[k] for k in SEQUENTIAL_IDENTITY}
     extra: dict[str, Any] = {
         "budget": b.card(),
         "cost_per_sample": {"classifier_passes": procedure.cost.classifier_passes,
@@ -322,6 +393,9 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "procedure": procedure.card(),
         "model_roles": models.roles(),
     }
+    describe_data = getattr(ds, "describe", None)
+    if callable(describe_data):  # a class-folder tree: the folder, labels, size fed
+        extra["data"] = describe_data()
     described = procedure.describe()
     if described:  # e.g. a denoiser's timestep, DiffSmooth's sigma/sigma' pairing
         extra["base_classifier"] = _jsonable(described)
@@ -392,17 +466,17 @@ def certify_shared(prep: Prepared, store: Store, run_id: str, todo: list[int], *
     time; return how many this process certified. Returns once every image of ``todo`` is
     certified (waiting for images that other live processes hold)."""
     opts = prep.opts
+    executor = make_executor(prep)  # refused here (e.g. Ray not installed) before any work
     warn_if_expensive(prep, todo)
-    executor = SerialExecutor(prep.procedure, prep.dataset, prep.device)
     samples = prep.procedure.budget.n0 + prep.procedure.budget.n
     bar = tqdm(total=len(todo), unit="img",
                desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
                disable=not opts.progress, dynamic_ncols=True)
     pace = _Pace()
-    new = 0
+    new = pulled = 0
 
     def left(count: int) -> None:  # images this process may still certify
-        total = bar.n + count
+        total = pulled + count  # those handed to the executor (done or in flight) + the rest
         if total != bar.total:
             bar.total = total
             bar.refresh()
@@ -414,13 +488,25 @@ def certify_shared(prep: Prepared, store: Store, run_id: str, todo: list[int], *
 
     try:
         with ClaimSession(store, run_id) as claims:
-            indices = claimed_indices(claims, todo, pace.chunk, left=left, waiting=waiting)
-            for cert in executor.certify(indices):
-                store.add_cert(run_id, cert, card=create)
-                new += 1
-                pace.add(cert.seconds)
-                bar.update(1)
-                bar.set_postfix(samples_per_s=f"{samples / max(cert.seconds, 1e-9):,.0f}")
+            # An executor with images in flight must not block on others' images
+            # (bench.executors.polled_indices); the certificates' iterator is closed on any
+            # exit, so the executor stops what it started (Ray workers, a local cluster).
+            source = polled_indices if getattr(executor, "polls", False) else claimed_indices
+            indices = source(claims, todo, pace.chunk, left=left, waiting=waiting)
+
+            def counted() -> Iterator[int | None]:
+                nonlocal pulled
+                for idx in indices:
+                    pulled += idx is not None
+                    yield idx
+
+            with contextlib.closing(executor.certify(counted())) as certs:
+                for cert in certs:
+                    store.add_cert(run_id, cert, card=create)
+                    new += 1
+                    pace.add(cert.seconds)
+                    bar.update(1)
+                    bar.set_postfix(samples_per_s=f"{samples / max(cert.seconds, 1e-9):,.0f}")
     finally:
         bar.close()
     return new

@@ -154,10 +154,16 @@ class Smooth:
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, seed: int, index: int,
                       phase: int) -> torch.Tensor:
         """Label histogram (K + 1 bins, the last for invalid outputs) of f on num noisy copies."""
-        k = self.num_classes
-        counts = torch.zeros(k + 1, dtype=torch.long, device=x.device)
+        counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=x.device)
         stream = NoiseStream(x.shape, x.device, seed, index, phase)
         self._begin_phase(seed, index, phase)
+        self._count(x, stream, num, batch_size, counts)
+        return counts
+
+    def _count(self, x: torch.Tensor, stream: NoiseStream, num: int, batch_size: int,
+               counts: torch.Tensor) -> None:
+        """Add f's labels on the next ``num`` samples of ``stream`` to ``counts`` (in place)."""
+        k = self.num_classes
         buffer = torch.empty((min(batch_size, num), *x.shape), dtype=x.dtype, device=x.device)
         done = 0
         with torch.inference_mode():
@@ -168,7 +174,6 @@ class Smooth:
                 labels = self._labels(self.base_classifier(batch))
                 counts += torch.bincount(labels, minlength=k + 1)
                 done += b
-        return counts
 
     # ----- helpers --------------------------------------------------------------------------
     def _begin_phase(self, seed: int, index: int, phase: int) -> None:
@@ -214,6 +219,37 @@ class Smooth:
                 "classifier, after the noise"
             )
         return x
+
+
+class StreamCounts:
+    """Running label counts of a smoothed classifier on one (image, phase) stream, extended on
+    demand (a sequential procedure's checkpoints). The stream is :class:`NoiseStream`'s, so the
+    counts after ``extend_to(n)`` equal ``Smooth.sample_counts(x, n, ...)`` for the same (seed,
+    index, phase), whatever the checkpoints or the batch size before. The base classifier's
+    own randomness is restarted (``begin_phase``) before the first sample; do not interleave
+    two phases of one base classifier."""
+
+    def __init__(self, smooth: Smooth, x: torch.Tensor, batch_size: int, *, seed: int,
+                 index: int, phase: int):
+        self.smooth, self.x, self.batch_size = smooth, x, batch_size
+        self.seed, self.index, self.phase = seed, index, phase
+        self.stream = NoiseStream(x.shape, x.device, seed, index, phase)
+        self.counts = torch.zeros(smooth.num_classes + 1, dtype=torch.long, device=x.device)
+        self.done = 0  # samples counted so far
+
+    def extend_to(self, num: int) -> list[int]:
+        """Count samples ``done .. num - 1`` too; the checked histogram of the first ``num``
+        samples (one host sync)."""
+        if num < self.done:
+            raise ValueError(f"the stream is already at {self.done} samples, cannot go back "
+                             f"to {num}")
+        if self.done == 0 and num > 0:
+            self.smooth._begin_phase(self.seed, self.index, self.phase)
+        if num > self.done:
+            self.smooth._count(self.x, self.stream, num - self.done, self.batch_size,
+                               self.counts)
+            self.done = num
+        return self.smooth._checked(self.counts.cpu().tolist(), self.index)
 
 
 FRESH_INDEX_BASE = 1 << 62  # fresh streams never coincide with an image index below 2^62

@@ -12,6 +12,13 @@ same run share its images through the ``claims`` table: each claims a few images
 certifying them, refreshes its claims while it works (:class:`ClaimSession`) and releases them
 when it ends. A claim whose owner is dead (same host, no such process) or that was not
 refreshed for ``CLAIM_STALE_S`` seconds is free again, so a killed run resumes.
+
+Network filesystems: WAL keeps its index in shared memory (the ``-shm`` file), which processes
+on different hosts do not share, so a store on NFS, Lustre, GPFS, CIFS, ... (Linux: the
+filesystem type of the longest mount point holding the folder, :func:`network_filesystem`)
+uses SQLite's rollback journal (``journal_mode=DELETE``: file locks, a 30 s busy timeout, FULL
+syncs) instead. ``CERTBENCH_STORE_JOURNAL=wal|delete`` forces either mode. On a cluster, one
+store per shard (merged with ``python -m bench merge``) avoids shared locks altogether.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -85,19 +93,101 @@ CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner)
 """
 
 
-def _enable_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
-    """Switch to WAL. Two processes creating one store at the same instant can make SQLite
-    report "database is locked" here at once, without its busy timeout (the switch needs an
-    exclusive lock): retry until ``wait_s`` has passed."""
+JOURNAL_ENV = "CERTBENCH_STORE_JOURNAL"  # auto (default), wal or delete
+MOUNTS = Path("/proc/self/mounts")
+# Filesystems on which SQLite's WAL is unsafe: its index lives in a memory-mapped ``-shm`` file
+# that only processes on one host share; over these, processes on other hosts do not see it.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "ncpfs", "afs", "coda", "lustre",
+    "gpfs", "beegfs", "fhgfs", "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "ocfs2",
+    "gfs2", "pvfs2", "orangefs", "panfs", "wekafs", "quobyte", "fuse.quobyte", "fuse.sshfs",
+    "sshfs", "9p", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "fuse.juicefs", "juicefs",
+    "fuse.mfs", "fuse.moosefs", "fuse.lizardfs", "cvmfs", "fuse.cvmfs", "davfs", "fuse.davfs",
+})
+
+
+def _unescape_mount(field: str) -> str:
+    """A mount point as /proc/mounts writes it (space, tab, newline, backslash as ``\\ooo``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_of(path: str | Path, mounts: str | None = None) -> tuple[str, str] | None:
+    """(mount point, filesystem type) of the mount holding ``path`` (Linux), or None when
+    unknown. ``mounts`` is the text of a mounts table (default: ``/proc/self/mounts``); the
+    longest mount point that contains the resolved path wins, the later of two equal ones (a
+    mount over another)."""
+    if mounts is None:
+        try:
+            mounts = MOUNTS.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best: tuple[str, str] | None = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point, fstype = _unescape_mount(fields[1]), fields[2]
+        inside = (point == "/" or target == point
+                  or target.startswith(point.rstrip("/") + "/"))
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fstype)
+    return best
+
+
+def network_filesystem(path: str | Path, mounts: str | None = None) -> str | None:
+    """The filesystem type when ``path`` is on a network or cluster filesystem, else None."""
+    found = mount_of(path, mounts)
+    if found is None:
+        return None
+    fstype = found[1].lower()
+    return found[1] if fstype in NETWORK_FILESYSTEMS or fstype.startswith("nfs") else None
+
+
+def journal_mode(path: str | Path, env: Mapping[str, str] | None = None,
+                 mounts: str | None = None) -> tuple[str, str]:
+    """("wal" or "delete", why) for a store in folder ``path``.
+
+    ``$CERTBENCH_STORE_JOURNAL`` (wal or delete) forces a mode; otherwise (auto) a folder on a
+    network filesystem (:func:`network_filesystem`) gets SQLite's rollback journal
+    (``journal_mode=DELETE``, file locks and a busy timeout), any other folder WAL.
+    """
+    env = os.environ if env is None else env
+    forced = env.get(JOURNAL_ENV, "").strip().lower()
+    if forced in ("wal", "delete"):
+        return forced, f"{JOURNAL_ENV}={forced}"
+    if forced not in ("", "auto"):
+        raise StoreError(f"{JOURNAL_ENV} must be auto, wal or delete, got {forced!r}")
+    fstype = network_filesystem(path, mounts)
+    if fstype is not None:
+        return "delete", f"{path} is on a {fstype} filesystem"
+    return "wal", "local filesystem"
+
+
+def _set_journal(db: sqlite3.Connection, mode: str, wait_s: float = 30.0) -> None:
+    """Switch to ``mode`` (wal or delete). Two processes creating one store at the same
+    instant can make SQLite report "database is locked" here at once, without its busy timeout
+    (a switch needs an exclusive lock): retry until ``wait_s`` has passed."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA journal_mode={mode.upper()}")
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05 + 0.05 * secrets.randbelow(4))
+
+
+def _damaged(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    """The one-line error for a store file SQLite cannot read as a database."""
+    return StoreError(
+        f"the results store {path} is damaged ({' '.join(str(exc).split())}); nothing was "
+        f"changed. Move it aside with its -wal and -shm files (mv {path} {path}.damaged) and "
+        "rerun your commands: they re-certify the same images identically into a new store. "
+        "The certs.tsv files exported under runs/ are separate files, left as they are; "
+        "'python -m bench import' can load one as a claimed run"
+    )
 
 
 class Store:
@@ -107,10 +197,13 @@ class Store:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            self.journal, self.journal_reason = journal_mode(self.root)
             self.db = sqlite3.connect(self.root / DB_NAME, timeout=30)
             self.db.row_factory = sqlite3.Row
-            _enable_wal(self.db)
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            _set_journal(self.db, self.journal)
+            # A rollback journal is durable across a power loss only with FULL syncs.
+            self.db.execute("PRAGMA synchronous=" +
+                            ("NORMAL" if self.journal == "wal" else "FULL"))
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise StoreError(
@@ -126,6 +219,8 @@ class Store:
                     _add_detail_column(self.db)
                     self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            if not isinstance(exc, sqlite3.OperationalError):  # not a database, malformed
+                raise _damaged(self.root / DB_NAME, exc) from None
             raise StoreError(
                 f"cannot open the results store {self.root / DB_NAME} ({exc}); "
                 "pass another --results folder"
@@ -252,9 +347,9 @@ class Store:
             values["counts_estimate"] = json.dumps(values["counts_estimate"])
             # A multi-stage procedure's record (the cascade's stages) as one JSON column.
             del values["stage"]
-            outcome, stages = values.pop("outcome"), values.pop("stages")
-            values["detail"] = (json.dumps({"outcome": outcome, "stages": stages})
-                                if stages or outcome else "")
+            detail = {k: values.pop(k) for k in ("outcome", "stages", "path")}
+            values["detail"] = json.dumps({k: v for k, v in detail.items() if v}) \
+                if any(detail.values()) else ""
             rows.append({**values, "run_id": run_id, "created": now})
         if not rows:
             return 0
@@ -462,7 +557,8 @@ def write_tsv(path: Path, certs: Iterable[Certificate]) -> None:
     """Cohen's columns first (radius at full precision, time in seconds), extra columns after;
     a multi-stage run adds the accepting stage, the outcome and each stage's record (JSON)."""
     certs = list(certs)
-    columns = TSV_COLUMNS + (STAGE_COLUMNS if any(c.stages for c in certs) else ())
+    columns = TSV_COLUMNS + (STAGE_COLUMNS if any(c.stages for c in certs) else ()) \
+        + (("path",) if any(c.path for c in certs) else ())
     lines = ["\t".join(columns)]
     for cert in certs:
         row = cert.to_row()

@@ -78,6 +78,9 @@ class Row:
     # A run reported on its own grid (--radii, auto) rather than the dataset's: its radii alone
     # then make the table's columns (see grid_of).
     own_grid: bool = False
+    # "sequential" for a run certified with --protocol sequential ("" for fixed N): another
+    # protocol, never ranked against fixed-N rows
+    certification: str = ""
     # idx -> (radius, correct) of each certified image (runs only): for the paired tests
     per_image: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False,
                                                     compare=False)
@@ -103,7 +106,8 @@ class Row:
     @property
     def protocol(self) -> tuple[Any, ...]:
         """What must be equal for two rows to be ranked against each other."""
-        return (self.dataset, self.subset_label, self.sample_key, self.alpha, self.budget)
+        return (self.dataset, self.subset_label, self.sample_key, self.alpha, self.budget,
+                self.certification)
 
     @property
     def sigma_label(self) -> str:
@@ -134,6 +138,7 @@ def row_from_summary(summary: RunSummary, description: str = "") -> Row:
         config=canonical_json({k: ident.get(k) for k in ("seed", "params", "procedure")}),
         per_image=dict(summary.per_image),
         own_grid=card.extra.get("radius_grid_source", "dataset") != "dataset",
+        certification="sequential" if ident.get("procedure") == "sequential" else "",
     )
 
 
@@ -420,7 +425,11 @@ def _finite(value: Any) -> bool:
 def protocol_title(row: Row) -> str:
     parts = [row.dataset, f"subset {row.subset_label}"]
     parts.append(f"alpha {row.alpha:g}" if row.alpha is not None else "alpha n/a")
-    parts.append(f"budget {row.budget:,} predictions/image" if row.budget else "budget n/a")
+    if row.certification == "sequential":
+        parts.append(f"sequential certification, at most {row.budget:,} predictions/image"
+                     if row.budget else "sequential certification")
+    else:
+        parts.append(f"budget {row.budget:,} predictions/image" if row.budget else "budget n/a")
     return ", ".join(parts)
 
 

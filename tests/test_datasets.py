@@ -414,14 +414,15 @@ def _make_tree(root: Path) -> None:
 
 def test_imagefolder(tmp_path):
     _make_tree(tmp_path / "tree")
-    info = D.dataset_info("imagefolder", data_dir=tmp_path / "tree")
-    assert info.shape == (3, 224, 224) and info.num_classes == 3
+    (tmp_path / "tree" / "classes.txt").write_text("cat\ndog\nemu\n")
+    info = D.dataset_info("imagefolder", data_dir=tmp_path / "tree", image_size=48)
+    assert info.shape == (3, 48, 48) and info.num_classes == 3
     ds = D.load_split("imagefolder", data_dir=tmp_path / "tree", image_size=32)
     assert ds.info.shape == (3, 32, 32) and ds.info.num_classes == 3 and len(ds) == 5
     images, labels = ds.tensors()
     assert images.shape == (5, 3, 32, 32) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1
-    assert labels.tolist() == [0, 0, 1, 2, 2]  # class folders in sorted order
+    assert labels.tolist() == [0, 0, 1, 2, 2]  # classes.txt's order
     # An image already at the target size passes through unchanged.
     with Image.open(tmp_path / "tree/cat/img0.png") as img:
         assert torch.equal(images[0], to_tensor(img))
@@ -432,11 +433,19 @@ def test_imagefolder(tmp_path):
 def test_imagefolder_fingerprint(tmp_path):
     _make_tree(tmp_path / "a")
     _make_tree(tmp_path / "b")
-    first = D.load_split("imagefolder", data_dir=tmp_path / "a").fingerprint
-    assert first == D.load_split("imagefolder", data_dir=tmp_path / "a").fingerprint
-    assert first == D.load_split("imagefolder", data_dir=tmp_path / "b").fingerprint
-    Image.new("RGB", (8, 8)).save(tmp_path / "b" / "dog" / "extra.png")
-    assert first != D.load_split("imagefolder", data_dir=tmp_path / "b").fingerprint
+    for tree in ("a", "b"):
+        (tmp_path / tree / "classes.txt").write_text("cat\ndog\nemu\n")
+    def fingerprint(tree, size=32):
+        return D.load_split("imagefolder", data_dir=tmp_path / tree, image_size=size).fingerprint
+
+    first = fingerprint("a")
+    assert first == fingerprint("a") == fingerprint("b")
+    # Bytes, not names: a renamed file keeps the identity, the image size does not.
+    (tmp_path / "b" / "dog" / "img0.png").rename(tmp_path / "b" / "dog" / "renamed.png")
+    assert fingerprint("b") == first
+    assert fingerprint("b", size=24) != first
+    Image.new("RGB", (32, 32)).save(tmp_path / "b" / "dog" / "renamed.png")  # new content
+    assert fingerprint("b") != first
 
 
 def test_imagefolder_needs_a_directory(tmp_path):

@@ -5,4 +5,5 @@ imports heavy libraries (torch) only inside ``run``, so ``--help`` and the repor
 stay fast. Adding a subcommand = adding a module here and its name to ``COMMANDS``.
 """
 
-COMMANDS = ("run", "train", "list", "table", "leaderboard", "validate", "import", "compare")
+COMMANDS = ("run", "train", "list", "table", "leaderboard", "validate", "import", "compare",
+            "merge")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,57 @@ from bench.errors import ConfigError
 
 
 def shard(text: str) -> tuple[int, int]:
+    """``I/K``, or ``auto``: this task's shard of a SLURM job array (:func:`slurm_shard`)."""
+    if text.strip().lower() == "auto":
+        return slurm_shard()
     try:
         i, k = (int(v) for v in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/K such as 0/4, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected I/K such as 0/4, or auto, got {text!r}") from None
     return i, k
+
+
+def slurm_shard(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(I, K) of this SLURM array task: K tasks, I = (TASK_ID - MIN) / STEP counted from 0
+    (array ids may start at 1 or anywhere). K is ``SLURM_ARRAY_TASK_COUNT``, else derived from
+    ``SLURM_ARRAY_TASK_MIN``/``MAX``; an array whose ids are not evenly spaced is refused."""
+    env = os.environ if env is None else env
+
+    def number(name: str) -> int | None:
+        value = env.get(name, "").strip()
+        if not value:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--shard auto: {name}={value!r} is not a number; pass --shard I/K "
+                "instead") from None
+
+    task = number("SLURM_ARRAY_TASK_ID")
+    if task is None:
+        raise argparse.ArgumentTypeError(
+            "--shard auto needs a SLURM job array (e.g. sbatch --array=0-3 for 4 shards), but "
+            "SLURM_ARRAY_TASK_ID is not set; pass --shard I/K instead")
+    low, high = number("SLURM_ARRAY_TASK_MIN"), number("SLURM_ARRAY_TASK_MAX")
+    step = number("SLURM_ARRAY_TASK_STEP") or 1
+    count = number("SLURM_ARRAY_TASK_COUNT")
+    spread = None if low is None or high is None else (high - low) // step + 1
+    if count is None:
+        count = spread
+    if count is None:
+        raise argparse.ArgumentTypeError(
+            "--shard auto: SLURM_ARRAY_TASK_COUNT (or SLURM_ARRAY_TASK_MIN and "
+            "SLURM_ARRAY_TASK_MAX) is not set; pass --shard I/K instead")
+    low = 0 if low is None else low
+    index, off = divmod(task - low, step)
+    if off or spread not in (None, count) or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(
+            f"--shard auto: array task {task} is not a shard of {count} (ids {low}..{high}, "
+            f"step {step}: not evenly spaced); use a range such as --array=0-3 or 1-4, or pass "
+            "--shard I/K")
+    return index, count
 
 
 def param(text: str) -> tuple[str, Any]:
@@ -81,6 +129,14 @@ def certification_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--procedure", default=None,
                    help="certification procedure (default: the method's own; cohen = CERTIFY "
                         "with fixed N0 and N, cascade = multi-scale)")
+    p.add_argument("--protocol", choices=("fixed", "sequential"), default="fixed",
+                   help="fixed: N estimation samples per image (default; what leaderboards "
+                        "rank); sequential: group-sequential bounds over the radius grid, "
+                        "stopping once the certified level is determined (same guarantee, "
+                        "fewer samples; ranked separately)")
+    p.add_argument("--label-aware", action="store_true",
+                   help="with --protocol sequential: stop after selection when the selected "
+                        "class is wrong (it cannot add to certified accuracy; recorded)")
     p.add_argument("--radii", default=None, metavar="R1,R2,...|auto",
                    help="radii to report certified accuracy at: comma-separated non-negative "
                         "values (at most 50), or 'auto' for 0 up to the run's maximum "
@@ -99,5 +155,6 @@ def certification_fields(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": args.data_dir, "models_dir": args.models_dir, "registry": args.registry,
         "extra_registries": tuple(args.extra_registry), "params": params_dict(args.param),
         "progress": not args.quiet, "procedure": args.procedure,
+        "protocol": args.protocol, "label_aware": args.label_aware,
         "radii": None if args.radii is None else parse_radii(args.radii),
     }

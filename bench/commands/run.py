@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
 from bench.commands.common import certification_fields, certification_options, shard
+
+EXECUTORS = ("serial", "ray")  # as bench.executors.EXECUTORS (not imported: no torch for --help)
 
 if TYPE_CHECKING:
     from bench.records import RunSummary
@@ -27,16 +30,46 @@ def add_arguments(p) -> None:
                    help="a registered model name or local checkpoint for the classifier, or "
                         "ROLE=NAME for another role, e.g. denoiser=FOLDER (repeatable)")
     p.add_argument("--arch", default=None, help="architecture of a --model state dict")
-    p.add_argument("--image-size", type=int, default=None, help="imagefolder resolution")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="imagefolder: the side images are resized to (default: the model "
+                        "entry's image_size, else the images' own size)")
+    p.add_argument("--allow-resize", action="store_true",
+                   help="imagefolder: allow resizing images by more than 2x")
+    p.add_argument("--executor", choices=EXECUTORS, default="serial",
+                   help="who certifies: serial (this process, the default) or ray (Ray actors, "
+                        "one per device; needs pip install 'certbench[ray]'); never changes a "
+                        "certificate")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: an existing Ray cluster (e.g. auto or "
+                        "HOST:6379); default: a local cluster started for the run")
+    p.add_argument("--workers", type=positive, default=None, metavar="K",
+                   help="with --executor ray: K worker actors (default: one per GPU when the "
+                        "run's device is CUDA, else 2)")
     certification_options(p)
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def run(args) -> int:
+    from bench.executors import check_executor_options
     from bench.runner import RunOptions, run
+
+    # Before anything is loaded: Ray missing, or --workers without it, is one line at once.
+    check_executor_options(args.executor, args.address, args.workers)
 
     opts = RunOptions(
         **certification_fields(args), method=args.method, n=args.n, budget=args.budget,
         shard=args.shard, model=args.model, arch=args.arch, image_size=args.image_size,
+        executor=args.executor, address=args.address, workers=args.workers,
+        allow_resize=args.allow_resize,
     )
     result = run(opts)
     print(format_summary(result.summary, result.new_images, args.budget))
@@ -72,6 +105,16 @@ def format_summary(summary: RunSummary, new_images: int, requested: int | None =
                                   tally["abstained"].items()) or "none"
             head += (f"\naccepted: {accepted}; abstained: {abstained}; "
                      f"{tally['mean_stages_visited']:.2f} stages per image")
+    if proc.get("name") == "sequential":
+        looks = ", ".join(f"{n:,}" for n in proc["checkpoints"])
+        head += (f"\nsequential (GS-CP): looks at {looks} estimation samples, alpha "
+                 f"{proc['alpha_spent']:.3g} split over them, futility {proc['alpha_f']:g}"
+                 + (", label-aware" if proc.get("label_aware") else ""))
+        tally = summary.stages or {}
+        if tally:
+            head += (f"\nmean samples per image {tally['mean_samples']:,.0f} (N0 + estimation) "
+                     f"in {tally['mean_looks']:.2f} looks; stopped: " + ", ".join(
+                         f"{n} {k}" for k, n in tally["stopped"].items()))
     ca = {f"{r:g}": v for r, v in summary.accuracy.items()}
     table = tabulate([["certified accuracy (%)", *(100 * v for v in ca.values())]],
                      headers=["radius", *ca.keys()], floatfmt=".1f")

@@ -3,13 +3,17 @@
 A procedure owns every bound it uses (and records how alpha is spent in the run's card);
 methods never compute a bound. The run's protocol picks one by name (``--procedure``):
 
-=========  ==================================================================================
-cohen      Cohen et al.'s CERTIFY: N0 selection samples pick the class, N independent samples
-           bound it at level alpha (:mod:`bench.procedures.cohen`)
-cascade    multi-scale CERTIFY (Jeong & Shin 2023), largest sigma first, accepting at the first
-           scale confidently above p0; alpha split so the whole cascade errs with probability
-           at most alpha (:mod:`bench.procedures.cascade`)
-=========  ==================================================================================
+==========  ==================================================================================
+cohen       Cohen et al.'s CERTIFY: N0 selection samples pick the class, N independent samples
+            bound it at level alpha (:mod:`bench.procedures.cohen`)
+cascade     multi-scale CERTIFY (Jeong & Shin 2023), largest sigma first, accepting at the first
+            scale confidently above p0; alpha split so the whole cascade errs with probability
+            at most alpha (:mod:`bench.procedures.cascade`)
+sequential  group-sequential Clopper-Pearson ("GS-CP"): Cohen's selection, then one cumulative
+            estimation stream checked at growing checkpoints (alpha split over them) until the
+            top reachable grid radius is certified or the next is out of reach
+            (:mod:`bench.procedures.sequential`)
+==========  ==================================================================================
 
 A method names the procedure it is certified with (``Method.PROCEDURE``, Cohen's by default);
 ``--procedure`` may only repeat it.
@@ -23,12 +27,14 @@ from __future__ import annotations
 from bench.procedures.base import Procedure, ProcedureSpec
 from bench.procedures.cascade import Cascade
 from bench.procedures.cohen import CohenFixedN
+from bench.procedures.sequential import Sequential
 
 DEFAULT = "cohen"
-PROCEDURES: dict[str, type] = {CohenFixedN.name: CohenFixedN, Cascade.name: Cascade}
+PROCEDURES: dict[str, type] = {CohenFixedN.name: CohenFixedN, Cascade.name: Cascade,
+                               Sequential.name: Sequential}
 
 __all__ = ["DEFAULT", "PROCEDURES", "Cascade", "CohenFixedN", "Procedure", "ProcedureSpec",
-           "build", "get"]
+           "Sequential", "build", "get"]
 
 
 def get(name: str) -> type:

@@ -18,7 +18,8 @@ DEFAULT_SIGMA = 0.25  # --sigma when not given, for a single-scale procedure
 class ProcedureSpec:
     """What the run's protocol fixes for a procedure: sample sizes as requested (N or a
     budget B of N x m predictions, resolved by the procedure once its base classifiers declare
-    m), alpha, sigma, seed and the batch size (which never changes a certificate)."""
+    m), alpha, sigma, seed and the batch size (which never changes a certificate); the last
+    four fields only matter to :class:`bench.procedures.sequential.Sequential`."""
 
     name: str
     dataset: str
@@ -30,6 +31,11 @@ class ProcedureSpec:
     sigma: float
     seed: int
     batch: int
+    # The sequential procedure's (defaults keep every other procedure's spec unchanged):
+    radii: tuple[float, ...] = ()  # the run's radius grid; () = the dataset's
+    label_aware: bool = False  # stop after selection when it picks a class other than the label
+    checkpoints: tuple[int, ...] = ()  # cumulative estimation sizes; () = scaled from N
+    checkpoint_alphas: tuple[float, ...] = ()  # alpha spent at each checkpoint; () = default
 
 
 class Procedure(Protocol):
