@@ -157,7 +157,11 @@ class RayExecutor:
         common = {"namespace": NAMESPACE, "log_to_driver": False,
                   "logging_level": logging.ERROR}
         if self.address:
-            ray.init(address=self.address, **common)
+            try:
+                ray.init(address=self.address, **common)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise WorkerError(f"cannot connect to the Ray cluster at {self.address}: "
+                                  f"{_first_line(exc)}") from None
             return True
         want = self.workers or (self._local_gpus() if self.kind == "cuda" else CPU_WORKERS)
         cpus = want if self.kind != "cuda" else max(os.cpu_count() or 1, want)
@@ -233,6 +237,9 @@ class RayExecutor:
         retry: deque[tuple[int, int]] = deque()  # images whose worker died, with attempts
         exhausted = False
         while True:
+            if not self.slots and (retry or not exhausted):
+                raise WorkerError("every Ray worker died; rerun the command to resume "
+                                  "(finished images are kept)")
             starved = False  # nothing claimable right now (others hold the images left)
             for slot in self.slots:
                 while slot.healthy and slot.load < self.in_flight:
@@ -253,10 +260,7 @@ class RayExecutor:
                     pending[slot.actor.certify.remote(idx)] = (slot, idx, attempts)
                     slot.load += 1
             if not pending and not probes:
-                if retry:
-                    raise WorkerError("every Ray worker died; rerun the command to resume "
-                                      "(finished images are kept)")
-                if exhausted:
+                if exhausted and not retry:
                     return
                 time.sleep(self.poll_s)  # starved: others hold the images left
                 continue
@@ -283,6 +287,8 @@ class RayExecutor:
                         slot.probe = slot.actor.ready.options(max_task_retries=-1).remote()
                         probes[slot.probe] = slot
                     continue
+                except ray.exceptions.RayError as exc:  # e.g. Ray itself failing
+                    raise WorkerError(f"image {idx}: {_first_line(exc)}") from None
                 yield cert
 
     def _probed(self, slot: _Slot, ref: Any) -> None:

@@ -12,20 +12,25 @@ card records next to the name and role.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, ModelError
 from bench.imagefolder import ModelFacts
 from bench.nets import load_network
 from bench.protocol import DatasetInfo, ModelRef
 from bench.registry import Registry
 
 PRIMARY_ROLE = "classifier"  # what a bare --model NAME replaces
+PYTHON_PREFIX = "python:"  # the name of an in-memory model in the card: python:<ClassName>
 
 
 def models_dir(given: Path | None = None) -> Path:
@@ -49,15 +54,22 @@ def parse_overrides(values: str | list[str] | tuple[str, ...] | None) -> dict[st
 
 
 class RoleResolver:
-    """Resolves and loads the models of one run (:class:`bench.protocol.ModelSource`)."""
+    """Resolves and loads the models of one run (:class:`bench.protocol.ModelSource`).
+
+    ``python_models`` (role -> an in-memory model, or a :class:`PythonModel`) come first: such
+    a role is never looked up in the registry nor in ``overrides`` (see :class:`PythonModel`).
+    """
 
     def __init__(self, registry: Registry, method: str, config: Mapping[str, Any], *,
                  info: DatasetInfo, sigma: float, device: torch.device, base_dir: Path,
-                 overrides: Mapping[str, str] | None = None, arch: str | None = None):
+                 overrides: Mapping[str, str] | None = None, arch: str | None = None,
+                 python_models: Mapping[str, Any] | None = None):
         self.registry, self.method, self.config = registry, method, dict(config)
         self.info, self.sigma, self.device = info, sigma, device
         self.base_dir, self.arch = base_dir, arch
         self.overrides = dict(overrides or {})
+        self.python = {role: m if isinstance(m, PythonModel) else PythonModel(m)
+                       for role, m in (python_models or {}).items()}
         self.loaded: dict[str, ModelRef] = {}
         self._nets: dict[str, torch.nn.Module] = {}
 
@@ -65,6 +77,8 @@ class RoleResolver:
     def load(self, role: str, override: str | None = None) -> torch.nn.Module:
         if role in self._nets:
             return self._nets[role]
+        if role in self.python:
+            return self._load_python(role)
         name = self.name_for(role, override)
         entry = self.entry(name, role)
         net = load_network(name, entry, dataset=self._trained_on(entry), device=self.device,
@@ -72,6 +86,18 @@ class RoleResolver:
         self.loaded[role] = ModelRef(role=role, name=name,
                                      sha256=getattr(net, "checkpoint_sha256", None),
                                      fields=dict(entry))
+        self._nets[role] = net
+        return net
+
+    def _load_python(self, role: str) -> torch.nn.Module:
+        """An in-memory model: hashed as given, then moved to the run's device in eval mode
+        and wrapped so that it returns logits (:class:`PythonNet`)."""
+        model = self.python[role]
+        sha256, hash_of = python_model_sha256(model.obj)
+        net = PythonNet(model.obj, self.info.num_classes).to(self.device).eval()
+        net.checkpoint_sha256 = sha256
+        self.loaded[role] = ModelRef(role=role, name=model.name, sha256=sha256,
+                                     fields={"source": "in-memory", "hash_of": hash_of})
         self._nets[role] = net
         return net
 
@@ -83,6 +109,9 @@ class RoleResolver:
     def facts(self) -> ModelFacts | None:
         """What the classifier's entry says about its input (classes, channels, image size):
         a class-folder tree is read to fit it. None for a method without a classifier."""
+        if PRIMARY_ROLE in self.python:
+            model = self.python[PRIMARY_ROLE]
+            return ModelFacts(num_classes=model.num_classes, name=model.name)
         if PRIMARY_ROLE not in self.overrides and PRIMARY_ROLE not in self.config:
             return None
         name = self.name_for(PRIMARY_ROLE)
@@ -94,8 +123,11 @@ class RoleResolver:
         return {ref.name: ref.sha256 for ref in self.loaded.values()}
 
     def roles(self) -> dict[str, dict[str, Any]]:
-        """role -> name and sha256 (recorded in the card)."""
-        return {role: {"name": ref.name, "sha256": ref.sha256}
+        """role -> name and sha256 (recorded in the card); an in-memory model also says what
+        its sha256 is of (``hash_of``: its state_dict, or its qualified name)."""
+        return {role: {"name": ref.name, "sha256": ref.sha256,
+                       **({"hash_of": ref.fields["hash_of"]} if "hash_of" in ref.fields
+                          else {})}
                 for role, ref in self.loaded.items()}
 
     # ----- resolution -----------------------------------------------------------------------
@@ -162,3 +194,95 @@ class RoleResolver:
                 and own != "imagefolder":
             return datasets.dataset_info(own)
         return self.info
+
+
+# ----- in-memory models (bench.evaluate) -----------------------------------------------------
+@dataclass(frozen=True)
+class PythonModel:
+    """An in-memory model for one role of a run (``RunOptions.python_models``).
+
+    ``obj`` is an ``nn.Module`` returning logits (B, K) or any callable returning labels (B,)
+    (a tensor, numpy array or list), applied to noisy images in [0, 1] pixel units: any
+    normalization is the model's own. ``num_classes`` is what it says about its output (a
+    class-folder tree is read to fit it); None leaves it to the dataset.
+    """
+
+    obj: Any
+    num_classes: int | None = None
+
+    @property
+    def name(self) -> str:
+        return python_model_name(self.obj)
+
+
+def python_model_name(obj: Any) -> str:
+    """``python:<ClassName>`` (a plain function: ``python:<its qualified name>``)."""
+    own = getattr(obj, "__qualname__", None) if not isinstance(obj, torch.nn.Module) else None
+    return PYTHON_PREFIX + (own if isinstance(own, str) else type(obj).__name__)
+
+
+def python_model_sha256(obj: Any) -> tuple[str, str]:
+    """(sha256, what it is of) for an in-memory model.
+
+    A model with parameters or buffers: the sha256 of its ``state_dict`` in a canonical
+    order (names sorted; per entry its name, dtype, shape and raw bytes), whatever its device
+    (``"state_dict"``). A callable without any: the sha256 of its qualified name
+    (``module.qualname``; ``"qualified_name"``): two such callables of the same name share it.
+    """
+    state = obj.state_dict() if isinstance(obj, torch.nn.Module) else {}
+    if state:
+        digest = hashlib.sha256(b"certbench state_dict v1\0")
+        for name in sorted(state):
+            value = state[name]
+            if torch.is_tensor(value):
+                t = value.detach().to("cpu").contiguous()
+                head = {"name": name, "dtype": str(t.dtype).removeprefix("torch."),
+                        "shape": list(t.shape)}
+                data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            else:  # an extra state (get_extra_state): its repr
+                head, data = {"name": name, "dtype": "object"}, repr(value).encode()
+            digest.update(json.dumps(head, sort_keys=True).encode() + b"\0")
+            digest.update(len(data).to_bytes(8, "little") + data)
+        return digest.hexdigest(), "state_dict"
+    target = obj if callable(obj) and hasattr(obj, "__qualname__") else type(obj)
+    qualified = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}"
+    return hashlib.sha256(f"certbench callable v1\0{qualified}".encode()).hexdigest(), \
+        "qualified_name"
+
+
+class PythonNet(torch.nn.Module):
+    """An in-memory model made a logits network for the harness: logits (B, K) pass through
+    (checked for width); labels (B,) become one-hot rows, and a label outside 0..K-1 a NaN
+    row (the harness's invalid-output count)."""
+
+    def __init__(self, obj: Any, num_classes: int):
+        super().__init__()
+        if isinstance(obj, torch.nn.Module):
+            self.inner = obj  # a submodule: .to(device) and .eval() reach it
+        else:
+            self.fn = obj
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = self.inner if hasattr(self, "inner") else self.fn
+        out = fn(x)
+        if not torch.is_tensor(out):
+            out = torch.as_tensor(np.asarray(out), device=x.device)
+        elif out.device != x.device:
+            out = out.to(x.device)
+        k = self.num_classes
+        if out.is_floating_point() and out.dim() == 2 and out.shape[1] != 1:
+            if out.shape[1] != k:
+                raise ModelError(f"the model returned {out.shape[1]} logits per image but the "
+                                 f"dataset has {k} classes")
+            return out
+        labels = out.reshape(-1)
+        if labels.shape[0] != x.shape[0]:
+            raise ModelError(f"the model returned {tuple(out.shape)} for a batch of "
+                             f"{x.shape[0]} images; return logits (B, K) or labels (B,)")
+        valid = (labels >= 0) & (labels < k)
+        if labels.is_floating_point():  # labels as floats (a numpy float array): integral
+            valid &= labels == torch.floor(labels)
+        index = torch.where(valid, labels, torch.zeros_like(labels)).long()
+        logits = torch.nn.functional.one_hot(index, k).to(torch.float32)
+        return logits.masked_fill_(~valid[:, None], float("nan"))

@@ -103,6 +103,10 @@ class RunOptions:
     executor: str = "serial"
     address: str | None = None
     workers: int | None = None
+    # role -> an in-memory model (an nn.Module returning logits, or a callable returning
+    # labels; bench.evaluate): used before --model and the registry, recorded in the card as
+    # python:<Name> with the sha256 of its parameters and buffers (part of the run id)
+    python_models: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,7 +185,8 @@ def prepare(opts: RunOptions) -> Prepared:
     models = RoleResolver(registry, opts.method, entry.model_roles(opts.dataset),
                           info=datasets.placeholder_info(opts.dataset), sigma=opts.sigma,
                           device=device, base_dir=models_dir(opts.models_dir),
-                          overrides=parse_overrides(opts.model), arch=opts.arch)
+                          overrides=parse_overrides(opts.model), arch=opts.arch,
+                          python_models=opts.python_models)
     ds = datasets.load_split(opts.dataset, "test", data_dir=opts.data_dir,
                              image_size=opts.image_size, allow_resize=opts.allow_resize,
                              model=models.facts() if datasets.reads_tree(opts.dataset) else None)
@@ -469,9 +474,11 @@ def certify_shared(prep: Prepared, store: Store, run_id: str, todo: list[int], *
     executor = make_executor(prep)  # refused here (e.g. Ray not installed) before any work
     warn_if_expensive(prep, todo)
     samples = prep.procedure.budget.n0 + prep.procedure.budget.n
-    bar = tqdm(total=len(todo), unit="img",
-               desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
-               disable=not opts.progress, dynamic_ncols=True)
+    from bench.progress import progress  # a bar on a terminal, else periodic log lines
+
+    bar = progress(total=len(todo), unit="img",
+                   desc=f"{opts.method}/{opts.dataset} sigma={opts.sigma:g}",
+                   disable=not opts.progress, dynamic_ncols=True)
     pace = _Pace()
     new = pulled = 0
 

@@ -102,19 +102,90 @@ class Smooth:
     # ----- Cohen-compatible API -------------------------------------------------------------
     def certify(self, x, n0=100, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
                 generator=None, index=None):
-        """(label, radius): CERTIFY with n0 selection and n estimation samples; -1 abstains."""
+        """(label, radius): CERTIFY with n0 selection and n estimation samples; -1 abstains.
+
+        ``x`` is one image (C, H, W), or a batch (B, C, H, W) certified image by image
+        (:meth:`certify_batch`: two arrays of length B). A batch of one, (1, C, H, W), is
+        one image and returns one (label, radius), as before batches were accepted; call
+        :meth:`certify_batch` for arrays whatever B. torch tensors or numpy arrays, float in
+        [0, 1] (numpy is converted to float32 on the network's device).
+        """
+        x = self._as_tensor(x)
+        if _is_batch(x):
+            return self.certify_batch(x, n0, n, alpha, batch_size, seed=seed,
+                                      generator=generator, index=index)
         cert = self.certify_record(x, n0, n, alpha, batch_size, seed=seed, generator=generator,
                                    index=index)
         return cert.prediction, cert.radius
 
     def predict(self, x, n=100_000, alpha=0.001, batch_size=1000, *, seed=0, generator=None,
-                index=None) -> int:
-        """PREDICT: the top class if it beats the runner-up in a binomial test at alpha, else -1."""
+                index=None):
+        """PREDICT: the top class if it beats the runner-up in a binomial test at alpha, else -1.
+
+        A batch (B, C, H, W) returns an array of B labels (:meth:`predict_batch`); one image,
+        or a batch of one, returns one label."""
+        x = self._as_tensor(x)
+        if _is_batch(x):
+            return self.predict_batch(x, n, alpha, batch_size, seed=seed, generator=generator,
+                                      index=index)
         seed, index = _resolve_stream(seed, generator, index)
         x = self._prepare(x)
         counts = self.sample_counts(x, n, batch_size, seed=seed, index=index, phase=PHASE_PREDICT)
         counts = self._checked(counts.cpu().tolist(), index)
         return stats.predict_decision(counts, alpha)
+
+    # ----- batches of images ----------------------------------------------------------------
+    def certify_batch(self, x, n0=100, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
+                      generator=None, index=None) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, radii), int64 and float64 arrays of length B: one certificate per image of
+        the batch (B, C, H, W), each equal to a single call on that image. Image b uses
+        ``index + b``; without ``index`` each image draws a fresh stream, as consecutive single
+        calls do (so ``torch.manual_seed`` or ``generator`` reproduces the batch)."""
+        certs = self.certify_records(x, n0, n, alpha, batch_size, seed=seed,
+                                     generator=generator, index=index)
+        return (np.array([c.prediction for c in certs], dtype=np.int64),
+                np.array([c.radius for c in certs], dtype=np.float64))
+
+    def certify_records(self, x, n0=100, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
+                        generator=None, index=None) -> list[Certificate]:
+        """:meth:`certify_record` for each image of a batch (B, C, H, W), image b with index
+        ``index + b`` (or a fresh stream each without ``index``)."""
+        _check_sizes(n0, n, alpha, batch_size)
+        images = self._batch_images(x, index)
+        return [self.certify_record(img, n0, n, alpha, batch_size, seed=seed,
+                                    generator=generator, index=i) for img, i in images]
+
+    def predict_batch(self, x, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
+                      generator=None, index=None) -> np.ndarray:
+        """PREDICT for each image of a batch (B, C, H, W): an int64 array of B labels (-1
+        abstains), image b seeded as a single call with ``index + b`` (or a fresh stream)."""
+        _check_sizes(1, n, alpha, batch_size)
+        images = self._batch_images(x, index)
+        return np.array([self.predict(img, n, alpha, batch_size, seed=seed,
+                                      generator=generator, index=i) for img, i in images],
+                        dtype=np.int64)
+
+    def _batch_images(self, x, index: int | None) -> list[tuple[torch.Tensor, int | None]]:
+        """The images of a batch with their indices, all checked before the first sample."""
+        x = self._as_tensor(x)
+        if x.dim() != 4:
+            raise ValueError(f"expected a batch of images (B, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        if index is not None and index < 0:
+            raise ValueError(f"index must be non-negative, got {index}")
+        if x.shape[0]:
+            self._prepare(x.flatten(0, 1))  # dtype and range of the whole batch at once
+        return [(x[b], None if index is None else int(index) + b) for b in range(x.shape[0])]
+
+    def _as_tensor(self, x):
+        """A numpy array as a float32 tensor (float64 and other floats converted) on the base
+        classifier's device (its first parameter or buffer, else the CPU); a tensor as is."""
+        if not isinstance(x, np.ndarray):
+            return x
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        if x.is_floating_point() and x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        return x.to(_device_of(self.base_classifier))
 
     # ----- full record ----------------------------------------------------------------------
     def certify_record(self, x, n0=100, n=100_000, alpha=0.001, batch_size=1000, *, seed=0,
@@ -124,7 +195,7 @@ class Smooth:
         image = -1 if index is None else index
         seed, index = _resolve_stream(seed, generator, index)
         start = time.perf_counter()
-        x = self._prepare(x)
+        x = self._prepare(self._as_tensor(x))
         counts_select, counts_estimate = self.select_and_estimate(
             x, n0, n, batch_size, seed=seed, index=index)
         top = int(np.argmax(counts_select))
@@ -250,6 +321,18 @@ class StreamCounts:
                                self.counts)
             self.done = num
         return self.smooth._checked(self.counts.cpu().tolist(), self.index)
+
+
+def _is_batch(x) -> bool:
+    """A (B, C, H, W) input with B != 1 (a batch of one stays one image, as it always was)."""
+    return torch.is_tensor(x) and x.dim() == 4 and x.shape[0] != 1
+
+
+def _device_of(f) -> torch.device:
+    if isinstance(f, torch.nn.Module):
+        for t in (*f.parameters(), *f.buffers()):
+            return t.device
+    return torch.device("cpu")
 
 
 FRESH_INDEX_BASE = 1 << 62  # fresh streams never coincide with an image index below 2^62

@@ -19,10 +19,16 @@ images (McNemar on certified-at-r, a sign test on radius * correct for ACR; two-
 :data:`bench.metrics.SIGNIFICANCE`, per cell, not corrected for multiplicity). Rows that cannot
 be paired (reported rows, envelopes, rows on other images) are never marked tied: an unpaired
 comparison of 10-image intervals would tie nearly everything and say little.
+
+Choosing what is shown: :func:`with_radii` adds radii off a run's grid, computed exactly from
+its per-image radii (:func:`bench.metrics.certified_accuracy`); :data:`COLUMNS` names the
+non-radius columns (:func:`parse_columns`); :func:`long_frame` is the tidy form, one row per
+row x radius (``--format long``).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,12 +40,13 @@ from tabulate import tabulate
 
 from bench import escape, metrics
 from bench.budget import predictions, tier
-from bench.dataspecs import grid_for
+from bench.dataspecs import grid_for, parse_radii
+from bench.errors import ConfigError
 from bench.records import CI_LEVEL, RunSummary, canonical_json
 from bench.store import Store
 
 KINDS = ("reproduced", "claimed", "reported")
-FORMATS = ("markdown", "latex", "csv")
+FORMATS = ("markdown", "latex", "csv", "long")
 
 
 @dataclass
@@ -267,6 +274,45 @@ def grid_of(rows: Iterable[Row], dataset: str | None = None) -> list[float]:
     return sorted(radii)
 
 
+def parse_table_radii(text: str) -> list[float]:
+    """``table --radii``: comma-separated non-negative radii, returned sorted (one-line
+    :class:`~bench.errors.ConfigError` otherwise)."""
+    radii = parse_radii(text)
+    if isinstance(radii, str):  # 'auto' chooses a run's own grid when certifying, not here
+        raise ConfigError("--radii: give the radii to show, such as 0,0.25,0.5 ('auto' is an "
+                          "option of 'run', not of 'table')")
+    return list(radii)
+
+
+def with_radii(rows: Iterable[Row], radii: Iterable[float]) -> list[Row]:
+    """The rows with certified accuracy (and its interval) at each of ``radii``.
+
+    A value a row has is kept; a radius off a run's grid is computed exactly from the run's
+    per-image radii: the fraction of its certified images that are correct with radius >= r
+    (:func:`bench.metrics.certified_accuracy`, the rule of :func:`bench.curves.accuracy_at`),
+    with the exact Clopper-Pearson interval over the same images. Rows without per-image data
+    (reported rows, envelopes) keep only the values they have (``table --radii`` shows n/a
+    there); envelopes taken over extended runs (:func:`envelope_groups`) have every radius.
+    """
+    radii = [float(r) for r in radii]
+    out = []
+    for row in rows:
+        todo = [r for r in radii if r not in row.accuracy]
+        if not todo or not row.per_image:
+            out.append(row)
+            continue
+        images = list(row.per_image.values())
+        rad = [r for r, _ in images]
+        correct = [c for _, c in images]
+        accuracy, interval = dict(row.accuracy), dict(row.interval)
+        accuracy.update(metrics.certified_accuracy(rad, correct, todo))
+        for r in todo:
+            interval[r] = metrics.sample_interval(metrics.certified_count(rad, correct, r),
+                                                  len(images), CI_LEVEL)
+        out.append(replace(row, accuracy=accuracy, interval=interval))
+    return out
+
+
 def best_values(rows: Sequence[Row], grid: Sequence[float]) -> dict[Any, float]:
     """Best certified accuracy per radius (and best ACR under key 'acr') within one group."""
     best: dict[Any, float] = {}
@@ -328,6 +374,7 @@ def envelope_groups(rows: Iterable[Row]) -> tuple[list[Row], list[str]]:
             description=first.description, sample_key=first.sample_key,
             envelope_of=tuple(f"{s:g}" for s in sigmas), tier=first.tier, config=first.config,
             setting=first.config if kind == "reported" else first.setting,  # not a model name
+            certification=first.certification,  # part of the protocol the members share
         ))
     return sorted(out, key=_row_order), notes
 
@@ -421,6 +468,93 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+# ----- columns -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """A non-radius column: its markdown/LaTeX ``header``, whether it holds numbers
+    (right-aligned in LaTeX), whether it comes after the radius columns, and the columns it
+    stands for in the wide CSV (:func:`frame`) and in the long format (:func:`long_frame`)."""
+
+    name: str
+    header: str
+    numeric: bool
+    after_radii: bool
+    csv: tuple[str, ...]
+    long: tuple[str, ...]
+    doc: str
+
+
+def _col(name, header, numeric, after, csv, long, doc) -> Column:
+    return Column(name, header, numeric, after, tuple(csv), tuple(long), doc)
+
+
+COLUMNS: dict[str, Column] = {c.name: c for c in (
+    _col("method", "method", False, False, ["method"], ["method"],
+         "method name, with its non-default params in brackets unless 'setting' is shown"),
+    _col("kind", "kind", False, False, ["kind"], ["kind"], "reproduced, claimed or reported"),
+    _col("dataset", "dataset", False, False, ["dataset"], ["dataset"], "dataset"),
+    _col("sigma", "sigma", True, False, ["sigma"], ["sigma"], "noise level (or envelope label)"),
+    _col("n0", "N0", True, False, ["N0"], ["n0"], "selection samples per image"),
+    _col("n", "N", True, False, ["N"], ["n"], "estimation samples per image"),
+    _col("m", "m", True, False, ["m"], ["m"], "predictions per noisy sample"),
+    _col("alpha", "alpha", True, False, ["alpha"], ["alpha"], "certificate failure probability"),
+    _col("budget", "budget", True, False, ["budget"], ["budget"], "predictions per image"),
+    _col("subset", "subset", False, False, ["subset"], ["subset"], "images certified"),
+    _col("images", "images", True, False, ["images"], ["images"], "images behind the numbers"),
+    _col("certification", "certification", False, False, ["certification"],
+         ["certification"], "fixed (N samples) or sequential"),
+    _col("run", "run", False, False, ["run_id"], ["run_id"], "run id in the store"),
+    _col("setting", "setting", False, False, ["setting"], ["setting"],
+         "non-default params (runs) or a paper's setting"),
+    _col("acr", "ACR", True, True, ["ACR", "ACR mark", "ACR p_vs_best"], ["acr"],
+         "average certified radius"),
+    _col("abstain", "abstain %", True, True, ["abstain %"], ["abstain"], "abstain rate"),
+    _col("passes", "passes/img", True, True,
+         ["classifier passes/img", "diffusion passes/img"],
+         ["classifier_passes", "diffusion_passes"], "network passes per image"),
+    _col("seconds", "s/img", True, True, ["seconds/img"], ["seconds"], "seconds per image"),
+    _col("device", "device / source", False, True, ["device"], ["device"],
+         "device (a claimed or reported row's source there unless 'source' is shown)"),
+    _col("source", "source", False, True, ["source"], ["source"], "imported file or paper"),
+)}
+DEFAULT_COLUMNS = ("method", "kind", "sigma", "n0", "n", "m", "alpha", "subset", "acr",
+                   "abstain", "passes", "seconds", "device")
+LONG_COLUMNS = ("dataset", "kind", "method", "setting", "sigma", "n0", "n", "m", "alpha",
+                "subset", "images", "budget", "certification", "run", "acr", "abstain",
+                "passes", "seconds", "device", "source")
+# The measurement columns of the long format, between the before- and after-radii columns.
+LONG_VALUES = ("radius", "certified_accuracy", "ci_low", "ci_high", "mark", "p_vs_best")
+
+
+def parse_columns(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``--columns``: comma-separated names of :data:`COLUMNS` (any case), in the order to
+    show; radius columns go before the first of acr, abstain, passes, seconds, device and
+    source. An unknown name is a one-line :class:`~bench.errors.ConfigError` naming the valid
+    ones (and the closest)."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names: list[str] = []
+    for part in parts:
+        name = part.strip().lower()
+        if name not in COLUMNS:
+            close = difflib.get_close_matches(name, list(COLUMNS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"--columns: unknown column {part.strip()!r}{hint}; valid names: "
+                              + ", ".join(COLUMNS))
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _split_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(columns before the radii, columns after them), each in the given order."""
+    return ([c for c in columns if not COLUMNS[c].after_radii],
+            [c for c in columns if COLUMNS[c].after_radii])
+
+
+def _certification(row: Row) -> str:
+    return row.certification or "fixed"
+
+
 # ----- pandas frame and rendering ----------------------------------------------------------------
 def protocol_title(row: Row) -> str:
     parts = [row.dataset, f"subset {row.subset_label}"]
@@ -433,8 +567,10 @@ def protocol_title(row: Row) -> str:
     return ", ".join(parts)
 
 
-def frame(rows: Sequence[Row], grid: Sequence[float]) -> pd.DataFrame:
-    """Flat numeric table (percentages, interval bounds, cost): the CSV export."""
+def frame(rows: Sequence[Row], grid: Sequence[float],
+          columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Flat numeric table (percentages, interval bounds, cost): the CSV export. ``columns``
+    (names of :data:`COLUMNS`) keeps only their CSV columns and the radius columns."""
     records = []
     marks = marks_by_row(rows, grid)
     for row in rows:
@@ -458,16 +594,74 @@ def frame(rows: Sequence[Row], grid: Sequence[float]) -> pd.DataFrame:
             "classifier passes/img": row.classifier_passes,
             "diffusion passes/img": row.diffusion_passes, "seconds/img": row.seconds,
             "device": row.device, "run_id": row.run_id, "source": row.source,
-            "setting": row.setting,
+            "setting": row.setting, "certification": _certification(row),
         })
         records.append(rec)
     df = pd.DataFrame.from_records(records)
+    if columns is None:
+        df = df.drop(columns="certification", errors="ignore")  # the CSV as it always was
+    else:
+        pre, post = _split_columns(columns)
+        radius_cols = [c for r in grid for c in (f"r={r:g}", f"r={r:g} ci_low",
+                                                  f"r={r:g} ci_high", f"r={r:g} mark",
+                                                  f"r={r:g} p_vs_best")]
+        keep = [c for name in pre for c in COLUMNS[name].csv] + radius_cols \
+            + [c for name in post for c in COLUMNS[name].csv]
+        df = df.reindex(columns=keep)
     for col in ("N0", "N", "m", "budget", "images"):
         if col in df:
             df[col] = df[col].astype("Int64")  # integers stay integers next to missing values
     pct = [c for c in df.columns if (c.startswith("r=") or c == "abstain %")
            and not c.endswith((" mark", " p_vs_best"))]
     df[pct] = df[pct].astype(float).round(6)  # 57.0, not 56.99999999999999 from 0.57 * 100
+    return df
+
+
+def long_frame(rows: Sequence[Row], grid: Sequence[float],
+               columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Tidy data: one line per row x radius of ``grid`` (``--format long``).
+
+    ``columns`` (names of :data:`COLUMNS`, default :data:`LONG_COLUMNS`) stand for the
+    long-format fields of :attr:`Column.long`; between the ones before and after the radii come
+    ``radius``, ``certified_accuracy`` and its interval ``ci_low``/``ci_high`` (fractions in
+    [0, 1], empty where a row has no value), ``mark`` (best/tied, :func:`cell_marks`) and
+    ``p_vs_best``. ``abstain`` is a fraction too; ``certification`` is fixed or sequential.
+    """
+    pre, post = _split_columns(LONG_COLUMNS if columns is None else columns)
+    marks = marks_by_row(rows, grid)
+    records = []
+    for row in rows:
+        fields: dict[str, Any] = {
+            "dataset": row.dataset, "kind": row.kind, "method": row.method,
+            "setting": row.setting, "sigma": row.sigma_label, "n0": row.n0, "n": row.n,
+            "m": row.m, "alpha": row.alpha, "subset": row.subset_label, "images": row.images,
+            "budget": row.budget, "certification": _certification(row), "run_id": row.run_id,
+            "acr": row.acr if _finite(row.acr) else None,
+            "abstain": row.abstain if _finite(row.abstain) else None,
+            "classifier_passes": row.classifier_passes,
+            "diffusion_passes": row.diffusion_passes, "seconds": row.seconds,
+            "device": row.device, "source": row.source,
+        }
+        head = {k: fields[k] for name in pre for k in COLUMNS[name].long}
+        tail = {k: fields[k] for name in post for k in COLUMNS[name].long}
+        row_marks = marks.get(id(row), {})
+        for r in grid:
+            acc = row.accuracy.get(r)
+            lo, hi = row.interval.get(r, (None, None))
+            mark, p_value = _mark_fields(row_marks.get(r))
+            records.append({
+                **head, "radius": float(r), "certified_accuracy": acc if _finite(acc) else None,
+                "ci_low": lo if _finite(lo) else None, "ci_high": hi if _finite(hi) else None,
+                "mark": mark, "p_vs_best": p_value, **tail,
+            })
+    names = [k for name in pre for k in COLUMNS[name].long] + list(LONG_VALUES) \
+        + [k for name in post for k in COLUMNS[name].long]
+    df = pd.DataFrame.from_records(records, columns=names)
+    for col in ("n0", "n", "m", "budget", "images"):
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    for col in ("radius", "certified_accuracy", "ci_low", "ci_high", "p_vs_best"):
+        df[col] = df[col].astype(float)
     return df
 
 
@@ -506,12 +700,14 @@ def _marked(text: str, mark: Mark | None) -> str:
     return f"{_BOLD[0]}{text}{_BOLD[1]}" + (TIE_MARK if mark.kind == "tied" else "")
 
 
-def _cells(row: Row, grid: Sequence[float], marks: Mapping[Any, Mark], ci: bool) -> list[str]:
+def _cells(row: Row, grid: Sequence[float], marks: Mapping[Any, Mark], ci: bool,
+           missing: str = "-") -> list[str]:
+    """The radius cells of a row, then its ACR cell; ``missing`` where a row has no value."""
     cells = []
     for r in grid:
         acc = row.accuracy.get(r)
         if not _finite(acc):
-            cells.append("-")
+            cells.append(missing)
             continue
         text = _marked(f"{100 * acc:.1f}", marks.get(r))
         lo, hi = row.interval.get(r, (None, None))
@@ -523,52 +719,105 @@ def _cells(row: Row, grid: Sequence[float], marks: Mapping[Any, Mark], ci: bool)
 
 
 def _display_rows(rows: Sequence[Row], grid: Sequence[float], ci: bool,
-                  esc: Callable[[Any], str]) -> list[list[Any]]:
-    """The cells of each row; free text (method, setting, kind, sigma label, subset, device or
-    source) goes through ``esc``, the escape of the output format (:mod:`bench.escape`)."""
+                  esc: Callable[[Any], str], columns: Sequence[str] | None = None,
+                  missing: str = "-") -> list[list[Any]]:
+    """The cells of each row (``columns``: names of :data:`COLUMNS`, default
+    :data:`DEFAULT_COLUMNS`); free text (method, setting, kind, sigma label, subset, device or
+    source, ...) goes through ``esc``, the escape of the output format (:mod:`bench.escape`)."""
+    columns = DEFAULT_COLUMNS if columns is None else tuple(columns)
+    pre, post = _split_columns(columns)
     out = []
     for row, marks in zip(rows, cell_marks(rows, grid), strict=True):
-        out.append([
-            esc(f"{row.method} ({row.setting})" if row.setting else row.method), esc(row.kind),
-            esc(row.sigma_label), _num(row.n0), _num(row.n), _num(row.m),
-            f"{row.alpha:g}" if row.alpha is not None else "-", esc(row.subset_label),
-            *_cells(row, grid, marks, ci),
-            f"{100 * row.abstain:.1f}" if _finite(row.abstain) else "-",
-            format_cost(row), f"{row.seconds:.3f}" if _finite(row.seconds) else "-",
-            esc(row.device or (row.source if row.kind != "reproduced" else "-")),
-        ])
+        *radius_cells, acr = _cells(row, grid, marks, ci, missing)
+        out.append([*(_text_cell(c, row, acr, esc, columns) for c in pre), *radius_cells,
+                    *(_text_cell(c, row, acr, esc, columns) for c in post)])
     return out
+
+
+def _text_cell(name: str, row: Row, acr: str, esc: Callable[[Any], str],
+               columns: Sequence[str]) -> str:
+    """The markdown/LaTeX cell of column ``name`` (``acr``: the ACR cell, already marked)."""
+    if name == "method":
+        return esc(f"{row.method} ({row.setting})" if row.setting and "setting" not in columns
+                   else row.method)
+    if name == "device":
+        if "source" in columns:
+            return esc(row.device or "-")
+        return esc(row.device or (row.source if row.kind != "reproduced" else "-"))
+    if name == "acr":
+        return acr
+    if name == "abstain":
+        return f"{100 * row.abstain:.1f}" if _finite(row.abstain) else "-"
+    if name == "passes":
+        return format_cost(row)
+    if name == "seconds":
+        return f"{row.seconds:.3f}" if _finite(row.seconds) else "-"
+    if name == "alpha":
+        return f"{row.alpha:g}" if row.alpha is not None else "-"
+    numbers = {"n0": row.n0, "n": row.n, "m": row.m, "budget": row.budget, "images": row.images}
+    if name in numbers:
+        return _num(numbers[name])
+    text = {"kind": row.kind, "dataset": row.dataset, "sigma": row.sigma_label,
+            "subset": row.subset_label, "certification": _certification(row),
+            "run": row.run_id, "setting": row.setting, "source": row.source}[name]
+    return esc(text or "-")
 
 
 def _num(value: int | None) -> str:
     return f"{value:,}" if value is not None else "-"
 
 
-def headers(grid: Sequence[float]) -> list[str]:
-    return ["method", "kind", "sigma", "N0", "N", "m", "alpha", "subset",
-            *(f"r={r:g}" for r in grid), "ACR", "abstain %", "passes/img", "s/img",
-            "device / source"]
+def headers(grid: Sequence[float], columns: Sequence[str] | None = None) -> list[str]:
+    """Markdown/LaTeX headers: ``columns`` (default :data:`DEFAULT_COLUMNS`) around the radii."""
+    pre, post = _split_columns(DEFAULT_COLUMNS if columns is None else columns)
+    return [*(_header(c, pre + post) for c in pre), *(f"r={r:g}" for r in grid),
+            *(_header(c, pre + post) for c in post)]
+
+
+def _header(name: str, columns: Sequence[str]) -> str:
+    return "device" if name == "device" and "source" in columns else COLUMNS[name].header
+
+
+def alignment(grid: Sequence[float], columns: Sequence[str] | None = None) -> str:
+    """The LaTeX column spec of :func:`headers`: ``r`` for numbers (radii, ACR, counts, cost),
+    ``l`` for text."""
+    pre, post = _split_columns(DEFAULT_COLUMNS if columns is None else columns)
+    return ("".join("r" if COLUMNS[c].numeric else "l" for c in pre) + "r" * len(grid)
+            + "".join("r" if COLUMNS[c].numeric else "l" for c in post))
 
 
 def render(rows: Sequence[Row], fmt: str = "markdown", grid: Sequence[float] | None = None,
-           ci: bool = True, envelope: bool = True) -> str:
+           ci: bool = True, envelope: bool = True, columns: Sequence[str] | None = None,
+           missing: str = "-") -> str:
     """The standardized table: one block per protocol, then the best-over-sigma envelopes.
 
-    markdown and latex (booktabs, ready to paste) mark the best value per radius in bold within
-    each protocol, and the rows statistically tied with it in bold followed by ``=``
-    (:func:`cell_marks`); notes on rows left out of the envelopes follow the tables. csv is one
-    flat numeric table with interval bounds, marks and p-values in their own columns.
+    markdown and latex (booktabs, ready to paste; numbers right-aligned, text left-aligned)
+    mark the best value per radius in bold within each protocol, and the rows statistically
+    tied with it in bold followed by ``=`` (:func:`cell_marks`); notes on rows left out of the
+    envelopes follow the tables. csv is one flat numeric table with interval bounds, marks and
+    p-values in their own columns; long is the tidy CSV of :func:`long_frame` (envelopes with
+    kind ``<kind> envelope``, as in csv).
+
+    ``grid`` gives the radius columns (default :func:`grid_of`; a row without a value at one of
+    them shows ``missing``: extend runs with :func:`with_radii` first); ``columns`` the other
+    columns, names of :data:`COLUMNS` in order (default :data:`DEFAULT_COLUMNS`; csv: all of
+    today's columns; long: :data:`LONG_COLUMNS`).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     rows = list(rows)
     grid = list(grid) if grid is not None else grid_of(rows)
+    if columns is not None:
+        columns = parse_columns(columns)
     env, env_notes = envelope_groups(rows) if envelope else ([], [])
-    if fmt == "csv":
-        df = frame(rows, grid)
+    if fmt in ("csv", "long"):
+        make = frame if fmt == "csv" else long_frame
+        df = make(rows, grid, columns)
         if env:
-            df = pd.concat([df, frame(env, grid).assign(kind=lambda d: d["kind"] + " envelope")],
-                           ignore_index=True)
+            extra = make(env, grid, columns)
+            if "kind" in extra:
+                extra["kind"] = extra["kind"] + " envelope"
+            df = pd.concat([df, extra], ignore_index=True)
         for col in df.columns:  # text columns only: -0.5 in a numeric column stays a number
             if not pd.api.types.is_numeric_dtype(df[col]):
                 df[col] = df[col].map(escape.csv_cell)
@@ -576,14 +825,15 @@ def render(rows: Sequence[Row], fmt: str = "markdown", grid: Sequence[float] | N
     blocks = []
     for title, members in _titled_groups(rows, env):
         if fmt == "markdown":
-            body = _display_rows(members, grid, ci, escape.markdown)
-            text = tabulate(body, headers=[escape.markdown(h) for h in headers(grid)],
+            body = _display_rows(members, grid, ci, escape.markdown, columns, missing)
+            text = tabulate(body, headers=[escape.markdown(h) for h in headers(grid, columns)],
                             tablefmt="github", disable_numparse=True)
             text = _markup(text, ("**", "**"), ("[", "]"))
             blocks.append(f"### {escape.markdown(title)}\n\n" + text)
         else:
-            body = _display_rows(members, grid, ci, escape.latex)
-            text = _booktabs([escape.latex(h) for h in headers(grid)], body)
+            body = _display_rows(members, grid, ci, escape.latex, columns, missing)
+            text = _booktabs([escape.latex(h) for h in headers(grid, columns)], body,
+                             alignment(grid, columns))
             text = _markup(text, (r"\textbf{", "}"), (r"{\scriptsize[", "]}"))
             blocks.append(f"% {escape.latex(title)}\n" + text)
     if fmt == "markdown":
@@ -594,16 +844,23 @@ def render(rows: Sequence[Row], fmt: str = "markdown", grid: Sequence[float] | N
             + ("\n" + tail if tail else ""))
 
 
-def _booktabs(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+def _booktabs(header: Sequence[str], body: Sequence[Sequence[str]],
+              align: str | None = None) -> str:
     """A booktabs tabular of cells that are already LaTeX (escaped free text, numbers, and
-    the bold/interval placeholders), columns padded to line up."""
+    the bold/interval placeholders), columns padded to line up; ``align`` is the column spec
+    (one ``l`` or ``r`` per column; default all ``l``)."""
+    align = align or "l" * len(header)
+    if len(align) != len(header):
+        raise ValueError(f"column spec {align!r} does not fit {len(header)} columns")
     lines = [list(header), *(list(map(str, line)) for line in body)]
     widths = [max(len(line[k]) for line in lines) for k in range(len(header))]
 
     def row(cells: Sequence[str]) -> str:
-        return " " + " & ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " \\\\"
+        padded = (c.rjust(w) if a == "r" else c.ljust(w)
+                  for c, w, a in zip(cells, widths, align, strict=True))
+        return " " + " & ".join(padded) + " \\\\"
 
-    return "\n".join([r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", row(header),
+    return "\n".join([r"\begin{tabular}{" + align + "}", r"\toprule", row(header),
                       r"\midrule", *(row(line) for line in lines[1:]), r"\bottomrule",
                       r"\end{tabular}"])
 

@@ -99,7 +99,7 @@ def test_a_new_procedure_plugs_in_without_editing_the_runner(tmp_path, monkeypat
     store.close()
     assert [(c.prediction, c.radius) for c in a] == [(c.prediction, c.radius) for c in b]
     with pytest.raises(ConfigError,
-                       match="unknown procedure .nope.; valid: cohen, cascade, probe"):
+                       match="unknown procedure .nope.; valid: cohen, cascade, sequential, probe"):
         prepare(dataclasses.replace(opts, procedure="nope"))
 
 

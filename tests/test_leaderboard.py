@@ -6,8 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from markupsafe import escape as escape_html
 
-from bench import leaderboard, metrics
+from bench import leaderboard, metrics, stats
+from bench.curves import step_curve
 from bench.records import Certificate, RunCard
 from bench.registry import load_registry
 from bench.store import Store
@@ -163,8 +165,8 @@ def test_reported_rows_of_the_papers_appear(tmp_path):
     out = make_board(tmp_path)
     cifar = (out / "cifar10.html").read_text()
     for method in ("gaussian", "smoothadv", "macer", "consistency", "smoothmix", "boosting"):
-        assert f"> {method}<span" in cifar, method
-    assert "DiffSmooth (Zhang et al. 2023) Table 1" in cifar
+        assert f">{method}</a><span" in cifar, method
+    assert "DiffSmooth (Zhang et al. 2023, " in cifar and ") Table 1" in cifar
     assert 'href="https://arxiv.org/abs/1902.02918"' in cifar  # reported rows link the paper
     imagenet = (out / "imagenet.md").read_text()
     assert "Table 2" in imagenet and "| boosting" in imagenet
@@ -178,3 +180,144 @@ def test_cli_writes_the_leaderboard(cli, tmp_path):
     assert code == 0, err
     assert "index.html" in out and (tmp_path / "lb" / "cifar10.html").is_file()
     assert not (tmp_path / "empty").exists()  # reading never creates a store
+
+
+# ----- plots, greyed cells, merged rows, sources, index -------------------------------------------
+def _path_vertices(d):
+    """Vertices of an SVG path made of ``M x,y L x,y ...`` segments."""
+    return [[tuple(float(v) for v in xy.split(",")) for xy in re.findall(r"-?[\d.]+,-?[\d.]+", seg)]
+            for seg in re.findall(r"M[^M]+", d)]
+
+
+def test_run_curve_path_is_the_exact_step_curve_scaled():
+    radii = [0.1, 0.3, 0.3, 0.0, 0.62, 0.2, 0.45]
+    row = _run_row("a-run", radii, [1, 1, 1, 0, 1, 0, 1], sigma=0.25, n=1000)
+    top = leaderboard.max_radius_of(row)
+    assert top == pytest.approx(stats.max_radius(0.25, 1000, 0.001))
+    group = leaderboard.build_group([row], GRID, "t")
+    d = re.search(r'<path class="curve curve-reproduced"[^>]* d="([^"]+)"',
+                  str(group.plot)).group(1)
+    xs, ys = step_curve(row.per_image.values(), total=len(radii), until=top)
+    axes = leaderboard.Axes(rmax=leaderboard.plot_rmax(GRID, [leaderboard.row_curve(
+        row, GRID, "a", "#000", "", top)]))
+    expected = [(round(axes.x(x), 2), round(axes.y(y), 2)) for x, y in zip(xs, ys, strict=True)]
+    assert _path_vertices(d) == [expected]
+    # The curve steps: every other segment is vertical (the drop just after an image's radius).
+    assert all(a[0] == b[0] or a[1] == b[1] for a, b in zip(expected, expected[1:], strict=False))
+    # The run's maximum certifiable radius is marked, and the legend names it.
+    assert 'class="max-radius"' in str(group.plot)
+    assert group.legend[0]["max_radius"] == f"{top:.3f}"
+    # The SVG scales with the page: a viewBox, width 100%, no fixed pixel width.
+    assert 'viewBox="0 0 ' in str(group.plot) and 'width="100%"' in str(group.plot)
+
+
+def test_reported_values_hold_until_the_next_grid_radius():
+    segs = leaderboard.grid_steps({0.0: 0.8, 0.25: 0.6, 0.75: 0.2}, [0.0, 0.25, 0.5, 0.75, 1.0])
+    # 0.6 holds to 0.5, where the row has no value: the line stops and resumes at 0.75.
+    assert segs == [[(0.0, 0.8), (0.25, 0.8), (0.25, 0.6), (0.5, 0.6)], [(0.75, 0.2), (1.0, 0.2)]]
+
+
+def _reported(source, acc, setting="", method="dds", sigma="best"):
+    return Row(kind="reported", method=method, dataset="cifar10", sigma=sigma, n0=100,
+               n=100000, m=1, alpha=None, subset="paper", subset_size=None, images=None,
+               accuracy=acc, source=source, setting=setting,
+               paper_url="https://arxiv.org/abs/2206.10550")
+
+
+def test_duplicate_reported_rows_are_merged_citing_both_sources():
+    a = _reported("Paper X Table 1", {0.0: 0.79, 0.25: 0.62, 2.25: 0.022}, "standard, ResNet")
+    b = _reported("Paper X Table 6", {0.0: 0.79, 0.25: 0.62}, "standard, N = 100,000")
+    c = _reported("Paper X Table 1", {0.0: 0.79, 0.25: 0.61}, "other")  # other numbers
+    d = _reported("Paper X Table 6", {0.0: 0.79, 0.25: 0.62}, method="gaussian")  # other method
+    out = leaderboard.merge_duplicates([a, b, c, d])
+    assert len(out) == 3 and out[1] is c and out[2] is d
+    merged = out[0]
+    assert isinstance(merged, leaderboard.MergedRow)
+    assert merged.sources == (("Paper X Table 1", "standard, ResNet"),
+                              ("Paper X Table 6", "standard, N = 100,000"))
+    assert merged.accuracy == {0.0: 0.79, 0.25: 0.62, 2.25: 0.022}
+    view = leaderboard.build_group(out[:2], [0.0, 0.25, 2.25], "t").rows
+    merged_view = next(v for v in view if len(v["sources"]) == 2)
+    assert [str(s["html"]) for s in merged_view["sources"]] == [
+        '<a href="https://arxiv.org/abs/2206.10550">Paper X Table 1</a>',
+        '<a href="https://arxiv.org/abs/2206.10550">Paper X Table 6</a>']
+
+
+def test_cifar10_dds_rows_of_two_tables_appear_once(tmp_path):
+    html = (make_board(tmp_path) / "cifar10.html").read_text()
+    rows = re.findall(r'<tr class="kind-reported"[^>]*>.*?</tr>', html, re.S)
+    standard = [r for r in rows if "DDS (Standard)" in r and "reimplemented" in r]
+    assert len(standard) == 1
+    assert "Table 1" in standard[0] and "Table 6" in standard[0]
+    assert not [r for r in rows if "DDS (Standard), N = 100,000</div>" in r]
+
+
+def test_cells_past_the_maximum_certifiable_radius_are_greyed_with_a_reason(tmp_path):
+    html = (make_board(tmp_path) / "digits.html").read_text()
+    top = stats.max_radius(0.25, 1000, 0.001)  # gaussian sigma 0.25, N = 1,000: 0.616
+    row = re.search(r'<tr class="kind-reproduced" data-run="aaaa00000001">.*?</tr>', html,
+                    re.S).group(0)
+    cells = re.findall(r'<td data-sort="[^"]*"( title="[^"]*")?( class="[^"]*")?><span '
+                       r'class="val">', row)
+    greyed = [i for i, (_, cls) in enumerate(cells) if "beyond" in cls]
+    assert greyed == [i for i, r in enumerate(GRID) if r > top] == [3, 4, 5, 6, 7, 8]
+    assert (f'title="beyond this run&#39;s maximum certifiable radius {top:.3f} (N = 1,000, '
+            'alpha = 0.001): no image can be certified here') in row
+    assert "beyond" not in cells[2][1]  # r = 0.5 < 0.616 is not greyed
+    # Reported rows with sigma, N and alpha known are greyed too (Cohen's sigma = 0.12).
+    cifar = (make_board(tmp_path / "2") / "cifar10.html").read_text()
+    assert "beyond this run&#39;s maximum certifiable radius 0.457 (N = 100,000" in cifar
+
+
+def test_legend_labels_are_unique_and_colours_fixed_per_method():
+    rows = [_run_row("diffsmooth-a", [0.3, 0.1], [1, 1], m=m, n=n) for m, n in
+            ((5, 2000), (10, 1000), (20, 500))]
+    assert leaderboard.legend_labels(rows) == [
+        "diffsmooth sigma=0.25 m=5", "diffsmooth sigma=0.25 m=10", "diffsmooth sigma=0.25 m=20"]
+    same = [_run_row("ndc-a", [0.3], [1]), _run_row("ndc-b", [0.3], [1])]
+    same[1].setting = "variant=ap"
+    labels = leaderboard.legend_labels(same)
+    assert labels == ["ndc sigma=0.25", "ndc sigma=0.25 variant=ap"]
+    dashes = leaderboard.dash_patterns(same)
+    assert dashes[0] != dashes[1]  # same colour (method), so another dash
+    colors = leaderboard.method_colors(f"m{i:02d}" for i in range(len(leaderboard.PALETTE)))
+    assert len(set(colors.values())) == len(leaderboard.PALETTE) >= 16
+    assert leaderboard.method_colors(["b", "a"]) == {"a": leaderboard.PALETTE[0],
+                                                      "b": leaderboard.PALETTE[1]}
+
+
+def test_descriptions_once_per_method_and_sources_in_the_repository(tmp_path):
+    out = make_board(tmp_path)
+    cifar = (out / "cifar10.html").read_text()
+    registry = load_registry(ROOT / "registry.yaml")
+    for name in ("gaussian", "dds", "diffsmooth"):
+        desc = str(escape_html(registry.methods[name].description))
+        assert cifar.count(desc) == 1, name
+    assert cifar.count('class="method-desc"') == len(set(re.findall(
+        r'data-method="([^"]+)"', cifar)))
+    for path in out.glob("*.*"):
+        text = path.read_text()
+        assert "algorithms.md" not in text and "shared/" not in text, path.name
+    # Table references link what they cite: a paper (arXiv id) or the released logs.
+    assert '<a href="https://arxiv.org/abs/2308.14333">arXiv:2308.14333</a>) Table 1' in cifar
+    assert '<a href="https://github.com/locuslab/smoothing">' in cifar
+    for entry in registry.methods.values():
+        for rep in entry.reported:
+            assert "algorithms.md" not in rep["source"] and "../" not in rep["source"]
+    assert leaderboard.clean_source("X Table 2 (algorithms.md B.2)") == "X Table 2"
+    html = str(leaderboard.source_html("T (see ../shared/spec/a.md)", "https://e.org/p"))
+    assert html == '<a href="https://e.org/p">T</a>'
+
+
+def test_index_has_headlines_date_and_version(tmp_path):
+    index = (make_board(tmp_path) / "index.html").read_text()
+    import bench
+
+    assert f"certbench <span class=\"version\">{bench.__version__}</span>" in index
+    assert re.search(r'<time datetime="\d{4}-\d{2}-\d{2}">', index)
+    for ds in ("digits", "cifar10", "imagenet"):
+        assert f'<table class="headline" data-dataset="{ds}">' in index
+    digits = index.split('data-dataset="digits"')[1].split("</table>")[0]
+    assert "<th>r=0.25</th><th>r=0.5</th><th>r=1</th><th>ACR</th>" in digits
+    assert 'href="digits.html#protocol-' in digits
+    assert leaderboard.key_radii([0.0, 0.5, 1.0, 1.5, 2.0, 3.0]) == [0.5, 1.0, 2.0]

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -120,6 +121,26 @@ def ray_cluster():
 
 
 # ----- without Ray --------------------------------------------------------------------------
+def test_polled_claims_say_none_instead_of_waiting(tmp_path):
+    """The claims an executor with images in flight gets: None while another live process
+    holds every image left, then the images once it lets them go."""
+    from bench.executors import polled_indices
+    from bench.store import ClaimSession
+
+    store = Store(tmp_path)
+    try:
+        other = f"{socket.gethostname()}:{os.getpid()}:someone-else"  # alive: this process
+        store.claim("r", [1, 2], other, limit=2)
+        with ClaimSession(store, "r") as claims:
+            feed = polled_indices(claims, [1, 2], lambda: 1)
+            assert next(feed) is None and next(feed) is None
+            store.release(other)
+            assert [next(feed), next(feed)] == [1, 2]
+            assert next(feed, "end") == "end"  # every image handed out
+    finally:
+        store.close()
+
+
 def test_ray_not_installed_is_one_line(cli, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
     code, out, err = cli(*CMD, "--executor", "ray", "--results", tmp_path)
@@ -198,12 +219,12 @@ def test_a_killed_driver_resumes_to_the_same_certificates(serial, ray_cluster, t
     try:
         done = _wait_for(tmp_path, 2, proc)
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, (done, proc.returncode)
+    assert proc.returncode == -signal.SIGKILL, (done, proc.returncode, err[-2000:])
     killed_at = _count(tmp_path)
     assert 2 <= killed_at < IMAGES
     result = run(_opts(tmp_path, executor="ray"))
@@ -214,6 +235,19 @@ def test_a_killed_driver_resumes_to_the_same_certificates(serial, ray_cluster, t
         assert store.claims() == []
     finally:
         store.close()
+
+
+def test_the_executor_waits_while_nothing_is_claimable(serial, ray_cluster, tmp_path):
+    """A ``None`` from the claims (every image left is another process's) is waited out:
+    the executor asks again and certifies what comes next, as serially."""
+    from bench import runner
+    from bench.distributed import RayExecutor
+
+    prep = runner.prepare(_opts(tmp_path))
+    certs = list(RayExecutor(prep, workers=1, poll_s=0.01).certify(
+        iter([None, 3, None, None, 5, None])))
+    assert {c.idx: dataclasses.replace(c, seconds=0.0, device="") for c in certs} == {
+        i: serial[i] for i in (3, 5)}
 
 
 def test_a_worker_building_another_run_is_refused(ray_cluster, tmp_path):

@@ -69,3 +69,10 @@ def test_tables_keep_the_protocols_apart(cli, tmp_path):
     assert "sequential certification" in out
     titles = [line for line in out.splitlines() if "digits, subset" in line]
     assert len(titles) == 2, out  # one group per protocol: never ranked against each other
+    # Side by side: the same images under both protocols, samples per image and the saving.
+    code, out, err = cli("protocols", "--dataset", "digits", "--results", tmp_path)
+    assert code == 0, err
+    assert "fixed N = 2,000 vs sequential (looks at 200, 800, 2,400)" in out
+    assert "6 images" in out and "fewer samples per image" in out
+    code, _, err = cli("protocols", "--dataset", "digits", "--results", tmp_path / "empty")
+    assert code == 2 and "no pair" in err and len(err.splitlines()) == 1

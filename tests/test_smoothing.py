@@ -152,7 +152,7 @@ def test_max_radius_agrees_with_constant_certificate():
 @pytest.mark.parametrize("bad,needle", [
     (torch.rand(1, 8, 8) * 2 - 1, "put any normalization inside the base classifier"),
     ((torch.rand(1, 8, 8) * 255).to(torch.uint8), "divide by 255"),
-    (torch.rand(2, 1, 8, 8), "expected one image"),
+    (torch.rand(2, 2, 1, 8, 8), "expected one image"),
 ])
 def test_rejects_inputs_outside_the_pixel_contract(bad, needle):
     with pytest.raises(ValueError, match=needle):

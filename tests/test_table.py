@@ -307,3 +307,76 @@ def test_paired_test_counts_only_correct_images_as_certified():
     assert (t.wins_a, t.wins_b) == (8, 0) and t.p_value == pytest.approx(2 / 256)
     marks = table.cell_marks([a, b], GRID)
     assert 0.25 not in marks[1] and "acr" not in marks[1]  # sign test: 8 to 0, p = 2/256
+
+
+# ----- choosing radii and columns, LaTeX alignment, the long format ------------------------------
+def test_with_radii_computes_off_grid_values_exactly():
+    a = _run_row("a-run", RADII, CORRECT)
+    reported = Row(kind="reported", method="p", dataset="digits", sigma=0.25, n0=100, n=1000,
+                   m=1, alpha=0.001, subset="paper", subset_size=None, images=None,
+                   accuracy={0.25: 0.6})
+    ext, rep = table.with_radii([a, reported], [0.25, 0.3, 0.35, 1.2, 1.21])
+    # Correct radii 0, 0.1, 0.3, 0.5, 0.5, 0.8, 1.2: at 0.3 five of ten, at 0.35 four, at 1.2
+    # one (a radius equal to r counts), at 1.21 none; grid values are kept as they were.
+    assert {r: ext.accuracy[r] for r in (0.3, 0.35, 1.2, 1.21)} == {
+        0.3: 0.5, 0.35: 0.4, 1.2: 0.1, 1.21: 0.0}
+    assert ext.accuracy[0.25] == a.accuracy[0.25] and a.accuracy.keys() == set(GRID)
+    assert ext.interval[0.35] == metrics.sample_interval(4, 10)
+    assert rep is reported  # no per-image data: nothing to compute
+    text = table.render([ext, rep], "markdown", [0.3], envelope=False, missing="n/a")
+    assert "| n/a " in text and "50.0" in text
+    with pytest.raises(table.ConfigError, match="auto"):
+        table.parse_table_radii("auto")
+    assert table.parse_table_radii("0.5, 0,0.3") == [0.0, 0.3, 0.5]
+
+
+def test_default_columns_are_the_table_of_before():
+    assert table.headers([0.0, 0.5]) == [
+        "method", "kind", "sigma", "N0", "N", "m", "alpha", "subset", "r=0", "r=0.5", "ACR",
+        "abstain %", "passes/img", "s/img", "device / source"]
+    assert table.headers([0.5], table.DEFAULT_COLUMNS) == table.headers([0.5])
+    assert table.parse_columns(" Method,ACR,method ") == ("method", "acr")
+    with pytest.raises(table.ConfigError, match=r"did you mean 'seconds'\?\); valid names: "):
+        table.parse_columns("method,secnds")
+
+
+def test_latex_right_aligns_numbers_and_left_aligns_text(store):
+    text = table.render(table.rows_from_store(store), "latex", GRID)
+    spec = "ll" + "rrrrr" + "l" + "r" * len(GRID) + "rrrr" + "l"
+    assert text.count(r"\begin{tabular}{" + spec + "}") == 3  # two protocols, one envelope
+    row = next(ln for ln in text.splitlines() if ln.startswith(" toy") and "0.01" in ln)
+    cells = row.removesuffix(r" \\").split(" & ")
+    assert cells[2] == " 0.25" and cells[0].startswith(" toy ")  # sigma padded on the left
+    text = table.render(table.rows_from_store(store), "latex", [0.5],
+                        columns=["method", "sigma", "setting", "acr"])
+    assert r"\begin{tabular}{lrlrr}" in text
+
+
+def test_long_frame_has_one_line_per_row_and_radius(store):
+    rows = table.rows_from_store(store)
+    df = table.long_frame(rows, GRID)
+    assert len(df) == len(rows) * len(GRID)
+    a = df[df["run_id"] == "a"].set_index("radius")
+    assert a.loc[0.5, "certified_accuracy"] == 0.4 and a.loc[0.5, "acr"] == pytest.approx(0.34)
+    assert (a.loc[0.5, "ci_low"], a.loc[0.5, "ci_high"]) == metrics.sample_interval(4, 10)
+    assert list(df.columns[:2]) == ["dataset", "kind"] and "radius" in df.columns
+    text = table.render([replace_row(rows[0], method="=cmd()")], "long", GRID, envelope=False)
+    assert ",'=cmd()," in text  # text cells keep the CSV escape
+    small = table.long_frame(rows, [0.5], columns=["method", "sigma"])
+    assert list(small.columns) == ["method", "sigma", *table.LONG_VALUES]
+
+
+def test_envelope_keeps_the_certification_protocol():
+    from dataclasses import replace
+
+    s25 = replace(_run_row("g-a", [0.3] * 10, [1] * 10, sigma=0.25), certification="sequential")
+    s50 = replace(_run_row("g-b", [0.6] * 10, [1] * 10, sigma=0.5), certification="sequential")
+    (env,), _ = table.envelope_groups([s25, s50])
+    assert env.certification == "sequential" and env.protocol == s25.protocol
+    assert "sequential certification" in table.protocol_title(env)
+
+
+def replace_row(row, **changes):
+    from dataclasses import replace
+
+    return replace(row, **changes)

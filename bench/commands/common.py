@@ -101,7 +101,9 @@ def params_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def common_registry(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", type=Path, help="registry file (default: ./registry.yaml)")
+    p.add_argument("--registry", type=Path,
+                   help="registry file (default: $CERTBENCH_REGISTRY, else ./registry.yaml, else "
+                        "the one shipped with certbench)")
     p.add_argument("--extra-registry", type=Path, action="append", default=[],
                    help="additional registry file with more models/methods (repeatable)")
 
@@ -112,19 +114,28 @@ def certification_options(p: argparse.ArgumentParser) -> None:
                    help="noise std in [0,1] pixel units (default 0.25; a cascade's noise levels "
                         "are its param scales)")
     p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
+    p.add_argument("--alpha", type=float, default=0.001,
+                   help="failure probability of each image's certificate")
     p.add_argument("--batch", type=int, default=1024,
                    help="noisy copies per forward pass (a multiple of the 1024-sample noise chunk "
                         "avoids a copy; never changes results)")
     p.add_argument("--subset", default="full", help="named image subset (see 'list')")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--results", type=folder, default=Path("results"))
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--max-images", type=int, default=None, metavar="K",
+                   help="certify only the first K images of the subset (of this shard); "
+                        "default: all of them")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise; part of the run id (another seed is another run)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
+    p.add_argument("--results", type=folder, default=Path("results"),
+                   help="results folder: the store, per-run TSVs and summaries (runs resume "
+                        "from it)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where the dataset's files are (default $CERTBENCH_DATA or ./data; "
+                        "digits needs none)")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="where non-zoo checkpoints live (default $CERTBENCH_MODELS or ./models)")
-    p.add_argument("--param", type=param, action="append", default=[],
+    p.add_argument("--param", type=param, action="append", default=[], metavar="KEY=VALUE",
                    help="override a method param: KEY=VALUE (repeatable)")
     p.add_argument("--procedure", default=None,
                    help="certification procedure (default: the method's own; cohen = CERTIFY "
@@ -142,7 +153,8 @@ def certification_options(p: argparse.ArgumentParser) -> None:
                         "values (at most 50), or 'auto' for 0 up to the run's maximum "
                         "certifiable radius in nice steps (default: the dataset's grid; the "
                         "grid is recorded in the card, not part of the run id)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (bar or lines) and only errors on stderr")
     common_registry(p)
 
 

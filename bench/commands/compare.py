@@ -26,7 +26,7 @@ def name_list(text: str) -> list[str]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset", default="digits", help="dataset to certify (see 'list')")
     p.add_argument("--budget", type=int, required=True,
                    help="predictions per image, N x m (N = budget // m for each method)")
     p.add_argument("--methods", type=name_list, default=["dds", "diffsmooth"],

@@ -16,19 +16,24 @@ HELP = "import a Cohen-format per-image TSV as claimed results"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--tsv", type=Path, required=True)
+    p.add_argument("--tsv", type=Path, required=True,
+                   help="the per-image TSV (columns idx label predict radius correct time)")
     p.add_argument("--method", required=True, help="method name shown on the leaderboard")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--sigma", type=float, required=True)
+    p.add_argument("--dataset", required=True, help="dataset the images come from")
+    p.add_argument("--sigma", type=float, required=True,
+                   help="noise std the file was certified at, in [0,1] pixel units")
     p.add_argument("--n", type=int, default=None,
                    help="estimation samples N the file was certified with (default 100000); "
                         "claimed radii must not exceed the largest one sigma, N and alpha allow")
-    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--n0", type=int, default=100,
+                   help="selection samples N0 the file was certified with")
     p.add_argument("--m", type=int, default=1, help="predictions per noisy sample (DiffSmooth)")
-    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--alpha", type=float, default=0.001,
+                   help="failure probability the file was certified at")
     p.add_argument("--subset", default="claimed", help="named subset the images come from")
     p.add_argument("--source", default="", help="where the file comes from (paper, URL)")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="results folder to store the claimed run in")
 
 
 def run(args) -> int:

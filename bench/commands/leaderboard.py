@@ -15,8 +15,11 @@ HELP = "write Markdown and static HTML leaderboards"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--out", type=folder, default=Path("leaderboards"))
-    p.add_argument("--results", type=folder, default=Path("results"))
+    p.add_argument("--out", type=folder, default=Path("leaderboards"),
+                   help="folder the HTML and Markdown pages are written to")
+    p.add_argument("--results", type=folder, default=Path("results"),
+                   help="results folder to read the runs from (without a store there, only "
+                        "the registry's reported numbers are shown)")
     common_registry(p)
 
 

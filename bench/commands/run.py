@@ -18,14 +18,17 @@ HELP = "certify a dataset subset with one method"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--method", default="gaussian")
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--method", default="gaussian", help="registered method (see 'list')")
+    p.add_argument("--dataset", default="digits", help="dataset to certify (see 'list')")
     p.add_argument("--n", type=int, default=None,
                    help="estimation samples (default 5,000 on digits, else 100,000)")
     p.add_argument("--budget", type=int, default=None,
                    help="predictions per image N x m: sets N = budget // m (the method's m); "
                         "N0 comes on top")
-    p.add_argument("--shard", type=shard, default=(0, 1), help="I/K: every K-th image from I")
+    p.add_argument("--shard", type=shard, default=(0, 1),
+                   help="I/K: certify every K-th image of the subset from position I (e.g. "
+                        "0/4 .. 3/4 on four machines, then 'merge'), or auto for a SLURM job "
+                        "array; default 0/1: all")
     p.add_argument("--model", action="append", default=None, metavar="[ROLE=]NAME",
                    help="a registered model name or local checkpoint for the classifier, or "
                         "ROLE=NAME for another role, e.g. denoiser=FOLDER (repeatable)")

@@ -12,13 +12,18 @@ HELP = "train a base classifier for a method"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--method", default="gaussian")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--sigma", type=float, default=0.25)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--arch", default=None)
+    p.add_argument("--method", default="gaussian",
+                   help="registered method whose training loss to use (see 'list')")
+    p.add_argument("--dataset", default="digits", help="dataset to train on (see 'list')")
+    p.add_argument("--sigma", type=float, default=0.25,
+                   help="training noise std in [0,1] pixel units")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: the recipe's)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the recipe's)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="initial learning rate (default: the recipe's)")
+    p.add_argument("--arch", default=None,
+                   help="network architecture (default: the dataset's default architecture)")
     p.add_argument("--recipe", choices=("auto", "project", "reference"), default="auto",
                    help="project: cosine lr 0.05, batch 64, 60 epochs; reference: the method's "
                         "published recipe (StepLR, crop+flip on cifar10); auto: reference on "
@@ -26,13 +31,18 @@ def add_arguments(p) -> None:
     p.add_argument("--param", type=param, action="append", default=[], metavar="KEY=VALUE",
                    help="a method parameter (e.g. epsilon=0.5, steps=4, m=2), repeatable; "
                         "see the method's registry entry and adapter for the names")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of initialization, shuffling, noise and augmentation")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where the dataset's files are (default $CERTBENCH_DATA or ./data; "
+                        "digits needs none)")
     p.add_argument("--out", type=folder, default=None,
-                       help="output folder (default: the package zoo, bench/zoo)")
+                   help="output folder (default: the package zoo, bench/zoo)")
     p.add_argument("--name", default=None, help="model name (default derived)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (bar or lines) and only errors on stderr")
     common_registry(p)
 
 

@@ -22,8 +22,11 @@ def add_arguments(p) -> None:
     p.add_argument("--dataset", default=None,
                    help="smoke-test dataset (default: digits if registered, else the first)")
     p.add_argument("--no-smoke", action="store_true", help="skip the smoke certification")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where the smoke dataset's files are (default $CERTBENCH_DATA or "
+                        "./data; digits needs none)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="where non-zoo checkpoints live (default $CERTBENCH_MODELS or ./models)")
     p.add_argument("--image-size", type=int, default=None,
                    help="image size of the smoke run (image-folder datasets)")
     common_registry(p)

@@ -219,15 +219,32 @@ def _resolve_path(name: str, entry: Mapping[str, Any], source: str, base_dir: Pa
         raise ConfigError(f"model {name}: the registry entry has no 'path'")
     path = Path(str(raw)).expanduser()
     root = ZOO_DIR if source == "zoo" else base_dir
-    if not path.is_absolute():
+    beside = entry.get("registry_dir")  # a relative path next to the registry file naming it
+    if not path.is_absolute() and source != "zoo" and beside and (Path(beside) / path).is_file():
+        path = Path(beside) / path
+    elif not path.is_absolute():
         path = root / path
     if not path.is_file():
         how = "or set the entry's path"
         if source != "zoo":
             how = "set the entry's path, or pass --models-dir"
+        fetch, url = "", entry.get("url")
+        if url:  # where it comes from, and the command that fetches a linked file
+            from bench.download import download_command, is_page_url
+            from bench.registry import default_registry_path
+
+            command = download_command(name)
+            if Path(base_dir) != Path(os.environ.get("CERTBENCH_MODELS", "models")):
+                command += f" --models-dir {base_dir}"
+            beside = entry.get("registry_dir")
+            extra = (" and the run's --registry/--extra-registry options" if beside and
+                     Path(beside).resolve() != default_registry_path().resolve().parent else "")
+            fetch = (f"; it comes from {url} (a web page: download the file there by hand)"
+                     if is_page_url(str(url)) else
+                     f"; or fetch it from {url} with '{command}'{extra}")
         raise ModelError(
-            f"model {name}: checkpoint file {path} not found (relative paths resolve against "
-            f"{root}); place the file there, {how}"
+            f"model {name}: checkpoint file {path} not found (relative paths resolve beside "
+            f"the registry file, then against {root}); place the file there, {how}{fetch}"
         )
     return path
 

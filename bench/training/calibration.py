@@ -67,11 +67,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError, ModelError
 from bench.nets import sha256_file
+from bench.progress import progress
 from bench.protocol import TrainContext
 from bench.training.loop import load_training_checkpoint
 
@@ -216,9 +216,9 @@ def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
     if "before" not in state:
         state["before"] = evaluate(model, clf, ctx.test, scales, draws=eval_draws, seed=ctx.seed)
 
-    bar = tqdm(range(state["epoch"], opts["epochs"]), desc=f"multiscale {info.name}",
-               unit="epoch", disable=not ctx.progress, dynamic_ncols=True,
-               initial=state["epoch"], total=opts["epochs"])
+    bar = progress(range(state["epoch"], opts["epochs"]), desc=f"multiscale {info.name}",
+                   unit="epoch", disable=not ctx.progress, dynamic_ncols=True,
+                   initial=state["epoch"], total=opts["epochs"])
     for epoch in bar:
         start = time.perf_counter()
         model.net.train()

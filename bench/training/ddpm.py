@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from bench.errors import CertbenchError, ConfigError
 from bench.nets import sha256_file
+from bench.progress import progress
 from bench.protocol import TrainContext
 from bench.training.loop import load_training_checkpoint
 
@@ -113,9 +113,9 @@ def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], de
         noise_gen.set_state(saved["noise"])
         state = saved["state"]
 
-    bar = tqdm(range(state["epoch"], opts["epochs"]), desc=desc, unit="epoch",
-               disable=not ctx.progress, dynamic_ncols=True, initial=state["epoch"],
-               total=opts["epochs"])
+    bar = progress(range(state["epoch"], opts["epochs"]), desc=desc, unit="epoch",
+                   disable=not ctx.progress, dynamic_ncols=True, initial=state["epoch"],
+                   total=opts["epochs"])
     for epoch in bar:
         start = time.perf_counter()
         unet.train()

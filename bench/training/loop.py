@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from tqdm import tqdm
 
 from bench.errors import ConfigError
+from bench.progress import progress as progress_bar
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 SCHEDULES = ("cosine", "multistep")
@@ -89,9 +89,9 @@ def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     if checkpoint is not None and Path(checkpoint).is_file():
         state = _resume(Path(checkpoint), fingerprint, net, opt, sched, gens, device)
     start = time.perf_counter() - state["seconds"]
-    bar = tqdm(range(state["epoch"], settings.epochs), desc=desc, unit="epoch",
-               disable=not progress, dynamic_ncols=True, initial=state["epoch"],
-               total=settings.epochs)
+    bar = progress_bar(range(state["epoch"], settings.epochs), desc=desc, unit="epoch",
+                       disable=not progress, dynamic_ncols=True, initial=state["epoch"],
+                       total=settings.epochs)
     last_loss = state["final_loss"]
     for epoch in bar:
         if epoch_hook is not None:

@@ -1,0 +1,70 @@
+"""``python -m bench plot``: paper-ready figures of certified accuracy vs radius.
+
+Each run the filter selects is drawn as the exact step curve of its per-image radii (as Cohen
+et al.'s analyze.py, never straight lines between grid radii), up to its N-capped maximum
+certifiable radius, marked by a tick on the radius axis. One colour per method (the same in
+every figure), one line style per sigma, a legend below the axes that names every curve.
+Runs on different image sets or alphas may share a figure: labels and a note say so. The
+extension of each --out picks the format (.pdf, .png, .svg). Needs matplotlib:
+pip install 'certbench[plot]'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.commands.common import common_registry
+
+HELP = "draw certified accuracy vs radius as step curves (pdf, png, svg)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
+    p.add_argument("--sigmas", default=None, help="comma-separated sigmas, e.g. 0.25,0.5")
+    p.add_argument("--budget", type=int, default=None,
+                   help="only runs of this same-compute tier (predictions per image)")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--out", type=Path, action="append", default=None,
+                   help="output file, .pdf/.png/.svg (repeatable; default <dataset>-certified"
+                        ".pdf)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--max-radius", type=float, default=None,
+                   help="right end of the radius axis (default: the largest maximum "
+                        "certifiable radius)")
+    p.add_argument("--width", type=float, default=3.5, help="plot width in inches (3.5)")
+    p.add_argument("--height", type=float, default=2.6,
+                   help="plot height in inches (2.6), without the legend below it")
+    common_registry(p)
+
+
+def run(args) -> int:
+    from bench.errors import ConfigError
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("plot needs matplotlib: install with "
+                          "pip install 'certbench[plot]'") from None
+    matplotlib.use("Agg")
+
+    from bench import plot
+    from bench.store import DB_NAME, Store
+
+    outs = plot.check_outputs(args.out or [Path(f"{args.dataset}-certified.pdf")])
+    methods, sigmas = plot.parse_methods(args.methods), plot.parse_sigmas(args.sigmas)
+    if not (args.results / DB_NAME).is_file():  # reading never creates a store
+        raise ConfigError(f"no results store in {args.results}; run 'python -m bench run' "
+                          "first or pass --results DIR")
+    known = plot.registry_methods(args.registry, args.extra_registry)  # the colour order
+    store = Store(args.results)
+    try:
+        runs = plot.select(store, args.dataset, methods=methods, sigmas=sigmas,
+                           budget=args.budget)
+    finally:
+        store.close()
+    fig = plot.figure(runs, title=args.title, max_radius=args.max_radius, width=args.width,
+                      height=args.height, known_methods=known)
+    for path in plot.save(fig, outs):
+        print(f"wrote {path}")
+    return 0

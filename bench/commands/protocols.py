@@ -1,0 +1,31 @@
+"""``python -m bench protocols``: fixed-N and sequential runs side by side (samples saved,
+certified accuracy per radius under each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "fixed-N vs sequential certification side by side: samples per image and accuracy"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--dataset", default="digits", help="dataset whose runs to pair")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods to include (default: every method with a pair)")
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="the results store holding both protocols' runs")
+
+
+def run(args) -> int:
+    from bench import dataspecs
+    from bench.protocol_compare import pairs, render
+    from bench.store import Store
+
+    dataspecs.spec(args.dataset)
+    methods = [m for m in (args.methods or "").split(",") if m] or None
+    store = Store(args.results)
+    try:
+        print(render(pairs(store, args.dataset, methods)))
+    finally:
+        store.close()
+    return 0
