@@ -19,16 +19,17 @@ HELP = "draw certified accuracy vs radius as step curves (pdf, png, svg)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="dataset whose runs to plot")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
     p.add_argument("--sigmas", default=None, help="comma-separated sigmas, e.g. 0.25,0.5")
     p.add_argument("--budget", type=int, default=None,
                    help="only runs of this same-compute tier (predictions per image)")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="the results store to read")
     p.add_argument("--out", type=Path, action="append", default=None,
                    help="output file, .pdf/.png/.svg (repeatable; default <dataset>-certified"
                         ".pdf)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="figure title (default: none)")
     p.add_argument("--max-radius", type=float, default=None,
                    help="right end of the radius axis (default: the largest maximum "
                         "certifiable radius)")

@@ -27,7 +27,7 @@ DEFAULT_COLUMN_NAMES = "method,kind,sigma,n0,n,m,alpha,subset,acr,abstain,passes
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset", default="digits", help="dataset whose runs to tabulate")
     p.add_argument("--format", choices=("markdown", "latex", "csv", "long"), default="markdown",
                    help="markdown, latex (booktabs), csv (one line per row), or long: tidy CSV "
                         "with one line per row x radius (certified accuracy as a fraction)")
@@ -42,7 +42,8 @@ def add_arguments(p) -> None:
                         "passes, seconds, device, source")
     p.add_argument("--budget", type=int, default=None,
                    help="only rows of this budget (N x m predictions per image)")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="the results store to read")
     p.add_argument("--no-reported", action="store_true", help="leave out the papers' numbers")
     p.add_argument("--no-ci", action="store_true", help="no intervals in markdown/latex cells")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
