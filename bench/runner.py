@@ -395,6 +395,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         **radius_grid_fields(opts, procedure),
         "paper": dict(entry.paper),
         "environment": environment(device),
+        "executor": opts.executor,  # who certified: never part of the identity
         "procedure": procedure.card(),
         "model_roles": models.roles(),
     }
