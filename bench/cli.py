@@ -277,8 +277,8 @@ def hinted(message: str, args: argparse.Namespace | None = None) -> str:
     if sep and names:
         valid = [v.strip().rstrip(".") for v in re.split(r"[;(]", tail)[0].split(",")]
         close = closest(names[-1], [v for v in valid if v])
-        if close:
-            return _insert(message, names[-1], close, head)
+        if close:  # at the end of the problem, before the list of valid names
+            return f"{head} (did you mean {close!r}?){sep}{tail}"
     dataset = getattr(args, "dataset", None)
     if isinstance(dataset, str) and dataset:
         from bench.dataspecs import dataset_names

@@ -97,7 +97,7 @@ def _user_builder(spec: str, search_dir: str | Path | None) -> ArchBuilder:
         added = str(Path(search_dir).resolve())
         sys.path.insert(0, added)
     try:
-        module = importlib.import_module(module_name)
+        module = _import_fresh(module_name, added)
     except ImportError as exc:
         where = f"{search_dir} or " if search_dir is not None else ""
         raise ModelError(f"architecture {spec!r}: cannot import {module_name!r} ({exc}); put "
@@ -109,3 +109,17 @@ def _user_builder(spec: str, search_dir: str | Path | None) -> ArchBuilder:
     if not callable(builder):
         raise ModelError(f"architecture {spec!r}: {module_name} has no callable {attr!r}")
     return builder
+
+
+def _import_fresh(module_name: str, folder: str | None):
+    """``module_name``, from ``folder`` when it holds it: a module of that name imported
+    earlier from another folder (another registry's ``my_nets``) is not reused."""
+    cached = sys.modules.get(module_name)
+    if folder is not None and cached is not None:
+        where = getattr(cached, "__file__", None)
+        if where is None or Path(where).resolve().parent != Path(folder):
+            candidate = Path(folder) / f"{module_name}.py"
+            if candidate.is_file():
+                del sys.modules[module_name]
+    return importlib.import_module(module_name)
+
