@@ -548,23 +548,11 @@ def claimed_indices(claims: ClaimSession, todo: Sequence[int], chunk: Callable[[
     Images certified meanwhile (by anyone) are skipped; images another live process holds
     are waited for, and taken over if it dies. Ends when every image of ``todo`` is done.
     """
-    remaining = list(todo)
-    said = False
-    while remaining:
-        got = claims.take(remaining, chunk())
-        taken = set(got.claimed) | got.done
-        remaining = [idx for idx in remaining if idx not in taken]
-        if left is not None:
-            left(len(got.claimed) + len(remaining))
-        if got.claimed:
-            yield from got.claimed
+    for idx in polled_indices(claims, todo, chunk, left=left, waiting=waiting):
+        if idx is None:  # all that is left is held by others: look again in a while
+            time.sleep(poll_s)
             continue
-        if not got.held:
-            return
-        if not said and waiting is not None:
-            waiting(len(got.held))
-            said = True
-        time.sleep(poll_s)
+        yield idx
 
 
 def warn_if_expensive(prep: Prepared, todo: list[int]) -> None:
