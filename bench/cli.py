@@ -22,6 +22,7 @@ import errno
 import importlib
 import inspect
 import logging
+import os
 import re
 import shlex
 import sqlite3
@@ -208,6 +209,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except CertbenchError as exc:
         sys.stderr.write(f"certbench: error: {hinted(_one_line(exc), args)}\n")
         return exc.exit_code
+    except BrokenPipeError:  # the reader left (``list | head``): not an error of ours
+        _silence_stdout()
+        return 0
     except OSError as exc:
         if exc.errno not in _USER_ERRNOS:
             raise
@@ -222,6 +226,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"certbench: interrupted; {_RESUME.get(args.command, _RESUME['run'])}\n")
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 # Filesystem mistakes a user makes (a file where a folder goes, no permission, disk full).

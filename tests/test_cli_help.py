@@ -235,3 +235,15 @@ def test_line_progress_iterates_like_tqdm():
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("certbench: train: 4/10 epochs (40%)")
     assert lines[-1].startswith("certbench: train: 10/10 epochs (100%)")
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path):
+    """``python -m bench list | head``: no BrokenPipeError traceback, exit status 0 (``true``
+    reads nothing: the pipe is closed before the first write)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -m bench list | true; echo ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert proc.stderr == "" and proc.stdout.strip() == "0", proc.stderr
