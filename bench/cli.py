@@ -299,14 +299,14 @@ def hinted(message: str, args: argparse.Namespace | None = None) -> str:
         if dataset not in dataset_names():
             close = closest(dataset, dataset_names())
             if close:
-                return _insert(message, dataset, close, message, flag="--dataset")
+                return _insert(message, dataset, close, flag="--dataset")
     return message
 
 
-def _insert(message: str, name: str, close: str, within: str, flag: str = "") -> str:
+def _insert(message: str, name: str, close: str, flag: str = "") -> str:
     quoted = f"'{name}'"
     hint = f"did you mean {flag + ' ' if flag else ''}{close if flag else repr(close)}?"
-    at = within.rfind(quoted) if within is not message else message.find(quoted)
+    at = message.find(quoted)
     if at < 0:
         return f"{message} ({hint})"
     at += len(quoted)

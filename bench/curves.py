@@ -10,7 +10,7 @@ No torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -45,9 +45,3 @@ def step_curve(images: Iterable[tuple[float, int]], *, total: int | None = None,
         ys.append(ys[-1])
     return np.asarray(xs), np.asarray(ys)
 
-
-def accuracy_at(images: Sequence[tuple[float, int]], radius: float,
-                total: int | None = None) -> float:
-    """The curve at ``radius`` (the rule of :func:`bench.metrics.certified_accuracy`)."""
-    count = total if total is not None else len(images)
-    return sum(1 for r, c in images if c and r >= radius) / count if count else float("nan")

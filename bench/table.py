@@ -289,7 +289,7 @@ def with_radii(rows: Iterable[Row], radii: Iterable[float]) -> list[Row]:
 
     A value a row has is kept; a radius off a run's grid is computed exactly from the run's
     per-image radii: the fraction of its certified images that are correct with radius >= r
-    (:func:`bench.metrics.certified_accuracy`, the rule of :func:`bench.curves.accuracy_at`),
+    (the rule of :func:`bench.metrics.certified_accuracy`),
     with the exact Clopper-Pearson interval over the same images. Rows without per-image data
     (reported rows, envelopes) keep only the values they have (``table --radii`` shows n/a
     there); envelopes taken over extended runs (:func:`envelope_groups`) have every radius.

@@ -13,7 +13,6 @@ from bench.progress import LineProgress, progress
 
 # Subcommands whose modules other work in progress owns: their options without help are
 # reported as expected failures until that lands (then remove them from here).
-PENDING_HELP: set[str] = set()
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -45,8 +44,6 @@ def test_every_option_has_help(name):
     missing = [a.option_strings[0] for a in parser._actions
                if a.option_strings and a.help is not argparse.SUPPRESS
                and not (a.help or "").strip()]
-    if missing and name in PENDING_HELP:
-        pytest.xfail(f"{name}: options without help: {', '.join(missing)}")
     assert not missing, f"'{name}' options without help: {', '.join(missing)}"
 
 

@@ -14,6 +14,19 @@ from bench.records import Certificate
 DEFAULT_SIGMA = 0.25  # --sigma when not given, for a single-scale procedure
 
 
+def single_scale_sigma(name: str, accepted: tuple[str, ...], method,
+                       requested: float | None) -> float:
+    """--sigma, or the default, for a single-scale procedure ``name``; a method certified by
+    a procedure outside ``accepted`` (the cascade) is refused."""
+    from bench.errors import ConfigError
+
+    own = getattr(method, "PROCEDURE", name)  # a method that names none takes this one
+    if own not in accepted:
+        raise ConfigError(f"method {method.id!r} is certified with the {own} procedure, not "
+                          f"{name}; drop --procedure")
+    return DEFAULT_SIGMA if requested is None else requested
+
+
 @dataclass(frozen=True)
 class ProcedureSpec:
     """What the run's protocol fixes for a procedure: sample sizes as requested (N or a

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 from bench import budget
-from bench.errors import ConfigError
-from bench.procedures.base import DEFAULT_SIGMA, ProcedureSpec
+from bench.procedures.base import ProcedureSpec, single_scale_sigma
 from bench.protocol import BaseClassifier, Cost
 from bench.records import Certificate
 from bench.smoothing import Smooth
@@ -34,11 +33,7 @@ class CohenFixedN:
     @classmethod
     def run_sigma(cls, method, requested: float | None) -> float:
         """--sigma, or the default; a method certified by another procedure is refused."""
-        own = getattr(method, "PROCEDURE", cls.name)
-        if own != cls.name:
-            raise ConfigError(f"method {method.id!r} is certified with the {own} procedure, not "
-                              f"{cls.name}; drop --procedure")
-        return DEFAULT_SIGMA if requested is None else requested
+        return single_scale_sigma(cls.name, (cls.name,), method, requested)
 
     @classmethod
     def build(cls, spec: ProcedureSpec, method, ctx) -> CohenFixedN:

@@ -44,7 +44,7 @@ from bench.budget import Budget, check_request, n_for_budget
 from bench.dataspecs import radius_grid
 from bench.dataspecs import spec as dataset_spec
 from bench.errors import ConfigError
-from bench.procedures.base import DEFAULT_SIGMA, ProcedureSpec
+from bench.procedures.base import ProcedureSpec, single_scale_sigma
 from bench.protocol import BaseClassifier, Cost
 from bench.records import Certificate
 from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, Smooth, StreamCounts
@@ -214,11 +214,7 @@ class Sequential:
     def run_sigma(cls, method, requested: float | None) -> float:
         """--sigma, or the default; a method certified by another procedure (the cascade) is
         refused: sequential is a drop-in for Cohen's CERTIFY only."""
-        own = getattr(method, "PROCEDURE", "cohen")
-        if own not in ("cohen", cls.name):
-            raise ConfigError(f"method {method.id!r} is certified with the {own} procedure, not "
-                              f"{cls.name}; drop --procedure")
-        return DEFAULT_SIGMA if requested is None else requested
+        return single_scale_sigma(cls.name, ("cohen", cls.name), method, requested)
 
     @classmethod
     def build(cls, spec: ProcedureSpec, method, ctx) -> Sequential:
