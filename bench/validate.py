@@ -195,8 +195,8 @@ def validate_method(registry, name: str, registry_path, extra, dataset, smoke_ru
 
     try:
         entry.instantiate()  # the adapter imports and accepts the entry's params
-        for dataset in entry.datasets:  # and each dataset's params
-            entry.instantiate(dataset)
+        for each in entry.datasets:  # and each dataset's params (not rebinding `dataset`)
+            entry.instantiate(each)
         parts = [f"adapter {entry.adapter} imports"]
         checked, notes = check_models(registry, entry, default_models_dir(models_dir))
         parts.append(f"{checked} model(s) hash-checked" + (f" ({'; '.join(notes)})"

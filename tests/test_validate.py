@@ -158,3 +158,14 @@ def test_a_smoke_run_that_could_not_run_is_not_ok(cli, tmp_path):
     assert code == 2 and err.startswith("FAIL gaussian:") and "smoke NOT RUN" in err
     assert "--no-smoke to skip the smoke run knowingly" in err
     assert not missing.exists()
+
+
+def test_smoke_runs_on_digits_for_an_entry_listing_three_datasets(cli, tmp_path):
+    """Checking each dataset's params must not change which dataset is smoke-tested."""
+    block = (ROOT / "registry.yaml").read_text().split("\n  gaussian:\n", 1)[1]
+    lines = block.split("\n    reported:\n", 1)[0]
+    sub = entry(tmp_path, "methods:\n  gaussian-copy:\n" + lines + "\n")
+    assert "imagenet:" in sub.read_text() and "cifar10:" in sub.read_text()
+    code, out, err = cli("validate", "--extra-registry", sub)
+    assert code == 0, err
+    assert out.startswith("OK   gaussian-copy:") and "smoke 2 images on digits" in out
