@@ -35,6 +35,7 @@ class TrainOptions:
     data_dir: Path | None = None
     out: Path | None = None
     name: str | None = None
+    init: str | None = None  # a registered classifier to fine-tune from
     progress: bool = True
     registry: Path | None = None
     extra_registries: tuple[Path, ...] = ()
@@ -64,7 +65,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         dataset=train_set.info, sigma=opts.sigma, device=device, seed=opts.seed,
         train=train_set.tensors(), test=test_set.tensors(), out_dir=out_dir, name=opts.name,
         options={"epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "arch": opts.arch,
-                 "recipe": opts.recipe},
+                 "recipe": opts.recipe, "init": _init_model(registry, opts.init)},
         progress=opts.progress, command=opts.command,
         default_arch=dataspecs.spec(opts.dataset).default_arch,
         registered_model=lambda name: _registered_model(registry, name, train_set.info, device),
@@ -96,6 +97,17 @@ def _registered_model(registry: Registry, name: str, info, device):
 
     return load_network(name, registry.model(name).fields, dataset=info, device=device,
                         base_dir=models_dir())
+
+
+def _init_model(registry: Registry, name: str | None) -> dict[str, Any] | None:
+    """--init resolved to the registered classifier's name and sha256 (checked on load)."""
+    if name is None:
+        return None
+    fields = registry.model(name).fields
+    if fields.get("source") == "diffusers" or not fields.get("arch"):
+        raise ConfigError(f"--init {name}: not a classifier with an arch; pass a registered "
+                          "classifier (see 'python -m bench list --models')")
+    return {"name": name, "arch": str(fields["arch"]), "sha256": fields.get("sha256")}
 
 
 def _trainable(registry: Registry) -> list[str]:

@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=folder, default=None,
                    help="output folder (default: the package zoo, bench/zoo)")
     p.add_argument("--name", default=None, help="model name (default derived)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this registered classifier's weights (fine-tuning, as "
+                        "SmoothAdv does from a Gaussian model); recorded with its sha256")
     p.add_argument("--quiet", action="store_true",
                    help="no progress (bar or lines) and only errors on stderr")
     common_registry(p)
@@ -53,7 +56,8 @@ def run(args) -> int:
         params=params_dict(args.param), recipe=args.recipe,
         method=args.method, dataset=args.dataset, sigma=args.sigma, epochs=args.epochs,
         batch=args.batch, lr=args.lr, arch=args.arch, seed=args.seed, device=args.device,
-        data_dir=args.data_dir, out=args.out, name=args.name, progress=not args.quiet,
+        data_dir=args.data_dir, out=args.out, name=args.name, init=args.init,
+        progress=not args.quiet,
         registry=args.registry, extra_registries=tuple(args.extra_registry),
         command=args.command_line,
     )

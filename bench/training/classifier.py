@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bench.errors import ConfigError
 from bench.nets import NormalizeLayer, build_arch, save_zoo_model
 from bench.protocol import TrainContext
 from bench.training.loop import LossFn, noisy_accuracy, train_classifier
@@ -45,11 +46,12 @@ def train_noise_augmented(ctx: TrainContext, method: str, loss_fn: LossFn, *,
     net = torch.nn.Sequential(NormalizeLayer(info.mean, info.std),
                               build_arch(arch, num_classes=info.num_classes, in_channels=c,
                                          image_size=h))
+    init = _start_from(ctx, net, arch)
     name = ctx.model_name(method, arch)
     out = Path(ctx.out_dir) / f"{name}.safetensors"
     checkpoint = out.with_suffix(".ckpt")
     fingerprint = {"method": method, "params": dict(params or {}), "arch": arch,
-                   "dataset": info.name, "sigma": ctx.sigma}
+                   "dataset": info.name, "sigma": ctx.sigma, **({"init": init} if init else {})}
     history = train_classifier(net, *ctx.train, loss_fn, settings, device=ctx.device,
                                progress=ctx.progress, desc=f"{method} sigma={ctx.sigma:g}",
                                epoch_hook=epoch_hook, checkpoint=checkpoint,
@@ -73,6 +75,8 @@ def train_noise_augmented(ctx: TrainContext, method: str, loss_fn: LossFn, *,
         "cpu_threads": torch.get_num_threads(),
         "python": platform.python_version(), "command": ctx.command,
     }
+    if init:
+        card["init"] = init  # fine-tuned from this registered model (name, arch, sha256)
     if params:
         card = {**card, "params": dict(params), "recipe": recipe, "augment": settings.augment}
     if history["resumed_from_epoch"]:
@@ -80,3 +84,21 @@ def train_noise_augmented(ctx: TrainContext, method: str, loss_fn: LossFn, *,
     card["sha256"] = save_zoo_model(net[1], out, card)
     checkpoint.unlink(missing_ok=True)  # the run is complete; a rerun starts afresh
     return {**card, "weights": str(out)}
+
+
+def _start_from(ctx: TrainContext, net: torch.nn.Sequential, arch: str) -> dict[str, Any] | None:
+    """Load ``--init``'s weights into ``net`` (fine-tuning); None when training from scratch.
+
+    The registered model is hash-checked on load; its arch must be the one being trained.
+    """
+    init = ctx.options.get("init")
+    if not init:
+        return None
+    if init["arch"] != arch:
+        raise ConfigError(f"--init {init['name']} is a {init['arch']} network but this run "
+                          f"trains {arch}; pass --arch {init['arch']} or another --init")
+    if ctx.registered_model is None:
+        raise ConfigError("--init needs the registry; none is at hand in this context")
+    start = ctx.registered_model(init["name"])
+    net[1].load_state_dict(start[1].state_dict())
+    return dict(init)
