@@ -141,6 +141,8 @@ def _logging_options(p: argparse.ArgumentParser) -> None:
     """-q/--quiet and -v/--verbose after the subcommand too (run, train and compare already
     have their own --quiet, which also turns the progress off)."""
     have = p._option_string_actions
+    for short, long in (("-q", "--quiet"), ("-v", "--verbose")):
+        _short_form(p, short, long)
     if "--quiet" not in have:
         flags = ["--quiet"] if "-q" in have else ["-q", "--quiet"]
         p.add_argument(*flags, action="store_true",
@@ -149,6 +151,16 @@ def _logging_options(p: argparse.ArgumentParser) -> None:
         flags = ["--verbose"] if "-v" in have else ["-v", "--verbose"]
         p.add_argument(*flags, action="count", default=0,
                        help="print more diagnostics on stderr (-vv: debugging detail)")
+
+
+def _short_form(p: argparse.ArgumentParser, short: str, long: str) -> None:
+    """Give a command's own ``long`` option (run's --quiet) the ``short`` form that the
+    top-level help documents for every command, unless the command uses it otherwise."""
+    have = p._option_string_actions
+    if long in have and short not in have:
+        action = have[long]
+        action.option_strings.insert(0, short)
+        have[short] = action
 
 
 class _StderrHandler(logging.Handler):

@@ -192,12 +192,13 @@ def prepare(opts: RunOptions) -> Prepared:
                              model=models.facts() if datasets.reads_tree(opts.dataset) else None)
     models.info = ds.info  # a class-folder tree is read to fit the model: now its info is known
     indices = datasets.resolve_subset(opts.dataset, opts.subset, len(ds))
+    grid_dataset = default_grid_dataset(opts, models)
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
                   models=models)
     spec = ProcedureSpec(name=opts.procedure, dataset=opts.dataset, method=opts.method,
                          n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
                          sigma=opts.sigma, seed=opts.seed, batch=opts.batch,
-                         radii=tuple(opts.radii) if isinstance(opts.radii, tuple) else (),
+                         radii=_procedure_radii(opts, grid_dataset),
                          label_aware=opts.label_aware)
     procedure = procedures.build(spec, method, ctx)
     if datasets.reads_tree(opts.dataset):
@@ -206,7 +207,8 @@ def prepare(opts: RunOptions) -> Prepared:
     if batch != opts.batch:  # the batch never changes a certificate, nor the card
         opts = replace(opts, batch=batch)
         procedure = procedures.build(replace(spec, batch=batch), method, ctx)
-    card = run_card(opts, entry, method.params, procedure, models, ds, indices, device)
+    card = run_card(opts, entry, method.params, procedure, models, ds, indices, device,
+                    grid_dataset=grid_dataset)
     return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
                     device=device)
 
@@ -356,7 +358,8 @@ def noise_identity(shape, device: torch.device | str) -> dict[str, Any]:
 
 def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
              procedure: Procedure, models: RoleResolver, ds: datasets.CertDataset,
-             indices: list[int], device: torch.device) -> RunCard:
+             indices: list[int], device: torch.device, *,
+             grid_dataset: str | None = None) -> RunCard:
     """The protocol card: the identity (hashed into the run id) and what describes the run.
 
     The default procedure is left out of the identity, so run ids of stores written before
@@ -392,7 +395,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "budget": b.card(),
         "cost_per_sample": {"classifier_passes": procedure.cost.classifier_passes,
                             "diffusion_passes": procedure.cost.diffusion_passes},
-        **radius_grid_fields(opts, procedure),
+        **radius_grid_fields(opts, procedure, grid_dataset),
         "paper": dict(entry.paper),
         "environment": environment(device),
         "executor": opts.executor,  # who certified: never part of the identity
@@ -408,12 +411,41 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
     return RunCard(identity=identity, extra=extra)
 
 
-def radius_grid_fields(opts: RunOptions, procedure: Procedure) -> dict[str, Any]:
+def default_grid_dataset(opts: RunOptions, models: RoleResolver) -> str:
+    """The dataset whose radius grid a run reports without --radii: its own, except that a
+    class-folder tree borrows the grid of the dataset its classifier was trained on (a CIFAR-10
+    model on 32 px images is not reported on ImageNet's 0.5-3.0)."""
+    if not datasets.reads_tree(opts.dataset):
+        return opts.dataset
+    facts = models.facts()
+    own = facts.dataset if facts is not None else None
+    if own in datasets.DATASET_NAMES and not datasets.reads_tree(own):
+        return own
+    return opts.dataset
+
+
+def _procedure_radii(opts: RunOptions, grid_dataset: str) -> tuple[float, ...]:
+    """The grid a procedure is built with: --radii, a borrowed dataset grid, or () for the
+    run's own dataset grid (so the identity of existing sequential runs is unchanged)."""
+    if isinstance(opts.radii, tuple):
+        return tuple(opts.radii)
+    if opts.radii is None and grid_dataset != opts.dataset:
+        return tuple(datasets.radius_grid(grid_dataset))
+    return ()
+
+
+def radius_grid_fields(opts: RunOptions, procedure: Procedure,
+                       grid_dataset: str | None = None) -> dict[str, Any]:
     """The card's ``radius_grid`` (and ``radius_grid_source`` when it is not the dataset's):
-    the dataset's grid, ``--radii`` as given, or ``auto``: 0 up to the run's maximum
-    certifiable radius (a procedure's own bound where it declares one, else Cohen's)."""
+    the dataset's grid (a class-folder tree: that of its model's dataset), ``--radii`` as
+    given, or ``auto``: 0 up to the run's maximum certifiable radius (a procedure's own bound
+    where it declares one, else Cohen's)."""
     if opts.radii is None:
-        return {"radius_grid": list(datasets.radius_grid(opts.dataset))}
+        grid_dataset = grid_dataset or opts.dataset
+        fields: dict[str, Any] = {"radius_grid": list(datasets.radius_grid(grid_dataset))}
+        if grid_dataset != opts.dataset:
+            fields["radius_grid_source"] = f"{grid_dataset} (the model's dataset)"
+        return fields
     radii = dataspecs.check_radii(opts.radii)
     if radii == dataspecs.AUTO_RADII:
         top = (procedure.card() or {}).get("max_certifiable_radius")

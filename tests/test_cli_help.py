@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from bench.cli import build_parser, closest, hinted, plain
+from bench.commands import COMMANDS
 from bench.progress import LineProgress, progress
 
 # Subcommands whose modules other work in progress owns: their options without help are
@@ -156,6 +157,20 @@ def test_top_level_quiet_silences_run_progress(cli, tmp_path):
                        "--results", tmp_path)
     assert code == 0, err
     assert err == ""
+
+
+def test_short_quiet_after_run_is_accepted(cli, tmp_path):
+    code, _, err = cli("run", "--method", "dummy", "--n", "100", "--max-images", "3",
+                       "--results", tmp_path, "-q")
+    assert code == 0, err
+    assert err == ""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_short_quiet_and_verbose(cli, command):
+    code, out, _ = cli(command, "--help")
+    assert code == 0
+    assert "-q, --quiet" in out and "-v, --verbose" in out
 
 
 def test_run_progress_off_a_terminal_is_plain_lines(cli, tmp_path, monkeypatch):

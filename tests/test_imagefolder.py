@@ -216,6 +216,30 @@ def test_a_model_trained_with_imagenet_statistics_gets_them(cli, tmp_path):
     assert differs > 0  # the statistics matter to this net: the test can tell them apart
 
 
+def test_a_cifar10_model_on_a_tree_reports_on_the_cifar10_grid(cli, tmp_path):
+    """Without --radii the grid follows the model's dataset (32 px CIFAR-10), not ImageNet's
+    0.5-3.0 that a class-folder tree would otherwise get; the card says where it came from."""
+    from safetensors.torch import save_file
+
+    _rgb_tree(tmp_path / "tree", count=2)
+    (tmp_path / "my_nets.py").write_text(LINEAR)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    weights = tmp_path / "net.safetensors"
+    save_file(net.state_dict(), str(weights))
+    registry = tmp_path / "mine.yaml"
+    registry.write_text("models:\n  my-cifar-net:\n    arch: my_nets:linear\n"
+                        f"    source: state_dict\n    path: {weights}\n    dataset: cifar10\n")
+    code, out, err = cli("run", "--method", "gaussian", "--dataset", "imagefolder", "--data-dir",
+                         tmp_path / "tree", "--model", "my-cifar-net", "--extra-registry",
+                         registry, "--n", 100, "--n0", 10, "--quiet", "--results",
+                         tmp_path / "res")
+    assert code == 0, err
+    card = card_of(tmp_path / "res")
+    assert card["radius_grid"] == list(spec("cifar10").radii)
+    assert card["radius_grid_source"] == "cifar10 (the model's dataset)"
+    assert "2.25" in out and "3" not in out.splitlines()[1].split()
+
+
 def test_a_model_with_another_class_count_is_refused_before_compute(cli, tmp_path):
     """A timm-style count mismatch: the tree's labels index 10 classes, the net outputs 2."""
     from safetensors.torch import save_file
