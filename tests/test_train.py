@@ -60,3 +60,30 @@ def test_zoo_model_is_reproduced_bit_for_bit_by_its_command(cli, tmp_path, name)
         torch.set_num_threads(threads)
     assert code == 0, err
     assert sha256_file(tmp_path / entry["path"]) == entry["sha256"]
+
+
+def test_train_init_fine_tunes_from_a_registered_classifier(cli, tmp_path):
+    """--init starts from the registered weights (hash-checked) and says so in the card."""
+    from safetensors.torch import load_file
+
+    start = load_file(ROOT / "bench" / "zoo" / "digits-cnn-gaussian-0.25.safetensors")
+    common = ("train", "--method", "gaussian", "--dataset", "digits", "--sigma", 0.25,
+              "--epochs", 1, "--lr", 1e-12, "--out", tmp_path, "--quiet")
+    code, _, err = cli(*common, "--init", "digits-cnn-gaussian-0.25", "--name", "tuned")
+    assert code == 0, err
+    tuned = load_file(tmp_path / "tuned.safetensors")
+    # A step of 1e-12 leaves the starting weights in place; a fresh initialisation does not.
+    assert max((tuned[k] - start[k]).abs().max().item() for k in start) < 1e-6
+    card = json.loads((tmp_path / "tuned.json").read_text())
+    assert card["init"] == {"name": "digits-cnn-gaussian-0.25", "arch": "digits_cnn",
+                            "sha256": sha256_file(ROOT / "bench" / "zoo"
+                                                  / "digits-cnn-gaussian-0.25.safetensors")}
+    code, _, err = cli(*common, "--name", "fresh")
+    assert code == 0, err
+    fresh = load_file(tmp_path / "fresh.safetensors")
+    assert max((fresh[k] - start[k]).abs().max().item() for k in start) > 0.01
+    # A denoiser or another architecture is refused in one line.
+    code, _, err = cli(*common, "--init", "digits-ddpm")
+    assert code == 2 and "not a classifier" in err
+    code, _, err = cli(*common, "--arch", "mnist_cnn", "--init", "digits-cnn-gaussian-0.25")
+    assert code == 2 and "digits_cnn network but this run trains mnist_cnn" in err
