@@ -36,6 +36,8 @@ class TrainOptions:
     out: Path | None = None
     name: str | None = None
     init: str | None = None  # a registered classifier to fine-tune from
+    train_images: int | None = None  # the first N training images only
+    test_images: int | None = None  # the card's accuracies on the first N test images only
     progress: bool = True
     registry: Path | None = None
     extra_registries: tuple[Path, ...] = ()
@@ -52,7 +54,9 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                           + ", ".join(sorted(_trainable(registry))))
     if opts.seed < 0:
         raise ConfigError(f"--seed must be non-negative, got {opts.seed}")
-    for flag, value in (("--epochs", opts.epochs), ("--batch", opts.batch)):
+    for flag, value in (("--epochs", opts.epochs), ("--batch", opts.batch),
+                        ("--train-images", opts.train_images),
+                        ("--test-images", opts.test_images)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if opts.lr is not None and not opts.lr > 0:
@@ -63,7 +67,9 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     out_dir = Path(opts.out) if opts.out else ZOO_DIR
     ctx = TrainContext(
         dataset=train_set.info, sigma=opts.sigma, device=device, seed=opts.seed,
-        train=train_set.tensors(), test=test_set.tensors(), out_dir=out_dir, name=opts.name,
+        train=_first(train_set.tensors(), opts.train_images),
+        test=_first(test_set.tensors(), opts.test_images),
+        out_dir=out_dir, name=opts.name,
         options={"epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "arch": opts.arch,
                  "recipe": opts.recipe, "init": _init_model(registry, opts.init)},
         progress=opts.progress, command=opts.command,
@@ -97,6 +103,11 @@ def _registered_model(registry: Registry, name: str, info, device):
 
     return load_network(name, registry.model(name).fields, dataset=info, device=device,
                         base_dir=models_dir())
+
+
+def _first(tensors, n: int | None):
+    """The first ``n`` training examples (all when ``n`` is None)."""
+    return tensors if n is None else tuple(t[:n] for t in tensors)
 
 
 def _init_model(registry: Registry, name: str | None) -> dict[str, Any] | None:

@@ -43,7 +43,8 @@ SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
 TRAIN_DEFAULTS = {"epochs": 150, "batch": 128, "lr": 2e-3}
 EMA_DECAY = 0.999
 # The registered classifier that judges a denoiser in its model card, per dataset.
-EVAL_CLASSIFIERS = {"digits": "digits-cnn-gaussian-0.25"}
+EVAL_CLASSIFIERS = {"digits": "digits-cnn-gaussian-0.25",
+                    "fashion-mnist": "fashion-mnist-cnn-gaussian-0.25"}
 
 
 def build_unet(shape: tuple[int, int, int]):
