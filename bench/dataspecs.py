@@ -25,6 +25,7 @@ cohen500    cifar10          0, 20, ..., 9980 (every 20th)       Cohen et al. 20
 macer500    cifar10          images 500..999                     MACER
 first512    cifar10          images 0..511                       noised-diffusion-classifier papers
 cohen500    imagenet         0, 100, ..., 49900 (every 100th)    Cohen et al. 2019, SmoothAdv
+cohen500    fashion-mnist    0, 20, ..., 9980 (every 20th)       certbench's Fashion-MNIST tables
 ==========  ===============  ==================================  ==================================
 
 A user module adds a dataset with :func:`register_dataset` (CONTRIBUTING.md, "Adding a dataset").
@@ -153,6 +154,8 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,), (0.25, 2.5),
             "bench.datasets:load_idx", default_arch="mnist_cnn",
+            # CIFAR-10's rule on a 10,000-image test split: the leaderboard's frozen 500 images.
+            subsets={"cohen500": range(0, 10_000, 20)},
             description="idx files in the data dir, Debian's dataset-fashion-mnist, or download",
         ),
         DatasetSpec(

@@ -147,6 +147,7 @@ def test_subset_names():
     assert D.subset_names("digits") == ("full", "dev")
     assert D.subset_names("cifar10") == ("full", "dev", "cohen500", "macer500", "first512")
     assert D.subset_names("imagenet") == ("full", "dev", "cohen500")
+    assert D.subset_names("fashion-mnist") == ("full", "dev", "cohen500")
 
 
 def test_subset_rules():
