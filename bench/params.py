@@ -8,6 +8,7 @@ The sigma range is checked here and nowhere else (:func:`check_sigma`). No torch
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,10 @@ def check_sigma(value: Any, where: str = "--sigma", *, allow_zero: bool = False)
 
 
 def check_sigmas(value: Any, where: str) -> list[float]:
-    """Distinct noise levels, each checked by :func:`check_sigma`, sorted ascending."""
+    """Distinct noise levels, each checked by :func:`check_sigma`, sorted ascending; a single
+    number is one level (``--param scales=0.5`` needs no trailing comma)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
     if isinstance(value, str):
         try:
             value = [float(v) for v in value.split(",") if v.strip()]
@@ -85,6 +89,8 @@ class Param:
         wrong_bool = self.kind is not bool and isinstance(value, bool)
         if wrong_bool or not isinstance(value, self.kind):
             raise ConfigError(f"{where}: expected {self.describe()}, got {value!r}")
+        if not self._finite_enough(value):
+            raise ConfigError(f"{where}: expected a finite {self.describe()}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{where}: expected one of {', '.join(map(str, self.choices))}, "
                               f"got {value!r}")
@@ -93,6 +99,16 @@ class Param:
         if self.high is not None and value > self.high:
             raise ConfigError(f"{where}: expected {self.describe()}, got {value!r}")
         return value
+
+    def _finite_enough(self, value: Any) -> bool:
+        """NaN is never a valid float (it passes every comparison with a bound); infinity is
+        refused where a range is declared."""
+        if not isinstance(value, float):
+            return True
+        if math.isnan(value):
+            return False
+        ranged = self.low is not None or self.high is not None
+        return math.isfinite(value) or not ranged
 
     def describe(self) -> str:
         text = self.kind.__name__

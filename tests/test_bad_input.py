@@ -32,6 +32,13 @@ CASES = {
     "list param given a number": ((*DUMMY, "--param", "classes=5"), "--param classes"),
     "float param given text": ((*DUMMY, "--param", "threshold=abc"), "--param threshold"),
     "int param in e-notation": ((*DUMMY, "--param", "pixel=1e3"), "--param pixel"),
+    "NaN float param in a range": ((*RUN, "--method", "multiscale", "--param", "p0=.nan"),
+                                   "--param p0: expected a finite float in [0.5, 0.999]"),
+    "infinite float param with a bound": ((*RUN, "--method", "ndc", "--param",
+                                           "max_noise=.inf"), "--param max_noise: expected a "
+                                          "finite float >= 0"),
+    "NaN float param without a range": ((*DUMMY, "--param", "threshold=.nan"),
+                                        "--param threshold: expected a finite float"),
     "unknown param": ((*DUMMY, "--param", "nosuch=1"), "unknown param"),
     "negative sigma": ((*RUN, "--sigma", "-1"), "--sigma"),
     "zero N": ((*RUN, "--n", "0"), "--n must be"),

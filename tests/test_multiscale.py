@@ -69,6 +69,17 @@ def test_resume_gives_the_same_certificates(cli, tmp_path):
     assert code == 0 and "| multiscale (scales=0.5,1) |" in out, err
 
 
+def test_a_single_scale_needs_no_trailing_comma(cli, tmp_path):
+    """--param scales=0.5 is the one-level cascade that scales=0.5, writes: the same run."""
+    args = ("run", "--method", "multiscale", *SMALL, "--max-images", "1", "--results", tmp_path)
+    code, _, err = cli(*args, "--param", "scales=0.5")
+    assert code == 0, err
+    code, out, err = cli(*args, "--param", "scales=0.5,")
+    assert code == 0 and "1 new" not in out and "0 new" in out, err
+    summary = json.loads((run_folder(tmp_path) / "summary.json").read_text())
+    assert summary["identity"]["params"]["scales"] == [0.5]
+
+
 def test_budget_gives_each_stage_its_share(cli, tmp_path):
     code, out, err = cli("run", "--method", "multiscale", "--dataset", "digits", "--subset",
                          "dev", "--budget", "150", "--n0", "10", "--max-images", "1", "--quiet",
