@@ -9,10 +9,12 @@ Rows are ranked only against rows of the same protocol (dataset, subset, alpha, 
 same-compute view groups protocols by budget (requested predictions per image, else N x m).
 Rank order is the area under the certified-accuracy curve on the grid (the sum over the grid
 radii), which, unlike ACR, exists for reported rows too. Ranks are shared (:func:`shared_ranks`):
-rows sorted by that score, a row takes the rank of the row above it when an exact sign test on
-the per-image score (the number of grid radii the image is certified at; its mean is the rank
-score) finds it not significantly worse than the top row of that rank. Rows without per-image
-data on the same images (reported rows, envelopes) share a rank only on an equal score.
+rows sorted by that score, a row takes the rank of the row above it unless the exact paired
+sign-flip permutation test of the mean per-image score (the number of grid radii the image is
+certified at; its mean is the rank score) finds it significantly below the top row of that rank
+(:func:`bench.metrics.sign_flip_test`: the test is about the statistic the rows are ordered by,
+and a significant difference in the other direction never moves a row down). Rows without
+per-image data on the same images (reported rows, envelopes) share a rank only on an equal score.
 """
 
 from __future__ import annotations
@@ -142,10 +144,11 @@ def image_scores(row: Row, grid: Sequence[float]) -> list[int] | None:
 
 
 def rank_test(a: Row, b: Row, grid: Sequence[float]) -> metrics.PairedTest | None:
-    """Exact sign test of A's against B's per-image rank score; None when not paired."""
+    """Exact paired sign-flip test of the mean difference of A's and B's per-image rank
+    scores (integers, so the exact law of the sum); None when not paired."""
     if not table.paired(a, b):
         return None
-    return metrics.sign_test(image_scores(a, grid), image_scores(b, grid))
+    return metrics.sign_flip_test(image_scores(a, grid), image_scores(b, grid))
 
 
 def shared_ranks(ordered: Sequence[Row], grid: Sequence[float],
@@ -153,8 +156,9 @@ def shared_ranks(ordered: Sequence[Row], grid: Sequence[float],
     """Competition ranks of rows sorted by :func:`rank_score` (best first), shared on ties.
 
     A row takes the rank of the row above it when its score is equal to, or not
-    significantly below (:func:`rank_test` at ``level``), the score of that rank's top row;
-    otherwise its rank is its position. Unpaired rows share only on an equal score.
+    significantly below (:func:`rank_test` at ``level``, in the top row's favour), the score
+    of that rank's top row; otherwise its rank is its position. Unpaired rows share only on
+    an equal score.
     """
     ranks: list[int] = []
     top = 0
@@ -165,7 +169,7 @@ def shared_ranks(ordered: Sequence[Row], grid: Sequence[float],
         lead = ordered[top]
         test = rank_test(lead, row, grid)
         if (abs(rank_score(lead, grid) - rank_score(row, grid)) < 1e-9
-                or (test is not None and not test.significant(level))):
+                or (test is not None and not test.a_significantly_better(level))):
             ranks.append(ranks[top])
         else:
             ranks.append(i + 1)
@@ -743,7 +747,8 @@ def markdown_page(rows: Sequence[Row], dataset: str) -> str:
              "registry. Rows are compared only within one protocol (dataset, subset, alpha, "
              "budget = requested predictions per image, else N x m). The HTML page ranks rows "
              "by the area under the certified-accuracy curve; rows whose per-image scores do "
-             "not differ significantly (exact sign test on the same images, level "
+             "not differ significantly (exact paired sign-flip test of the mean score "
+             "on the same images, level "
              f"{metrics.SIGNIFICANCE:g}) share a rank (1=, 2=, ...), and reported rows, which "
              "have no per-image data, are ranked by point estimate only.", ""]
     lines += [f"- **{k}**: {note}" for k, note in KIND_NOTES.items()]

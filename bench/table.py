@@ -14,9 +14,11 @@ much a number could move on another sample of the test set; reported rows have n
 data and so no interval.
 
 Ties (:func:`cell_marks`): at each radius (and for ACR) the best value of a protocol is marked,
-and so is every row *not significantly different* from it by a paired exact test on the same
-images (McNemar on certified-at-r, a sign test on radius * correct for ACR; two-sided, level
-:data:`bench.metrics.SIGNIFICANCE`, per cell, not corrected for multiplicity). Rows that cannot
+and so is every row *not significantly different* from it by a paired test on the same
+images, a test of the very mean the cell shows (McNemar on certified-at-r, the paired sign-flip
+permutation test of the mean radius * correct for ACR; two-sided, level
+:data:`bench.metrics.SIGNIFICANCE`, per cell, not corrected for multiplicity); a difference
+significant in the other row's favour never unmarks a row. Rows that cannot
 be paired (reported rows, envelopes, rows on other images) are never marked tied: an unpaired
 comparison of 10-image intervals would tie nearly everything and say little.
 
@@ -402,13 +404,14 @@ def paired(a: Row, b: Row) -> bool:
 
 def paired_test(a: Row, b: Row, key: Any) -> metrics.PairedTest | None:
     """A against B on the same images: McNemar on certified-at-r for a radius ``key``, the
-    sign test on radius * correct for ``"acr"``; None when they cannot be paired."""
+    sign-flip test of the mean radius * correct for ``"acr"``; None when they cannot be
+    paired."""
     if not paired(a, b):
         return None
     idx = sorted(a.per_image)
     if key == "acr":
-        return metrics.sign_test([_rc(a.per_image[i]) for i in idx],
-                                 [_rc(b.per_image[i]) for i in idx])
+        return metrics.sign_flip_test([_rc(a.per_image[i]) for i in idx],
+                                      [_rc(b.per_image[i]) for i in idx])
     if key not in a.accuracy or key not in b.accuracy:
         return None
     return metrics.mcnemar([_certified(a.per_image[i], key) for i in idx],
@@ -434,7 +437,8 @@ def cell_marks(rows: Sequence[Row], grid: Sequence[float],
     """Per row of one protocol, radius (or ``"acr"``) -> its :class:`Mark`, if any.
 
     The best value is marked (a column of zeros has no winner); a row is tied when it can be
-    paired with every best row and none of those tests is significant at ``level``.
+    paired with every best row and none of those tests finds the best row significantly
+    better at ``level``.
     """
     out: list[dict[Any, Mark]] = [{} for _ in rows]
     for key in [*grid, "acr"]:
@@ -450,7 +454,8 @@ def cell_marks(rows: Sequence[Row], grid: Sequence[float],
             if i in leaders or not _finite(v):
                 continue
             tests = [paired_test(rows[j], rows[i], key) for j in leaders]
-            if all(t is not None for t in tests) and not any(t.significant(level) for t in tests):
+            if all(t is not None for t in tests) and not any(
+                    t.a_significantly_better(level) for t in tests):
                 out[i][key] = Mark("tied", min(t.p_value for t in tests))
     return out
 
@@ -683,11 +688,13 @@ def format_cost(row: Row) -> str:
 TIE_MARK = "="  # after a bold value: not significantly different from the best
 TABLE_NOTE = (
     f"Certified accuracy (%) at L2 radius r; bold: best of the protocol; bold with "
-    f"'{TIE_MARK}': not significantly different from the best (paired exact "
-    f"test on the same images, two-sided, level {metrics.SIGNIFICANCE:g}: McNemar at each "
-    f"radius, sign test for ACR; per cell, not corrected for multiplicity; rows without "
-    f"per-image data on the same images, such as reported rows and envelopes, are never marked "
-    f"tied); brackets: exact {CI_LEVEL:.0%} Clopper-Pearson interval over the image sample.")
+    f"'{TIE_MARK}': not significantly different from the best (paired "
+    f"test on the same images, two-sided, level {metrics.SIGNIFICANCE:g}: exact McNemar at "
+    f"each radius, sign-flip permutation test of the mean for ACR, exact or "
+    f"{metrics.PERMUTATION_DRAWS:,} seeded Monte-Carlo draws; per cell, not corrected for "
+    f"multiplicity; rows without per-image data on the same images, such as reported rows "
+    f"and envelopes, are never marked tied); brackets: exact {CI_LEVEL:.0%} Clopper-Pearson "
+    f"interval over the image sample.")
 
 # Placeholders that survive tabulate's escaping, turned into markup per format afterwards.
 _BOLD = ("\x02", "\x03")

@@ -138,6 +138,53 @@ def test_shared_ranks_follow_the_top_row_of_each_rank():
         leaderboard.rank_score(c, grid))
 
 
+def _issue_21_rows():
+    """Issue 21's 100 paired images: A certified at r = 1.2 on images 0-19, B at r = 0.2 on
+    images 20-79, neither certified elsewhere. On the grid 0, 0.25, ..., 1: scores 1.0 and 0.6."""
+    a = _run_row("a-run", [1.2] * 20 + [0.0] * 80, [1] * 20 + [0] * 80)
+    b = _run_row("b-run", [0.0] * 20 + [0.2] * 60 + [0.0] * 20, [0] * 20 + [1] * 60 + [0] * 20)
+    return a, b
+
+
+def test_ranks_test_the_mean_score_they_order_by():
+    """B wins on 60 images to 20 (a sign test would call B significantly worse, p = 8.6e-6),
+    yet A leads on the mean score that orders them; the test of that mean (exact sign-flip,
+    p = 0.0996) does not separate them: they share rank 1."""
+    grid = list(TABLE_GRID)
+    a, b = _issue_21_rows()
+    assert leaderboard.rank_score(a, grid) == pytest.approx(1.0)
+    assert leaderboard.rank_score(b, grid) == pytest.approx(0.6)
+    test = leaderboard.rank_test(a, b, grid)
+    assert test.p_value == pytest.approx(0.0996, abs=1e-4) and test.mean_difference > 0
+    assert (test.wins_a, test.wins_b) == (20, 60)
+    assert leaderboard.shared_ranks([a, b], grid) == [1, 1]
+
+
+def test_issue_21_scenario_shares_rank_one_on_the_page(tmp_path):
+    store = Store(tmp_path / "results")
+    for run_id, sigma, radii in (("aaaa00000021", 0.5, [1.2] * 20 + [0.0] * 80),
+                                 ("bbbb00000021", 0.25, [0.0] * 20 + [0.2] * 60 + [0.0] * 20)):
+        card = _card(run_id, "gaussian", sigma)
+        card.identity["subset_size"] = 100
+        store.open_run(card)
+        store.add_certs(run_id, _certs(radii))
+    leaderboard.build(store, load_registry(ROOT / "registry.yaml"), tmp_path / "site")
+    html = (tmp_path / "site" / "digits.html").read_text()
+    runs = html.split("Same compute: 1,000")[1].split("Best over sigma")[0]
+    assert re.findall(r'<td data-sort="(\d+)"[^>]*>(\d+=?)</td>', runs)[:2] == [("1", "1=")] * 2
+    assert "sign-flip" in (tmp_path / "site" / "digits.md").read_text()
+
+
+def test_a_row_is_never_ranked_below_a_row_it_beats():
+    """Whatever order the rows come in, a significant difference in the lower row's favour
+    never gives it a worse rank."""
+    grid = list(TABLE_GRID)
+    high, low = _scored("h-run", [5] * 10), _scored("l-run", [0] * 10)
+    assert leaderboard.rank_test(low, high, grid).significant()
+    assert leaderboard.shared_ranks([low, high], grid) == [1, 1]
+    assert leaderboard.shared_ranks([high, low], grid) == [1, 2]
+
+
 def test_reported_rows_share_a_rank_only_on_an_equal_score():
     grid = list(TABLE_GRID)
 

@@ -78,3 +78,70 @@ def test_sign_test_drops_ties():
     t = metrics.sign_test([1.0] * 7, [0.5] * 7)
     assert t.p_value == pytest.approx(2 / 128) and t.significant()
     assert metrics.sign_test([0.2] * 4, [0.2] * 4).p_value == 1.0
+
+
+# ----- the sign-flip permutation test of the mean difference -----------------------------------
+def _brute_flip_p(diff):
+    """P(|sum s_i d_i| >= |sum d_i|) over all 2^n sign patterns, by itertools."""
+    import itertools
+
+    observed = abs(sum(diff))
+    hits = sum(abs(sum(s * d for s, d in zip(signs, diff, strict=True))) >= observed - 1e-9
+               for signs in itertools.product((1, -1), repeat=len(diff)))
+    return hits / 2 ** len(diff)
+
+
+@pytest.mark.parametrize("diff", [[3, -1, 2, 2, -5, 1, 1, 4, -2, 1], [1, 1, 1, 1, 1],
+                                  [2, -2], [7, -1, -1, -1, -1, -1, -1, -1]])
+def test_sign_flip_exact_paths_match_brute_force(diff):
+    import numpy as np
+
+    exact = _brute_flip_p(diff)
+    assert metrics.sign_flip_test(diff, [0] * len(diff)).p_value == pytest.approx(exact)
+    assert metrics._flip_p_enumerated(np.asarray(diff, float)) == pytest.approx(exact)
+    floats = [d * 0.37 for d in diff]  # not integers: the enumeration path
+    assert metrics.sign_flip_test(floats, [0] * len(diff)).p_value == pytest.approx(exact)
+
+
+def test_sign_flip_monte_carlo_is_seeded_and_close_to_the_exact_value():
+    import numpy as np
+
+    diff = np.array([3, -1, 2, 2, -5, 1, 1, 4, -2, 1] * 4, dtype=float)  # 40 nonzero
+    exact = metrics._flip_p_integer(np.abs(diff).astype(np.int64), int(diff.sum()))
+    mc = metrics._flip_p_monte_carlo(diff, metrics.PERMUTATION_DRAWS, metrics.PERMUTATION_SEED)
+    assert mc == metrics._flip_p_monte_carlo(diff, metrics.PERMUTATION_DRAWS, 0)  # same page
+    assert abs(mc - exact) < 0.005 and 0.01 < exact < 0.99
+    radii = diff * 0.1234  # floats with 40 nonzero differences: the Monte-Carlo path
+    assert metrics.sign_flip_test(radii, [0.0] * 40).p_value == pytest.approx(exact, abs=0.005)
+
+
+def test_sign_flip_tests_the_mean_where_the_sign_test_counts_images():
+    """The issue's scenario on per-image grid scores (5 grid radii): A certified at r = 1.2 on
+    images 0-19 (score 5), B at r = 0.2 on images 20-79 (score 1). A's mean is higher (1.0 vs
+    0.6); B wins on 60 images to 20. By hand: S = 5 (2X - 20) + (2Y - 60), X ~ Bin(20, 1/2),
+    Y ~ Bin(60, 1/2) independent, p = P(|S| >= 40)."""
+    from scipy.stats import binom
+
+    a = [5] * 20 + [0] * 80
+    b = [0] * 20 + [1] * 60 + [0] * 20
+    by_hand = sum(binom.pmf(x, 20, 0.5) * binom.pmf(y, 60, 0.5) for x in range(21)
+                  for y in range(61) if abs(5 * (2 * x - 20) + 2 * y - 60) >= 40)
+    t = metrics.sign_flip_test(a, b)
+    assert t.p_value == pytest.approx(by_hand, rel=1e-9) and t.p_value == pytest.approx(0.0996,
+                                                                                       abs=1e-4)
+    assert (t.wins_a, t.wins_b) == (20, 60) and t.mean_difference == pytest.approx(0.4)
+    assert not t.a_significantly_better()
+    sign = metrics.sign_test(a, b)  # what ranked them before: "B significantly worse"
+    assert sign.p_value == pytest.approx(8.6e-6, rel=0.01) and sign.significant()
+    reverse = metrics.sign_flip_test(b, a)
+    assert reverse.p_value == t.p_value and reverse.mean_difference == pytest.approx(-0.4)
+    assert metrics.sign_flip_test([0.2] * 4, [0.2] * 4).p_value == 1.0
+
+
+def test_a_significant_difference_has_a_direction():
+    t = metrics.sign_flip_test([1.0] * 7, [0.5] * 7)
+    assert t.p_value == pytest.approx(2 / 128) and t.a_significantly_better()
+    back = metrics.sign_flip_test([0.5] * 7, [1.0] * 7)
+    assert back.significant() and not back.a_significantly_better()
+    assert not metrics.mcnemar([0] * 8, [1] * 8).a_significantly_better()
+    assert metrics.mcnemar([1] * 8, [0] * 8).a_significantly_better()

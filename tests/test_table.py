@@ -288,6 +288,22 @@ def test_requested_budget_groups_runs_of_the_same_compute():
     assert rep.budget == 9_999
 
 
+def test_acr_marks_test_the_mean_radius_not_the_count_of_images():
+    """ACR is a mean radius: A's 1.2 on 10 images (ACR 0.12) against B's 0.2 on 40 others
+    (0.08). B wins on 40 images to 10 (sign test p ~ 2e-5, which marked B plainly worse), but
+    the mean difference is not significant (sign-flip test p ~ 0.3): B is tied with the best."""
+    a = _run_row("a-run", [1.2] * 10 + [0.0] * 90, [1] * 10 + [0] * 90)
+    b = _run_row("b-run", [0.0] * 10 + [0.2] * 40 + [0.0] * 50, [0] * 10 + [1] * 40 + [0] * 50)
+    assert a.acr == pytest.approx(0.12) and b.acr == pytest.approx(0.08)
+    test = table.paired_test(a, b, "acr")
+    assert (test.wins_a, test.wins_b) == (10, 40) and 0.2 < test.p_value < 0.5
+    marks = table.cell_marks([a, b], GRID)
+    assert marks[0]["acr"] == table.Mark("best")
+    assert marks[1]["acr"].kind == "tied" and marks[1]["acr"].p_value == test.p_value
+    text = table.render([a, b], "markdown", GRID, envelope=False)
+    assert "sign-flip permutation test of the mean for ACR" in text
+
+
 def test_run_summary_keeps_per_image_data_out_of_its_json():
     from bench.records import RunSummary
 
