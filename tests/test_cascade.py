@@ -128,6 +128,28 @@ def test_radius_is_the_minimum_of_the_accepting_and_off_class_radii():
     assert cert.radius == pytest.approx(-norm.ppf(0.4), abs=0.03)
 
 
+def test_the_first_of_several_skipped_stages_can_bind():
+    """K = 3: stages 0 and 1 are skipped, stage 2 accepts class 2. Stage 0's other classes
+    come close to p0 (class 0 at 0.45), stage 1's stay far (0.3): the radius is stage 0's
+    off-class radius, about 0.09, never stage 1's (about 0.25, twice the truth) nor the
+    accepting stage's (about 0.54). True radius: min(-PhiInv(0.45), 0.5 (-PhiInv(0.3)),
+    0.25 PhiInv(0.99)) = 0.126."""
+    proc = cascade([Slab(1.0, [0.45, 0.75], [0, 1, 2]), Slab(0.5, [0.4, 0.7], [2, 0, 1]),
+                    Slab(0.25, [0.99], [2, 0])], [1.0, 0.5, 0.25], n=20000)
+    cert = proc.certify(X, 0, 2)
+    assert [s["decision"] for s in cert.stages] == ["skip", "skip", "accept"]
+    assert cert.prediction == 2 and cert.stage == 2
+    n, a = 20000, 0.001
+    upper_each = a / 3 / 2 / 3  # alpha / (2KC)
+    r_off = [sigma * -norm.ppf(max(stats.cp_upper(c, n, upper_each)
+                                   for k, c in enumerate(stage["counts_estimate"]) if k != 2))
+             for sigma, stage in zip((1.0, 0.5), cert.stages[:2], strict=True)]
+    r_accept = 0.25 * norm.ppf(stats.cp_lower(cert.stages[2]["counts_estimate"][2], n, a / 3))
+    assert r_off[0] < r_off[1] < r_accept  # the first skipped stage binds
+    assert cert.radius == pytest.approx(r_off[0], rel=1e-12)
+    assert cert.radius < -norm.ppf(0.45)  # never above the true radius
+
+
 def test_an_off_class_reaching_p0_at_a_skipped_scale_abstains():
     """The undecided rule: the selected class's upper bound at or above p0 stops the cascade
     (no fall-through on a point estimate below p0)."""

@@ -29,7 +29,7 @@ from bench.ndc import (
     vp_to_ve,
 )
 from bench.nets.loaders import ZOO_DIR
-from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, NoiseStream, Smooth
+from bench.smoothing import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT, NoiseStream, Smooth
 
 
 def linear_abar():
@@ -352,6 +352,24 @@ def test_classifier_noise_is_fixed_in_advance_and_not_the_harness_noise():
     other = prob.classifier(grid=4, noise_seed=1)
     other.begin_phase(0, 2, PHASE_SELECT)
     assert not torch.allclose(other.draw(6, torch.device("cpu")), first)
+
+
+def test_no_sample_of_the_classifier_noise_is_a_harness_draw():
+    """Every eps the classifier draws in every phase of an image, against every delta the
+    harness draws for that image (all its phases, as many samples as the classifier's grid
+    holds levels per sample): no vector may repeat. A stream phase equal to the harness's would
+    make sample i's eps the delta of samples 4i..4i+3 (grid 4), not only sample 0's."""
+    prob = Problem(n=1)
+    grid, n, seed, index = 4, 64, 3, 5
+    clf = prob.classifier(grid=grid)
+    eps, deltas = [], []
+    for phase in (PHASE_SELECT, PHASE_ESTIMATE, PHASE_PREDICT):
+        clf.begin_phase(seed, index, phase)
+        eps.append(clf.draw(n, torch.device("cpu")).reshape(n * grid, -1))
+        harness = NoiseStream(prob.shape, "cpu", seed, index, phase)
+        deltas.append(harness.fill(torch.empty(n * grid, *prob.shape)).reshape(n * grid, -1))
+    closest = torch.cdist(torch.cat(eps).double(), torch.cat(deltas).double()).min()
+    assert closest > 0.1, f"an eps of the classifier repeats a harness draw ({closest:.2g})"
 
 
 def test_estimation_draws_do_not_depend_on_how_many_selection_draws_were_used():
