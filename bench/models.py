@@ -39,18 +39,27 @@ def models_dir(given: Path | None = None) -> Path:
 
 
 def parse_overrides(values: str | list[str] | tuple[str, ...] | None) -> dict[str, str]:
-    """``--model NAME`` (the classifier) and ``--model ROLE=NAME`` as a role -> name map."""
+    """``--model NAME`` (the classifier) and ``--model ROLE=NAME`` as a role -> name map. An
+    existing file or folder is a path whatever it contains (``lr=0.1/model.safetensors``)."""
     if not values:
         return {}
     out: dict[str, str] = {}
     for value in [values] if isinstance(values, str) else values:
         role, sep, name = value.partition("=")
-        if not sep or ("/" in role or ":" in role or not role.isidentifier()):
+        if not sep or _is_path(value) or "/" in role or ":" in role \
+                or not role.isidentifier():
             role, name = PRIMARY_ROLE, value
         if role in out:
             raise ConfigError(f"--model {role}=... given twice")
         out[role] = name
     return out
+
+
+def _is_path(value: str) -> bool:
+    try:
+        return Path(value).expanduser().exists()
+    except (OSError, ValueError):  # a name too long, or with a NUL, is no path here
+        return False
 
 
 class RoleResolver:
@@ -100,6 +109,22 @@ class RoleResolver:
                                      fields={"source": "in-memory", "hash_of": hash_of})
         self._nets[role] = net
         return net
+
+    def check_overrides_used(self) -> None:
+        """After the method has built its base classifier: a ``--model ROLE=...`` for a role it
+        neither registers nor loaded is a mistake (a typo, another method's role), not a run
+        with the default model under the default run id."""
+        roles = sorted(set(self.loaded) | set(self.config))
+        for role, name in self.overrides.items():
+            if role in roles:
+                continue
+            given = name if role == PRIMARY_ROLE else f"{role}={name}"
+            close = difflib.get_close_matches(role, roles, n=1)
+            hint = f" (did you mean {close[0]}=...?)" if close else ""
+            path = f"; if {given} is a file or folder, it does not exist" \
+                if role != PRIMARY_ROLE and "/" in name else ""
+            raise ConfigError(f"--model {given}: method {self.method!r} uses no {role!r} "
+                              f"model{hint}; its roles: {', '.join(roles) or 'none'}{path}")
 
     def ref(self, role: str) -> ModelRef:
         if role not in self.loaded:

@@ -201,6 +201,7 @@ def prepare(opts: RunOptions) -> Prepared:
                          radii=_procedure_radii(opts, grid_dataset),
                          label_aware=opts.label_aware)
     procedure = procedures.build(spec, method, ctx)
+    models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
     if datasets.reads_tree(opts.dataset):
         check_model_fits(procedure, ds, indices, device)
     batch = fit_batch(procedure, ds.info.shape, opts.batch, device)

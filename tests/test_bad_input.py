@@ -49,6 +49,14 @@ CASES = {
     "results is a file": ((*RUN[:-1], "{file}"), "is a file, not a folder"),
     "results under a file": ((*RUN[:-1], "{file}/sub"), "is a file, not a folder"),
     "truncated weights": ((*RUN, "--model", "{bad_weights}"), "truncated or damaged"),
+    "mistyped model role": ((*RUN, "--model", "clasifier=digits-cnn-macer-1"),
+                            "method 'gaussian' uses no 'clasifier' model (did you mean "
+                            "classifier=...?); its roles: classifier"),
+    "model role the method lacks": ((*RUN, "--model", "denoiser=digits-cnn-macer-1"),
+                                    "uses no 'denoiser' model; its roles: classifier"),
+    "bare model on a method without a classifier": (
+        (*RUN, "--method", "ndc", "--model", "digits-cnn-macer-1"),
+        "--model digits-cnn-macer-1: method 'ndc' uses no 'classifier' model; its roles: "),
     "data dir on digits": ((*RUN, "--data-dir", "{file}.d"), "drop --data-dir"),
     "sigma on a cascade": ((*RUN, "--method", "multiscale", "--sigma", "0.5"),
                            "does not apply to the cascade"),

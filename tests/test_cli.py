@@ -180,6 +180,20 @@ def test_bad_input_gives_one_line(cli, tmp_path, args, needle):
     assert "Traceback" not in err
 
 
+def test_a_relative_model_path_with_an_equals_sign_is_a_path(cli, tmp_path, monkeypatch):
+    """Sweep folders are named like lr=0.1: an existing path is never read as ROLE=NAME."""
+    folder = tmp_path / "lr=0.1"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(
+        (ROOT / "bench" / "zoo" / "digits-cnn-macer-1.safetensors").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("run", "--model", "lr=0.1/model.safetensors", "--arch", "digits_cnn",
+                       "--n", 10, "--n0", 5, "--max-images", 1, "--results", "res", "--quiet")
+    assert code == 0, err
+    card = json.loads(next((tmp_path / "res").rglob("summary.json")).read_text())
+    assert card["model_roles"]["classifier"]["name"] == "lr=0.1/model.safetensors"
+
+
 def test_bad_registry_entry_names_file_entry_and_field(cli, tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("methods:\n  mine:\n    adapter: methods.gaussian:Gaussian\n"
