@@ -52,7 +52,11 @@ def radius_from_bound(p_lower: float, sigma: float) -> float:
 
 
 def certify_decision(top_class: int, count: int, n: int, alpha: float, sigma: float):
-    """(prediction, radius, p_lower) from the estimation count of the selected class."""
+    """(prediction, radius, p_lower) from the estimation count of the selected class.
+
+    Fixed-N Cohen keeps the reference code's rule (``if pABar < 0.5: abstain``): a bound of
+    exactly 1/2 predicts with radius 0, so certificates match Cohen et al.'s bit for bit. The
+    cascade and sequential procedures need the strict inequality for any claim."""
     p_lower = cp_lower(count, n, alpha)
     if p_lower < 0.5:
         return ABSTAIN, 0.0, p_lower

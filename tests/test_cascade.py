@@ -159,6 +159,39 @@ def test_an_off_class_reaching_p0_at_a_skipped_scale_abstains():
     assert cert.outcome == "abstain: undecided at sigma=1"
 
 
+def test_a_lower_bound_equal_to_p0_is_no_acceptance(monkeypatch):
+    """A claim needs p_lo > p0: at p_lo = p0 another class may sit at p0 as well."""
+    proc = cascade([Slab(1.0, [0.5], [0, 1])], [1.0], p0=0.6, classes=2, n=100)
+    monkeypatch.setattr(stats, "cp_lower", lambda k, n, a: 0.6)
+    cert = proc.certify(X, 0, 0)
+    assert cert.prediction == -1 and cert.radius == 0.0 and cert.stage == -1
+    monkeypatch.setattr(stats, "cp_lower", lambda k, n, a: 0.6 + 1e-9)
+    cert = proc.certify(X, 0, 0)
+    assert cert.prediction >= 0 and 0 < cert.radius < 1e-8
+
+
+def test_an_off_class_bound_equal_to_p0_leaves_no_radius(monkeypatch):
+    """Stage 0 is skipped (class 0 at 0.45 on top), stage 1 accepts class 2; stage 0's bound
+    on class 1 pinned at exactly p0 gives an off-class radius of 0: no claim, not radius 0."""
+    real = stats.cp_upper_each
+
+    def pinned(value):
+        def uppers(counts, n, alpha):
+            return [value if c == 1 else u for c, u in enumerate(real(counts, n, alpha))]
+        return uppers
+
+    proc = cascade([Slab(1.0, [0.45, 0.8], [0, 1, 2]), Slab(0.5, [0.99], [2, 0])], [1.0, 0.5],
+                   n=5000, n0=2000)
+    monkeypatch.setattr(stats, "cp_upper_each", pinned(0.5))
+    cert = proc.certify(X, 0, 2)
+    assert (cert.prediction, cert.radius, cert.stage) == (-1, 0.0, -1)
+    assert [s["decision"] for s in cert.stages] == ["skip", "no positive radius"]
+    assert cert.outcome == "abstain: another class may reach p0 at sigma=1"
+    monkeypatch.setattr(stats, "cp_upper_each", pinned(0.5 - 1e-9))
+    cert = proc.certify(X, 0, 2)
+    assert cert.prediction == 2 and 0 < cert.radius < 1e-8
+
+
 def test_all_scales_below_p0_abstains_with_the_reason():
     proc = cascade([Slab(1.0, [0.3, 0.6], [1, 2, 0]), Slab(0.5, [0.3, 0.6], [1, 2, 0])],
                    [1.0, 0.5], n=5000)

@@ -222,6 +222,24 @@ def test_label_aware_exit_abstains_after_selection():
         x, 0, 4).prediction == 3  # not label-aware: certifies the (wrong) class as Cohen does
 
 
+def test_a_bound_equal_to_a_threshold_claims_nothing_there():
+    """The certified level is the largest with lb > p_i, strictly (fixed-N Cohen keeps the
+    reference's lb >= 1/2: tests/test_soundness.py)."""
+    from scipy.stats import beta
+
+    from bench.procedures.sequential import checkpoint_step, level_of
+
+    n, k, a = 1000, 900, 0.0005
+    lb = float(beta.ppf(a, k, n - k + 1))
+    thresholds = np.array([0.5, lb, 0.99])
+    level, bound, _, _ = checkpoint_step(-1, k, n, a, thresholds, 2, 0.0)
+    assert float(bound) == lb and int(level) == 0
+    assert level_of(thresholds, np.nextafter(lb, 1)) == 1
+    assert level_of(thresholds, 0.5) == -1 and level_of(thresholds, np.nextafter(0.5, 1)) == 0
+    levels, _ = sequential_levels(np.array([[k]]), [n], [a], thresholds)
+    assert levels.tolist() == [0]
+
+
 # ----- agreement with Cohen at N = 100,000 --------------------------------------------------
 AGREE_IMAGES = 40
 INFO = DatasetInfo("toy", (1, 1, 16), 2, (0.5,), (0.25,))

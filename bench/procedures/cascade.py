@@ -5,8 +5,9 @@ DDS denoise-then-classify of one diffusion model at each sigma, for ``multiscale
 from the largest scale down, stage k draws its own selection (N0) and estimation (N) samples
 from fresh streams (phases 10k and 10k + 1; stage 0 uses Cohen's phases 0 and 1) and
 
-* **accepts** the selected class c when the lower bound ``p_lo`` of its probability is at
-  least p0: ``R_k = sigma_k (PhiInv(p_lo) - PhiInv(p0))``;
+* **accepts** the selected class c when the lower bound ``p_lo`` of its probability is above
+  p0 (strictly: at ``p_lo = p0`` another class may sit at p0 too, and the radius would be 0):
+  ``R_k = sigma_k (PhiInv(p_lo) - PhiInv(p0))``;
 * **abstains** (undecided) when it does not accept but the upper bound of c reaches p0;
 * **falls through** to the next smaller scale only when that upper bound is below p0; the
   stage is then "skipped" and its per-class upper bounds are kept.
@@ -15,9 +16,11 @@ On acceptance of class c at stage k the radius is ``min(R_k, R'_j for every skip
 ``R'_j = sigma_j (PhiInv(p0) - PhiInv(u_j))`` and ``u_j = max over classes c' != c`` of stage j's
 per-class upper bounds: inside that ball no other class reaches p0 at any skipped scale (each
 ``PhiInv(p_c')`` is 1/sigma_j-Lipschitz), so the cascade cannot exit earlier with another label,
-and c stays above p0 at scale k. A negative radius abstains. ``u_j`` bounds the other classes
-directly, never by 1 - (a lower bound of some class), the reference code's unsound edge case.
-With one scale and p0 = 1/2 this is exactly Cohen's CERTIFY on the same streams.
+and c stays above p0 at scale k. A radius that is not positive abstains (an off-class bound
+equal to p0 leaves no ball at all). ``u_j`` bounds the other classes directly, never by
+1 - (a lower bound of some class), the reference code's unsound edge case. With one scale and
+p0 = 1/2 this is Cohen's CERTIFY on the same streams, except at a bound of exactly 1/2, which
+Cohen's reference rule certifies with radius 0 and the cascade abstains on.
 
 **Alpha (the proof).** Let K be the number of scales and C the number of classes.
 :func:`alpha_split` gives stage k < K a lower-bound level ``a_k = alpha / (2K)`` for its
@@ -173,6 +176,14 @@ class Cascade:
                 out[f"sigma={s:g}"] = describe()
         return out or None
 
+    def _no_ball(self, skipped, records, sigma: float) -> str:
+        """Why an accepted class gets no positive radius: the skipped scale whose off-class
+        bound binds (it reaches p0), else the accepting scale's own bound."""
+        if not skipped:
+            return f"abstain: no positive radius at sigma={sigma:g}"
+        binding = min(skipped, key=lambda js: records[js[0]]["off_class_radius"])[0]
+        return f"abstain: another class may reach p0 at sigma={self.scales[binding]:g}"
+
     def max_radius(self) -> float:
         """The largest radius any image can get: all N samples agreeing at some stage."""
         n = self.budget.n
@@ -204,7 +215,7 @@ class Cascade:
                       "p_upper": None if uppers is None else uppers[top],
                       "counts_select": counts_select, "counts_estimate": counts_estimate}
             records.append(record)
-            if p_lower >= self.p0:
+            if p_lower > self.p0:
                 record["decision"] = "accept"
                 radius = sigma * (float(norm.ppf(p_lower)) - self._phi_p0)
                 record["radius"] = radius
@@ -213,10 +224,9 @@ class Cascade:
                     r_off = self.scales[j] * (self._phi_p0 - float(norm.ppf(off)))
                     records[j]["off_class_upper"], records[j]["off_class_radius"] = off, r_off
                     radius = min(radius, r_off)
-                if radius < 0:
-                    binding = min(skipped, key=lambda js: records[js[0]]["off_class_radius"])[0]
-                    outcome = (f"abstain: another class may reach p0 at sigma="
-                               f"{self.scales[binding]:g}")
+                if radius <= 0:  # no ball: a claim needs a positive radius
+                    record["decision"] = "no positive radius"  # not an acceptance
+                    outcome = self._no_ball(skipped, records, sigma)
                     radius = 0.0
                 else:
                     prediction = top

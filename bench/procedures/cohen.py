@@ -17,7 +17,9 @@ from bench.smoothing import Smooth
 class CohenFixedN:
     """N0 selection samples pick the top class; N fresh, independent samples give its one-sided
     Clopper-Pearson bound at level alpha (all of alpha on that one bound); radius
-    sigma * PhiInv(p_lower), abstain below 1/2. The counting is :class:`bench.Smooth`'s."""
+    sigma * PhiInv(p_lower), abstain below 1/2. A bound of exactly 1/2 certifies radius 0:
+    the reference code's rule, kept on purpose (:func:`bench.stats.certify_decision`). The
+    counting is :class:`bench.Smooth`'s."""
 
     name = "cohen"
 

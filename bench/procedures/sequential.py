@@ -3,8 +3,10 @@
 Selection is Cohen's (N0 samples of phase 0, argmax). Estimation counts the selected class on
 ONE cumulative stream (phase 1, Cohen's estimation stream) and looks at it at checkpoints
 n_1 < ... < n_J. At checkpoint j the one-sided Clopper-Pearson bound lb_j is taken at level
-alpha_j; the certified grid level is the largest i with max_j lb_j >= p_i = Phi(r_i / sigma)
-(level 0 is radius 0, p_0 = 1/2: certified when lb >= 1/2, as Cohen's CERTIFY). The run stops
+alpha_j; the certified grid level is the largest i with max_j lb_j > p_i = Phi(r_i / sigma),
+strictly: a bound equal to a threshold does not claim its radius (level 0 is radius 0,
+p_0 = 1/2: certified when lb > 1/2, where Cohen's reference rule also certifies lb = 1/2 with
+radius 0). The run stops
 when no later checkpoint can certify a higher level (the top reachable level is certified, or
 the last checkpoint is done) or when futility says the next level is out of reach:
 ``Beta.ppf(1 - alpha_f, k + 1, n_j - k) < p_{level+1}``.
@@ -121,8 +123,9 @@ def level_grid(spec: ProcedureSpec) -> tuple[float, ...]:
 
 # ----- the decision (pure: counts in, levels out; vectorized over runs) -----------------------
 def level_of(thresholds: np.ndarray, p) -> np.ndarray:
-    """The largest grid level i with p >= thresholds[i]; -1 below level 0."""
-    return np.searchsorted(thresholds, p, side="right") - 1
+    """The largest grid level i with p > thresholds[i] (strictly: a bound equal to a
+    threshold claims nothing there); -1 at or below level 0's."""
+    return np.searchsorted(thresholds, p, side="left") - 1
 
 
 def reachable_levels(checkpoints: Sequence[int], alphas: Sequence[float],
