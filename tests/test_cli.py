@@ -246,8 +246,8 @@ def test_nan_model_stops_without_corrupting_the_store(cli, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("sigma", ["0.25", "0.5", "1.0"])
 def test_readme_digits_table_is_what_the_commands_produce(tmp_path, sigma):
-    """README's certified-accuracy table comes from `python -m bench run --sigma S` (~1 min)."""
-    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+    """docs/results-digits.md's certified-accuracy table comes from `run --sigma S` (~1 min)."""
+    row = next(line for line in (ROOT / "docs" / "results-digits.md").read_text().splitlines()
                if line.startswith(f"| {sigma} | ") and line.count("|") == 11)
     cells = [c.strip() for c in row.strip("|").split("|")]
     proc = run_process("run", "--sigma", sigma, "--results", tmp_path, "--quiet")
@@ -264,8 +264,8 @@ def test_readme_digits_table_is_what_the_commands_produce(tmp_path, sigma):
 @pytest.mark.parametrize("method", ["gaussian", "smoothadv", "macer", "consistency"])
 @pytest.mark.parametrize("sigma", ["0.25", "0.5", "1"])
 def test_readme_training_methods_table_is_what_the_commands_produce(tmp_path, method, sigma):
-    """README's SmoothAdv/MACER/consistency table comes from `run --method M --sigma S`."""
-    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+    """docs/results-digits.md's SmoothAdv/MACER/consistency table: `run --method M --sigma S`."""
+    row = next(line for line in (ROOT / "docs" / "results-digits.md").read_text().splitlines()
                if line.startswith(f"| {sigma} | {method} | "))
     cells = [c.strip() for c in row.strip("|").split("|")]
     proc = run_process("run", "--method", method, "--sigma", sigma, "--results", tmp_path,

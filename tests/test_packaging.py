@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 # What the build reads. The wheel is built from a clean copy of these, not in the checkout:
 # setuptools never empties an in-tree build/lib, so a module deleted from the repo would still
 # ship from a stale build/, and the test would write build/ and *.egg-info into the checkout.
-BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "registry.yaml",
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "docs", "registry.yaml",
                 "bench", "methods")
 HOSTILE = 'raise RuntimeError("the working directory\'s methods/ was imported")\n'
 RUN = ("run", "--max-images", "3", "--n", "200", "--quiet")

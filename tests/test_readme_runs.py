@@ -1,6 +1,8 @@
-"""README rows that link a committed leaderboard run (``leaderboards/runs/<run>/card.json``) say
-what that run's card says (fast), and the run's command still produces its certificates with the
-same run id (slow: the first two images of each)."""
+"""README and docs/ rows that link a committed leaderboard run
+(``leaderboards/runs/<run>/card.json``) say what that run's card says (fast), and the run's command
+still produces its certificates with the same run id (slow: the first two images of each).
+README's tables repeat docs/ rows cell for cell, and every relative link of README, docs/ and
+CONTRIBUTING.md resolves (fast)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import pytest
 from bench.runner import RunOptions, run
 from tests.conftest import ROOT
 
-LINK = re.compile(r"\[(\w{12})\]\(leaderboards/runs/([^)]+)/card\.json\)")
+LINK = re.compile(r"\[(\w{12})\]\((?:\.\./)?leaderboards/runs/([^)]+)/card\.json\)")
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [ROOT / "README.md", *DOCS, ROOT / "CONTRIBUTING.md"]
 
 
 def linked_rows() -> list[tuple[list[str], str]]:
     rows = []
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (line for page in PAGES for line in page.read_text().splitlines()):
         match = LINK.search(line)
         if line.startswith("| ") and match:
             rows.append(([c.strip() for c in line.strip().strip("|").split("|")],
@@ -29,12 +33,39 @@ def linked_rows() -> list[tuple[list[str], str]]:
 ROWS = linked_rows()
 
 
+def slugs(page) -> set[str]:
+    """GitHub's heading anchors of a Markdown page (outside code blocks)."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
 def card(folder: str) -> dict:
     return json.loads((ROOT / "leaderboards" / "runs" / folder / "card.json").read_text())
 
 
 def test_readme_links_runs():
     assert len(ROWS) >= 10
+
+
+def test_readme_tables_repeat_docs_rows():
+    """README's headline tables are copies of docs/ rows, which the tests here and in
+    test_cli.py check against the runs."""
+    docs = {line.replace("](../", "](") for page in DOCS for line in page.read_text().splitlines()}
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|")]
+    assert len(rows) >= 10 and [row for row in rows if row not in docs] == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_relative_links_resolve(page):
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{page.name}: {target}"
+        if anchor and dest.suffix == ".md":
+            assert anchor in slugs(dest), f"{page.name}: {target}"
 
 
 @pytest.mark.parametrize(("cells", "folder"), ROWS, ids=[f for _, f in ROWS])
