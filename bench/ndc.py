@@ -321,6 +321,15 @@ class NoisedDiffusionClassifier(nn.Module):
         self._phase = (self.noise_seed + int(seed), int(index), PHASE_NDC + int(phase))
         self.stream = None  # created on the first call, on the input's device
 
+    def noise_streams(self, phases: Sequence[int]) -> list[dict[str, Any]]:
+        """The eps streams this classifier draws from during the harness's ``phases`` (for
+        the run's card)."""
+        return [{"phase": PHASE_NDC + int(p),
+                 "seed": f"SeedSequence([run seed + noise_seed {self.noise_seed}, image "
+                         f"index, phase])",
+                 "draws": f"NDC eps, ({len(self.levels)}, {', '.join(map(str, self.shape))}) "
+                          f"per noisy sample of harness phase {p}"} for p in phases]
+
     def draw(self, b: int, device: torch.device) -> torch.Tensor:
         """The next b draws of the stream: (b, grid, C, H, W) standard normal."""
         if self.stream is None or self.stream.device != torch.device(device):

@@ -94,7 +94,7 @@ def _accuracy(certs: Sequence[Certificate], grid: Sequence[float]) -> dict[float
 
 
 def _mean_samples(certs: Sequence[Certificate]) -> float:
-    return sum(c.n0 + c.n for c in certs) / max(1, len(certs))
+    return sum(c.samples for c in certs) / max(1, len(certs))
 
 
 def render(found: Sequence[Pair]) -> str:

@@ -72,6 +72,16 @@ class Certificate:
         return next((s["stage"] for s in self.stages if s.get("decision") == "accept"), -1)
 
     @property
+    def samples(self) -> int:
+        """Noisy samples this image drew: N0 + N at each stage a cascade visited, else
+        N0 + N (a sequential certificate's N is the estimation samples drawn before it
+        stopped)."""
+        staged = [s for s in self.stages if "level" not in s]
+        if staged:
+            return sum(int(s["n0"]) + int(s["n"]) for s in staged)
+        return self.n0 + self.n
+
+    @property
     def level(self) -> int:
         """The grid level a sequential certificate reached (its stages' ``level``), -1 when
         none or when the stages have no levels (Cohen's, the cascade's)."""
@@ -183,6 +193,8 @@ class RunSummary:
     # A multi-stage procedure's tally: where images were accepted, why they abstained, how
     # many stages and samples they took (None for single-stage runs).
     stages: dict[str, Any] | None = None
+    # Mean noisy samples drawn per image (Certificate.samples), None without certificates.
+    mean_samples: float | None = None
 
     @classmethod
     def from_certs(cls, card: RunCard, certs: Sequence[Certificate]) -> RunSummary:
@@ -205,6 +217,7 @@ class RunSummary:
             sample_key=subset_hash(sorted(c.idx for c in certs)),
             per_image={c.idx: (c.radius, c.correct) for c in certs},
             stages=stage_tally(certs),
+            mean_samples=_mean(c.samples for c in certs),
         )
 
     @property
@@ -212,10 +225,19 @@ class RunSummary:
         return self.card.identity.get("subset_size")
 
     @property
-    def samples(self) -> int:
-        """Noisy samples per image, N0 + N."""
+    def samples(self) -> float:
+        """Noisy samples actually drawn per image, the mean over its certificates (a cascade
+        draws N0 + N at every stage it visits, a sequential run stops early); the worst case
+        when there are none (:attr:`max_samples`)."""
+        return self.mean_samples if self.mean_samples is not None else self.max_samples
+
+    @property
+    def max_samples(self) -> int:
+        """Noisy samples per image at worst: N0 + N at each of the procedure's stages (a
+        cascade's K; a sequential run's N is its last checkpoint)."""
         ident = self.card.identity
-        return int(ident["n0"]) + int(ident["n"])
+        stages = int((self.card.extra.get("budget") or {}).get("stages") or 1)
+        return stages * (int(ident["n0"]) + int(ident["n"]))
 
     @property
     def max_certifiable_radius(self) -> float:
@@ -248,7 +270,8 @@ class RunSummary:
                 "max_certifiable_radius": self.max_certifiable_radius,
             },
             "cost_per_image": {
-                "samples": self.samples, "classifier_passes": self.classifier_passes,
+                "samples": self.samples, "max_samples": self.max_samples,
+                "classifier_passes": self.classifier_passes,
                 "diffusion_passes": self.diffusion_passes, "seconds": self.seconds,
                 "samples_per_second": self.samples_per_second, "devices": self.devices,
             },
@@ -277,7 +300,7 @@ def stage_tally(certs: Sequence[Certificate]) -> dict[str, Any] | None:
         "accepted_at_sigma": dict(sorted(accepted.items(), key=lambda kv: -float(kv[0]))),
         "abstained": dict(sorted(abstained.items())),
         "mean_stages_visited": sum(len(c.stages) for c in staged) / len(staged),
-        "mean_samples": sum(s["n0"] + s["n"] for c in staged for s in c.stages) / len(staged),
+        "mean_samples": sum(c.samples for c in staged) / len(staged),
     }
 
 
@@ -296,7 +319,7 @@ def sequential_tally(certs: Sequence[Certificate]) -> dict[str, Any]:
                                                                           kv[0].zfill(4)))),
         "stopped": dict(sorted(stops.items())),
         "mean_looks": sum(len(c.stages) for c in certs) / max(1, len(certs)),
-        "mean_samples": sum(c.n0 + c.n for c in certs) / max(1, len(certs)),
+        "mean_samples": sum(c.samples for c in certs) / max(1, len(certs)),
     }
 
 

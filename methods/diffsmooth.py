@@ -55,6 +55,20 @@ class DiffSmoothClassifier(nn.Module):
             self.stream = NoiseStream((self.m, *self.shape), self.fixed_noise.device,
                                       self.local_seed + seed, index, PHASE_LOCAL + phase)
 
+    def noise_streams(self, phases) -> list[dict[str, Any]]:
+        """The local draws' streams during the harness's ``phases`` (for the run's card): one
+        fixed set from ``local_seed``, or a fresh stream per image and phase."""
+        shape = ", ".join(map(str, (self.m, *self.shape)))
+        if self.local_noise == "fixed":
+            return [{"phase": None, "seed": f"torch.Generator().manual_seed({self.local_seed})",
+                     "draws": f"DiffSmooth local noise, ({shape}) drawn once, reused for every "
+                              "sample of every image"}]
+        return [{"phase": PHASE_LOCAL + int(p),
+                 "seed": f"SeedSequence([run seed + local_seed {self.local_seed}, image index, "
+                         "phase])",
+                 "draws": f"DiffSmooth local noise, ({shape}) per outer sample of harness "
+                          f"phase {p}"} for p in phases]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         clean = self.denoiser(x)  # (B, C, H, W) in [0, 1]

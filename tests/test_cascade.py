@@ -18,7 +18,7 @@ from bench import stats
 from bench.budget import Budget
 from bench.procedures import Cascade, CohenFixedN, ProcedureSpec
 from bench.procedures.cascade import StageLevels, alpha_split, spent, stage_phases
-from bench.smoothing import PHASE_PREDICT
+from bench.smoothing import PHASE_PREDICT, NoiseStream
 
 X = torch.full((1, 1, 2), 0.5)  # one tiny "image"; only pixel 0's noise matters
 
@@ -289,3 +289,42 @@ def test_stage_records_survive_the_store_and_an_old_store_gains_the_column(tmp_p
     assert back[4].stages == cert.stages and back[4].outcome == cert.outcome
     assert back[4].stage == cert.stage == 1
     assert back[5].stages == [] and back[5].stage == -1
+
+
+# ----- what a run's records say ---------------------------------------------------------------
+def record_stream_phases(monkeypatch) -> set[int]:
+    """The phase of every noise stream created from now on (the harness's and any classifier's
+    own: all of them are :class:`NoiseStream`)."""
+    seen: set[int] = set()
+    init = NoiseStream.__init__
+
+    def spy(self, shape, device, seed, index, phase):
+        seen.add(int(phase))
+        init(self, shape, device, seed, index, phase)
+
+    monkeypatch.setattr(NoiseStream, "__init__", spy)
+    return seen
+
+
+def test_a_cascade_run_records_its_true_samples_and_every_stream(cli, tmp_path, monkeypatch):
+    """p0 = 0.99 makes images fall through to later scales: the summary's samples per image
+    are what they drew (N0 + N per visited stage), its max_samples K (N0 + N), and the card
+    lists every stream the run drew from (stages 1 and 2 draw from phases 10, 11, 20, 21)."""
+    import csv
+    import json
+
+    seen = record_stream_phases(monkeypatch)
+    code, out, err = cli("run", "--method", "multiscale", "--dataset", "digits", "--subset",
+                         "dev", "--n", "60", "--n0", "10", "--max-images", "3", "--quiet",
+                         "--param", "p0=0.99", "--results", tmp_path)
+    assert code == 0, err
+    (folder,) = (tmp_path / "runs").iterdir()
+    with open(folder / "certs.tsv", newline="") as f:
+        visited = [len(json.loads(r["stages"])) for r in csv.DictReader(f, delimiter="\t")]
+    assert max(visited) > 1  # some image drew more than one stage's N0 + N
+    summary = json.loads((folder / "summary.json").read_text())
+    cost = summary["cost_per_image"]
+    assert cost["samples"] == pytest.approx(70 * sum(visited) / len(visited)) != 70
+    assert cost["max_samples"] == 3 * 70
+    listed = {s["phase"] for s in summary["procedure"]["noise_streams"]}
+    assert listed == {0, 1, 10, 11, 20, 21} and seen <= listed and {10, 11} <= seen

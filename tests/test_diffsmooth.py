@@ -151,6 +151,27 @@ def test_fresh_local_noise_restarts_per_phase():
     torch.testing.assert_close(local_noise_seen(base, x, m), seen[PHASE_ESTIMATE])
 
 
+@pytest.mark.parametrize("local_noise", ["fixed", "fresh"])
+def test_the_card_lists_the_local_noise_streams(local_noise):
+    """Cohen's card names the harness's streams and the local draws' (fresh: phases 7 and 8
+    and the model probe's; fixed: the one generator seeded by local_seed)."""
+    from bench.procedures import CohenFixedN, ProcedureSpec
+    from bench.procedures.base import PROBE_PHASE
+    from methods.diffsmooth import PHASE_LOCAL
+
+    base = DiffSmoothClassifier(identity_denoiser(), Recorder(), 3, shape=SHAPE, m=2,
+                                local_sigma=0.5, local_noise=local_noise, local_seed=7)
+    spec = ProcedureSpec(name="cohen", dataset="digits", method="diffsmooth", n0=10, n=20,
+                         budget=None, alpha=0.001, sigma=0.25, seed=0, batch=8)
+    streams = CohenFixedN(base, 3, spec).card()["noise_streams"]
+    phases = [s["phase"] for s in streams]
+    if local_noise == "fresh":
+        assert phases == [0, 1, PHASE_LOCAL, PHASE_LOCAL + 1, PHASE_LOCAL + PROBE_PHASE]
+        assert "local_seed 7" in streams[2]["seed"]
+    else:
+        assert phases == [0, 1, None] and "manual_seed(7)" in streams[2]["seed"]
+
+
 def test_fresh_local_noise_estimation_counts_do_not_depend_on_n0():
     """One local stream per (seed, image, phase): N0 never shifts the estimation draws."""
     torch.manual_seed(0)

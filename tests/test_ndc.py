@@ -29,6 +29,7 @@ from bench.ndc import (
     vp_to_ve,
 )
 from bench.nets.loaders import ZOO_DIR
+from bench.procedures.base import PROBE_PHASE
 from bench.smoothing import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT, NoiseStream, Smooth
 
 
@@ -494,6 +495,32 @@ def test_cli_run_records_the_grid_and_the_unet_passes(cli, tmp_path, toy_ndc_reg
     assert described["unet_passes_per_call"] == passes and described["grid"] == 4
     assert described["timesteps"][0] > 145  # above the t* of sigma 0.25
     assert f"{25 * passes} diffusion passes" in out.replace(",", "")
+
+
+def test_the_card_lists_every_stream_an_ndc_run_draws_from(cli, tmp_path, toy_ndc_registry,
+                                                            monkeypatch):
+    """The harness's phases 0 and 1, the classifier's own eps streams 12 and 13, and the one
+    the model probe draws from before certifying: every stream created during the run is on
+    the card."""
+    seen: set[int] = set()
+    init = NoiseStream.__init__
+
+    def spy(self, shape, device, seed, index, phase):
+        seen.add(int(phase))
+        init(self, shape, device, seed, index, phase)
+
+    monkeypatch.setattr(NoiseStream, "__init__", spy)
+    code, out, err = cli("run", "--method", "ndc-toy", "--dataset", "digits", "--subset", "dev",
+                         "--n", "8", "--n0", "4", "--max-images", "1", "--quiet",
+                         "--results", tmp_path / "res", "--extra-registry", toy_ndc_registry)
+    assert code == 0, err
+    summary = json.loads(next(Path(tmp_path / "res").rglob("summary.json")).read_text())
+    streams = summary["procedure"]["noise_streams"]
+    probe = PHASE_NDC + PROBE_PHASE
+    assert [s["phase"] for s in streams] == [0, 1, PHASE_NDC, PHASE_NDC + 1, probe]
+    assert "noise_seed 0" in streams[2]["seed"] and "NDC eps" in streams[2]["draws"]
+    assert "model probe" in streams[4]["draws"]
+    assert seen == {0, 1, PHASE_NDC, PHASE_NDC + 1, probe}
 
 
 @pytest.mark.skipif(not (ZOO_DIR / "digits-ddpm-cond").is_dir(), reason="not trained")

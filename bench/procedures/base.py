@@ -12,6 +12,9 @@ from bench.protocol import Cost
 from bench.records import Certificate
 
 DEFAULT_SIGMA = 0.25  # --sigma when not given, for a single-scale procedure
+# The harness phase at which the runner's one-forward model probe restarts a base classifier's
+# own noise (run seed 0, image 0): a stream of its own, whose draws are in no certificate.
+PROBE_PHASE = 99
 
 
 def single_scale_sigma(name: str, accepted: tuple[str, ...], method,
@@ -25,6 +28,23 @@ def single_scale_sigma(name: str, accepted: tuple[str, ...], method,
         raise ConfigError(f"method {method.id!r} is certified with the {own} procedure, not "
                           f"{name}; drop --procedure")
     return DEFAULT_SIGMA if requested is None else requested
+
+
+def noise_streams(phases: dict[int, str], base) -> list[dict[str, Any]]:
+    """Every noise stream one image draws from, for the card: the harness's delta stream of
+    each phase (``phases``: phase -> what it is for), then the base classifier's own streams
+    for those phases where it has any (``base.noise_streams(phases)``: NDC's eps, DiffSmooth's
+    local draws). The identity's ``noise.scheme`` text is fixed by protocol 1 (it is hashed
+    into every run id) and names Cohen's two phases only; this list is the complete record."""
+    streams = [{"phase": p, "seed": "SeedSequence([run seed, image index, phase])",
+                "draws": f"harness noise delta: {use}"} for p, use in phases.items()]
+    own = getattr(base, "noise_streams", None)
+    if callable(own):
+        streams += own(list(phases))
+        streams += [{**s, "draws": s["draws"] + " (the runner's model probe, with run seed 0 "
+                     "and image index 0, before certifying: in no certificate)"}
+                    for s in own([PROBE_PHASE]) if s["phase"] is not None]
+    return streams
 
 
 @dataclass(frozen=True)

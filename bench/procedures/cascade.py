@@ -63,7 +63,7 @@ from bench.budget import Budget, check_request
 from bench.dataspecs import spec as dataset_spec
 from bench.errors import ConfigError
 from bench.params import Param
-from bench.procedures.base import ProcedureSpec
+from bench.procedures.base import ProcedureSpec, noise_streams
 from bench.protocol import Cost
 from bench.records import Certificate
 from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, Smooth
@@ -166,7 +166,18 @@ class Cascade:
             "budget_rule": "N = budget // (stages x m): the worst case fits the budget",
             "max_certifiable_radius": self.max_radius(),
             "phases": {f"{s:g}": list(stage_phases(k)) for k, s in enumerate(self.scales)},
+            "noise_streams": self.noise_streams(),
         }
+
+    def noise_streams(self) -> list[dict[str, Any]]:
+        """Each stage's selection and estimation streams (and its base classifier's own)."""
+        out: list[dict[str, Any]] = []
+        for k, (sigma, base) in enumerate(zip(self.scales, self.bases, strict=True)):
+            select, estimate = stage_phases(k)
+            out += noise_streams({select: f"selection (N0) at stage {k}, sigma {sigma:g}",
+                                  estimate: f"estimation (N) at stage {k}, sigma {sigma:g}"},
+                                 base)
+        return out
 
     def describe(self) -> dict[str, Any] | None:
         out = {}

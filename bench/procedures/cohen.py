@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 from bench import budget
-from bench.procedures.base import ProcedureSpec, single_scale_sigma
+from bench.procedures.base import ProcedureSpec, noise_streams, single_scale_sigma
 from bench.protocol import BaseClassifier, Cost
 from bench.records import Certificate
-from bench.smoothing import Smooth
+from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, Smooth
 
 
 class CohenFixedN:
@@ -44,7 +44,9 @@ class CohenFixedN:
     def card(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.spec.alpha,
                 "alpha_split": "all of alpha on the one estimation bound",
-                "n0": self.budget.n0, "n": self.budget.n}
+                "n0": self.budget.n0, "n": self.budget.n,
+                "noise_streams": noise_streams({PHASE_SELECT: "selection (N0)",
+                                                PHASE_ESTIMATE: "estimation (N)"}, self.base)}
 
     def describe(self) -> dict[str, Any] | None:
         describe = getattr(self.base, "describe", None)

@@ -46,7 +46,7 @@ from bench.budget import Budget, check_request, n_for_budget
 from bench.dataspecs import radius_grid
 from bench.dataspecs import spec as dataset_spec
 from bench.errors import ConfigError
-from bench.procedures.base import ProcedureSpec, single_scale_sigma
+from bench.procedures.base import ProcedureSpec, noise_streams, single_scale_sigma
 from bench.protocol import BaseClassifier, Cost
 from bench.records import Certificate
 from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, Smooth, StreamCounts
@@ -243,6 +243,10 @@ class Sequential:
             "max_certifiable_radius": self.grid[top] if top >= 0 else 0.0,
             "max_continuous_radius": stats.radius_from_bound(best, self.sigma),
             "phases": [PHASE_SELECT, PHASE_ESTIMATE],
+            "noise_streams": noise_streams(
+                {PHASE_SELECT: "selection (N0)",
+                 PHASE_ESTIMATE: "estimation: one cumulative stream up to the last checkpoint"},
+                self.base),
         }
 
     def describe(self) -> dict[str, Any] | None:
