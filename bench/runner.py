@@ -226,7 +226,7 @@ def check_model_fits(procedure: Procedure, ds: datasets.CertDataset, indices: li
     shape = tuple(ds.info.shape)
     begin = getattr(base, "begin_phase", None)
     if callable(begin):  # its own randomness restarts at every phase: this draw is never used
-        begin(0, 0, procedures.base.PROBE_PHASE)
+        begin(0, 0, 99)
     try:
         with torch.inference_mode():
             out = base(x[None].to(device))
@@ -469,10 +469,18 @@ def _regrid(store: Store, run_id: str, card: RunCard) -> None:
     store.update_card(run_id, RunCard(identity=stored.identity, extra=extra))
 
 
+class EmptyShard(Exception):
+    """This shard holds none of the subset's images (more shards than images, e.g. a job array
+    larger than the subset): a normal outcome, not an error. Nothing is certified and no run,
+    store or export is written; the message says so."""
+
+
 def run(opts: RunOptions) -> RunResult:
     """Certify the requested images (skipping finished ones, sharing them with other processes
-    on the same run) and export the run's files."""
+    on the same run) and export the run's files. Raises :class:`EmptyShard` for a shard
+    without images, before anything is written."""
     prep = prepare(opts)
+    check_shard_has_images(prep)
     store = Store(opts.results)
     try:
         found = store.find_run(prep.card)
@@ -611,10 +619,24 @@ def warn_if_expensive(prep: Prepared, todo: list[int]) -> None:
         tqdm.write(line, file=sys.stderr)
 
 
+def shard_images(prep: Prepared) -> list[int]:
+    """This shard's images of the subset: every K-th from position I."""
+    i, k = prep.opts.shard
+    return [idx for pos, idx in enumerate(prep.indices) if pos % k == i]
+
+
+def check_shard_has_images(prep: Prepared) -> None:
+    if shard_images(prep):
+        return
+    i, k = prep.opts.shard
+    raise EmptyShard(f"shard {i}/{k} holds no images ({prep.opts.dataset} {prep.opts.subset} "
+                     f"has {len(prep.indices)}, fewer than {k} shards): nothing to certify, no "
+                     "run written")
+
+
 def select_todo(prep: Prepared, done: set[int]) -> list[int]:
     """This shard's images of the subset, minus finished ones, capped by --max-images."""
-    i, k = prep.opts.shard
-    mine = [idx for pos, idx in enumerate(prep.indices) if pos % k == i]
+    mine = shard_images(prep)
     if prep.opts.max_images is not None:
         mine = mine[: prep.opts.max_images]
     return [idx for idx in mine if idx not in done]

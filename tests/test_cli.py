@@ -103,6 +103,21 @@ def test_shards_give_the_same_certificates(cli, tmp_path):
     assert key[0] == key[1]
 
 
+@pytest.mark.parametrize("shard, env", [
+    ("50/51", {}),  # the dev subset has 50 images
+    ("auto", {"SLURM_ARRAY_TASK_ID": "60", "SLURM_ARRAY_TASK_MIN": "0",
+              "SLURM_ARRAY_TASK_MAX": "63"}),
+])
+def test_an_empty_shard_says_so_and_writes_nothing(cli, tmp_path, monkeypatch, shard, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = cli("run", "--n", 10, "--n0", 5, "--quiet", "--subset", "dev", "--shard",
+                         shard, "--results", tmp_path / "res")
+    assert code == 0, err
+    assert "holds no images (digits dev has 50, fewer than" in out and "no run written" in out
+    assert not (tmp_path / "res").exists()
+
+
 def test_killed_run_resumes_to_identical_results(tmp_path):
     """SIGKILL mid-run, rerun the same command: the same certificates as an unbroken run."""
     common = ["run", "--n", "10000", "--max-images", "12", "--quiet"]

@@ -234,13 +234,17 @@ def test_shard_auto_reads_the_slurm_array(slurm, env, expected):
     ({"id": 3}, "SLURM_ARRAY_TASK_COUNT (or SLURM_ARRAY_TASK_MIN"),
     ({"id": "x", "count": 2}, "is not a number"),
     ({"id": 7, "count": 3, "min": 1, "max": 7}, "not evenly spaced"),  # --array=1,3,7
-    ({"id": 5, "count": 4, "min": 1, "max": 4}, "not a shard of 4"),
+    ({"id": 5, "count": 4, "min": 1, "max": 4}, "not a shard of 4: it lies outside the array's "
+                                                "ids 1..4"),
+    ({"id": 9, "count": 4}, "outside the array's ids 0..3"),
 ])
 def test_shard_auto_without_a_usable_array_is_refused(slurm, env, needle):
     slurm(**env)
     with pytest.raises(argparse.ArgumentTypeError) as info:
         shard("auto")
     assert needle in str(info.value) and "--shard I/K" in str(info.value)
+    if "outside" in needle:  # evenly spaced, just out of range: not blamed on the spacing
+        assert "not evenly spaced" not in str(info.value)
 
 
 def test_shard_auto_on_the_command_line(slurm, tmp_path, cli):

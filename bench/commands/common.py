@@ -60,11 +60,17 @@ def slurm_shard(env: Mapping[str, str] | None = None) -> tuple[int, int]:
             "SLURM_ARRAY_TASK_MAX) is not set; pass --shard I/K instead")
     low = 0 if low is None else low
     index, off = divmod(task - low, step)
-    if off or spread not in (None, count) or not 0 <= index < count:
+    last = low + (count - 1) * step if high is None else high
+    if off or spread not in (None, count):
         raise argparse.ArgumentTypeError(
-            f"--shard auto: array task {task} is not a shard of {count} (ids {low}..{high}, "
+            f"--shard auto: array task {task} is not a shard of {count} (ids {low}..{last}, "
             f"step {step}: not evenly spaced); use a range such as --array=0-3 or 1-4, or pass "
             "--shard I/K")
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(
+            f"--shard auto: array task {task} is not a shard of {count}: it lies outside the "
+            f"array's ids {low}..{last}" + (f" (step {step})" if step != 1 else "")
+            + "; check SLURM_ARRAY_TASK_* or pass --shard I/K")
     return index, count
 
 
