@@ -226,7 +226,7 @@ def check_model_fits(procedure: Procedure, ds: datasets.CertDataset, indices: li
     shape = tuple(ds.info.shape)
     begin = getattr(base, "begin_phase", None)
     if callable(begin):  # its own randomness restarts at every phase: this draw is never used
-        begin(0, 0, 99)
+        begin(0, 0, procedures.base.PROBE_PHASE)
     try:
         with torch.inference_mode():
             out = base(x[None].to(device))
