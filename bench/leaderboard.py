@@ -317,7 +317,7 @@ def _row_view(row: Row, grid: Sequence[float], marks: Mapping[Any, table.Mark], 
         "device": row.device, "source": row.source, "sources": sources,
         "setting": row.setting, "links": links, "color": color, "run_id": row.run_id,
         "max_radius": _fmt_radius(max_radius) if max_radius is not None else "",
-        "sequential": row.certification == "sequential",
+        "sequential": row.sequential, "certification": row.certification,
     }
 
 
@@ -354,8 +354,8 @@ def dash_patterns(rows: Sequence[Row]) -> list[str]:
 def legend_labels(rows: Sequence[Row]) -> list[str]:
     """Legend text per row, unique within the plot: method and sigma, then m, N,
     "sequential", the setting, the kind and the run id where needed to tell rows apart."""
-    labels = [f"{r.method} sigma={r.sigma_label}" + (" sequential" if r.certification ==
-                                                      "sequential" else "") for r in rows]
+    labels = [f"{r.method} sigma={r.sigma_label}" + (f" {r.certification}" if r.sequential
+                                                      else "") for r in rows]
     extras = [
         lambda r: f"m={r.m}" if r.m is not None else "",
         lambda r: f"N={r.n:,}" if r.n is not None else "",

@@ -40,7 +40,7 @@ from bench.budget import tier
 from bench.curves import step_curve
 from bench.errors import ConfigError
 from bench.records import RunSummary
-from bench.table import run_sigma
+from bench.table import LABEL_AWARE, certification_of, run_config, run_sigma
 
 FORMATS = (".pdf", ".png", ".svg")
 X_LABEL = "radius (L2, [0,1] pixels)"
@@ -84,6 +84,7 @@ class Curve:
     label: str = ""
     color: str = ""
     linestyle: Any = "-"
+    label_aware: bool = False  # sequential with --label-aware: early exits use the test labels
 
 
 def curve_of(summary: RunSummary) -> Curve:
@@ -95,9 +96,9 @@ def curve_of(summary: RunSummary) -> Curve:
         run_id=summary.card.run_id, method=str(ident["method"]), sigma=run_sigma(summary.card),
         n=ident.get("n"), m=int(ident.get("m") or 1), alpha=ident.get("alpha"),
         sequential=ident.get("procedure") == "sequential", images=summary.images,
-        sample_key=summary.sample_key,
-        config={k: ident.get(k) for k in ("seed", "params", "procedure")},
+        sample_key=summary.sample_key, config=run_config(ident),
         max_radius=cap, radii=xs, accuracy=ys,
+        label_aware=certification_of(ident) == LABEL_AWARE,
     )
 
 
@@ -135,8 +136,8 @@ def _sigma_key(sigma: float | str) -> tuple[int, float, str]:
 
 
 def _curve_order(c: Curve) -> tuple[Any, ...]:
-    return (c.method, _sigma_key(c.sigma), c.m, c.n or 0, c.sequential, c.alpha or 0,
-            c.images, c.run_id)
+    return (c.method, _sigma_key(c.sigma), c.m, c.n or 0, c.sequential, c.label_aware,
+            c.alpha or 0, c.images, c.run_id)
 
 
 def _sigma_text(sigma: float | str) -> str:
@@ -171,7 +172,7 @@ def _assign_labels(curves: list[Curve]) -> None:
         if (show_n or varies(o.n for o in group)) and c.n is not None:
             parts.append(f"N={c.n:,}")
         if c.sequential:
-            parts.append("sequential")
+            parts.append(LABEL_AWARE if c.label_aware else "sequential")
         if mixed_alpha and c.alpha is not None:
             parts.append(f"alpha={c.alpha:g}")
         if mixed_images:

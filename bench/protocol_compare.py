@@ -6,6 +6,10 @@ For each pair, on the images both certified: certified accuracy at every grid ra
 each protocol, the difference in points, and the mean noisy samples per image (N0 + the
 estimation samples actually drawn), whose ratio is the saving. Both protocols give every cell
 the same per-image 1 - alpha guarantee; they differ in power and cost only (efficiency.md 1.6).
+
+A label-aware sequential run (``--label-aware``) has no fixed-N counterpart of its own: it is
+paired with the same fixed-N run, and every line about it says that its early exits use the
+test labels (a saving no deployed classifier has); the overall savings keep the two apart.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from bench import metrics
 from bench.errors import ConfigError
 from bench.records import Certificate, RunCard
 from bench.store import Store
+from bench.table import LABEL_AWARE, certification_of
 
 PAIR_KEYS = ("method", "adapter", "dataset", "sigma", "alpha", "seed", "n0", "m", "params",
              "models", "data_fingerprint", "subset", "subset_hash", "noise")
@@ -39,6 +44,10 @@ class Pair:
     @property
     def ratio(self) -> float:
         return self.samples_fixed / self.samples_sequential
+
+    @property
+    def label_aware(self) -> bool:
+        return certification_of(self.sequential.identity) == LABEL_AWARE
 
     @property
     def largest_difference(self) -> float:
@@ -107,21 +116,46 @@ def render(found: Sequence[Pair]) -> str:
     for p in found:
         ident = p.fixed.identity
         looks = ", ".join(f"{n:,}" for n in p.sequential.identity["sequential"]["checkpoints"])
+        kind = LABEL_AWARE if p.label_aware else "sequential"
         head = (f"{ident['method']} on {ident['dataset']}, sigma {ident['sigma']:g}, alpha "
-                f"{ident['alpha']:g}, {p.images} images: fixed N = {ident['n']:,} vs sequential "
+                f"{ident['alpha']:g}, {p.images} images: fixed N = {ident['n']:,} vs {kind} "
                 f"(looks at {looks})")
         radii = [f"{r:g}" for r in p.grid]
         rows = [["fixed N", f"{p.samples_fixed:,.0f}",
                  *(100 * p.accuracy_fixed[r] for r in p.grid)],
-                ["sequential", f"{p.samples_sequential:,.0f}",
+                [kind, f"{p.samples_sequential:,.0f}",
                  *(100 * p.accuracy_sequential[r] for r in p.grid)],
-                ["difference (points)", f"{p.ratio:.2f}x fewer",
+                ["difference (points)", _saving(p.ratio),
                  *(100 * (p.accuracy_sequential[r] - p.accuracy_fixed[r]) for r in p.grid)]]
         table = tabulate(rows, headers=["protocol", "samples/image", *radii], floatfmt=".1f")
         blocks.append(f"{head}\n{table}\nlargest cell difference {p.largest_difference:.1f} "
-                      f"points; {p.ratio:.2f}x fewer samples per image")
-    total_fixed = sum(p.samples_fixed * p.images for p in found)
-    total_seq = sum(p.samples_sequential * p.images for p in found)
-    blocks.append(f"overall: {total_fixed / total_seq:.2f}x fewer samples per image; largest "
-                  f"cell difference {max(p.largest_difference for p in found):.1f} points")
+                      f"points; {_saving(p.ratio)} samples per image" + _label_note(p))
+    blocks.append(_overall(found))
     return "\n\n".join(blocks)
+
+
+def _saving(ratio: float) -> str:
+    """Fixed-N samples over sequential ones, as the sequential run's saving or its extra cost."""
+    return f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / ratio:.2f}x more"
+
+
+def _label_note(p: Pair) -> str:
+    if not p.label_aware:
+        return ""
+    return (" (label-aware: it stopped after selection on images whose selected class was "
+            "wrong, using their test labels; a deployed classifier cannot)")
+
+
+def _overall(found: Sequence[Pair]) -> str:
+    """The saving over all pairs, plain and label-aware sequential runs apart."""
+    parts = []
+    for label_aware in (False, True):
+        group = [p for p in found if p.label_aware == label_aware]
+        if not group:
+            continue
+        fixed = sum(p.samples_fixed * p.images for p in group)
+        sequential = sum(p.samples_sequential * p.images for p in group)
+        parts.append(("label-aware (using the test labels): " if label_aware else "")
+                     + f"{_saving(fixed / sequential)} samples per image")
+    return (f"overall: {'; '.join(parts)}; largest cell difference "
+            f"{max(p.largest_difference for p in found):.1f} points")

@@ -57,7 +57,8 @@ def load_results(path: str | Path = "results", dataset: str | None = None, *,
     ``level="runs"``: one row per run, oldest first, with the fields of the ``table`` command's
     rows: ``run_id, kind, method, dataset, sigma`` (NaN for a cascade) ``, sigma_label, n0, n,
     m, alpha, subset, subset_size, images`` (certified so far) ``, budget`` (predictions per
-    image) ``, certification`` (``fixed`` or ``sequential``: never rank the two together)
+    image) ``, certification`` (``fixed``, ``sequential`` or ``sequential label-aware``: never
+    rank them together)
     ``, seed, procedure, params`` (JSON) ``, setting`` (params that differ from the registry's,
     only with ``registry``: a path to a registry YAML or a loaded registry) ``, acr, abstain``
     (fraction) ``, classifier_passes, diffusion_passes, seconds`` (means per image) ``, device,
@@ -186,8 +187,7 @@ def _certificates(store: Store, runs: list[StoredRun]) -> pd.DataFrame:
         head = {"run_id": run.run_id, "kind": card.kind, "method": card.identity["method"],
                 "dataset": card.identity["dataset"],
                 "sigma": own if isinstance(own, float) else math.nan,
-                "certification": "sequential"
-                if card.identity.get("procedure") == "sequential" else "fixed"}
+                "certification": table.certification_of(card.identity) or "fixed"}
         for cert in store.certs(run.run_id):
             row = cert.to_row()
             paths = paths or bool(cert.path)

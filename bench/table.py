@@ -87,8 +87,9 @@ class Row:
     # A run reported on its own grid (--radii, auto) rather than the dataset's: its radii alone
     # then make the table's columns (see grid_of).
     own_grid: bool = False
-    # "sequential" for a run certified with --protocol sequential ("" for fixed N): another
-    # protocol, never ranked against fixed-N rows
+    # "sequential" for a run certified with --protocol sequential, "sequential label-aware" with
+    # --label-aware ("" for fixed N; see certification_of): another protocol each, never
+    # ranked against each other
     certification: str = ""
     # idx -> (radius, correct) of each certified image (runs only): for the paired tests
     per_image: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False,
@@ -119,6 +120,10 @@ class Row:
                 self.certification)
 
     @property
+    def sequential(self) -> bool:
+        return self.certification.startswith(SEQUENTIAL)
+
+    @property
     def sigma_label(self) -> str:
         if self.envelope_of:
             return "best of " + "/".join(self.envelope_of)
@@ -144,11 +149,33 @@ def row_from_summary(summary: RunSummary, description: str = "") -> Row:
         device=", ".join(summary.devices), run_id=card.run_id, folder=card.folder_name,
         source=card.extra.get("source", {}).get("file", "") if claimed else "",
         description=description, sample_key=summary.sample_key, tier=tier(card),
-        config=canonical_json({k: ident.get(k) for k in ("seed", "params", "procedure")}),
+        config=canonical_json(run_config(ident)),
         per_image=dict(summary.per_image),
         own_grid=card.extra.get("radius_grid_source", "dataset") != "dataset",
-        certification="sequential" if ident.get("procedure") == "sequential" else "",
+        certification=certification_of(ident),
     )
+
+
+SEQUENTIAL = "sequential"
+LABEL_AWARE = "sequential label-aware"
+
+
+def certification_of(identity: Mapping[str, Any]) -> str:
+    """Empty (fixed N), "sequential", or "sequential label-aware": a label-aware run stops early
+    on images whose selected class is wrong, which needs the test label (a saving no deployed
+    classifier has), so it is labelled, grouped and paired apart from plain sequential runs."""
+    if identity.get("procedure") != SEQUENTIAL:
+        return ""
+    return LABEL_AWARE if (identity.get("sequential") or {}).get("label_aware") else SEQUENTIAL
+
+
+def run_config(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies a run's configuration besides sigma: seed, params, procedure, and
+    ``label_aware`` only when set (plain runs' configs are as they always were)."""
+    config = {k: identity.get(k) for k in ("seed", "params", "procedure")}
+    if certification_of(identity) == LABEL_AWARE:
+        config["label_aware"] = True
+    return config
 
 
 def run_sigma(card) -> float | str:
@@ -507,7 +534,7 @@ COLUMNS: dict[str, Column] = {c.name: c for c in (
     _col("subset", "subset", False, False, ["subset"], ["subset"], "images certified"),
     _col("images", "images", True, False, ["images"], ["images"], "images behind the numbers"),
     _col("certification", "certification", False, False, ["certification"],
-         ["certification"], "fixed (N samples) or sequential"),
+         ["certification"], "fixed (N samples), sequential or sequential label-aware"),
     _col("run", "run", False, False, ["run_id"], ["run_id"], "run id in the store"),
     _col("setting", "setting", False, False, ["setting"], ["setting"],
          "non-default params (runs) or a paper's setting"),
@@ -564,9 +591,11 @@ def _certification(row: Row) -> str:
 def protocol_title(row: Row) -> str:
     parts = [row.dataset, f"subset {row.subset_label}"]
     parts.append(f"alpha {row.alpha:g}" if row.alpha is not None else "alpha n/a")
-    if row.certification == "sequential":
-        parts.append(f"sequential certification, at most {row.budget:,} predictions/image"
-                     if row.budget else "sequential certification")
+    if row.sequential:
+        parts.append(f"{row.certification} certification, at most {row.budget:,} "
+                     "predictions/image" if row.budget else f"{row.certification} certification")
+        if row.certification == LABEL_AWARE:
+            parts.append("early exits use the test labels")
     else:
         parts.append(f"budget {row.budget:,} predictions/image" if row.budget else "budget n/a")
     return ", ".join(parts)
@@ -630,7 +659,8 @@ def long_frame(rows: Sequence[Row], grid: Sequence[float],
     long-format fields of :attr:`Column.long`; between the ones before and after the radii come
     ``radius``, ``certified_accuracy`` and its interval ``ci_low``/``ci_high`` (fractions in
     [0, 1], empty where a row has no value), ``mark`` (best/tied, :func:`cell_marks`) and
-    ``p_vs_best``. ``abstain`` is a fraction too; ``certification`` is fixed or sequential.
+    ``p_vs_best``. ``abstain`` is a fraction too; ``certification`` is fixed, sequential or
+    sequential label-aware.
     """
     pre, post = _split_columns(LONG_COLUMNS if columns is None else columns)
     marks = marks_by_row(rows, grid)

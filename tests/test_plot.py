@@ -157,6 +157,21 @@ def test_labels_name_m_n_sequential_and_other_params(store):
     assert "different image sets" in fig.legends[0].get_title().get_text()
 
 
+def test_a_label_aware_run_is_labelled_so(store):
+    base = plot.select(store, "digits", methods=["gaussian"], sigmas=[0.25])[0]
+
+    def variant(run_id, **sequential):
+        ident = {**base.card.identity, "procedure": "sequential", "sequential": sequential}
+        card = dataclasses.replace(base.card, identity=ident,
+                                   extra={**base.card.extra, "run_id": run_id})
+        return dataclasses.replace(base, card=card)
+
+    fig = plot.figure([variant("plain", label_aware=False), variant("aware", label_aware=True)])
+    labels = {run_id: line.get_label() for run_id, line in _lines(fig).items()}
+    assert labels == {"plain": "gaussian sigma=0.25 sequential",
+                      "aware": "gaussian sigma=0.25 sequential label-aware"}
+
+
 def test_filters_and_one_line_errors(results, tmp_path, capsys):
     out = str(tmp_path / "f.png")
     base = ["plot", "--dataset", "digits", "--results", str(results), "--out", out]

@@ -76,3 +76,53 @@ def test_tables_keep_the_protocols_apart(cli, tmp_path):
     assert "6 images" in out and "fewer samples per image" in out
     code, _, err = cli("protocols", "--dataset", "digits", "--results", tmp_path / "empty")
     assert code == 2 and "no pair" in err and len(err.splitlines()) == 1
+
+
+def test_label_aware_runs_are_labelled_wherever_they_show(cli, tmp_path):
+    """A label-aware run's early exits use the test labels: its own table group, certification
+    value and legend label, and a protocols pairing that says so (the plain one too)."""
+    for extra in ((), ("--protocol", "sequential"), ("--protocol", "sequential",
+                                                     "--label-aware")):
+        code, _, err = cli("run", *SMALL, *extra, "--results", tmp_path)
+        assert code == 0, err
+    code, out, err = cli("table", "--dataset", "digits", "--results", tmp_path, "--no-reported")
+    assert code == 0, err
+    titles = [line for line in out.splitlines() if line.startswith("### digits, subset")]
+    assert len(titles) == 3 and "Note: no envelope" not in out, out
+    assert sum("sequential label-aware certification" in t for t in titles) == 1
+    assert "early exits use the test labels" in out
+    code, out, err = cli("protocols", "--dataset", "digits", "--results", tmp_path)
+    assert code == 0, err
+    assert "vs sequential label-aware (looks at" in out and "vs sequential (looks at" in out
+    assert out.count("(label-aware: it stopped after selection") == 1
+    assert "samples per image; label-aware (using the test labels): " in out.splitlines()[-1]
+
+    from bench import load_results
+    from bench.leaderboard import legend_labels
+    from bench.store import Store
+    from bench.table import collect_rows
+
+    runs = load_results(tmp_path, "digits")
+    assert sorted(runs["certification"]) == ["fixed", "sequential", "sequential label-aware"]
+    certs = load_results(tmp_path, "digits", level="certificates")
+    assert set(certs["certification"]) == {"fixed", "sequential", "sequential label-aware"}
+    store = Store(tmp_path)
+    try:
+        rows = collect_rows(store, dataset="digits")
+    finally:
+        store.close()
+    assert sorted(r.config.count("label_aware") for r in rows) == [0, 0, 1]
+    assert any(label.endswith(" sequential label-aware") for label in legend_labels(rows))
+
+
+def test_protocols_says_more_samples_when_sequential_used_more(cli, tmp_path):
+    """A sequential run that went to its last look (1.2 N) costs more than fixed N: not
+    "0.84x fewer"."""
+    args = ("run", "--method", "dummy", "--param", "kind=linear", "--n", 500, "--n0", 20,
+            "--max-images", 6, "--subset", "dev", "--quiet", "--results", tmp_path)
+    for extra in ((), ("--protocol", "sequential")):
+        code, _, err = cli(*args, *extra)
+        assert code == 0, err
+    code, out, err = cli("protocols", "--dataset", "digits", "--results", tmp_path)
+    assert code == 0, err
+    assert "x more samples per image" in out and "fewer" not in out
