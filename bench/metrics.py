@@ -13,6 +13,7 @@ ahead on many, although its mean, which orders the rows, is higher.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -178,8 +179,15 @@ def sign_flip_test(a: Sequence[float], b: Sequence[float], *,
     elif nonzero.size <= EXACT_FLIPS:
         p = _flip_p_enumerated(nonzero)
     else:
-        p = _flip_p_monte_carlo(nonzero, draws, seed)
+        p = _flip_p_monte_carlo_once(nonzero.tobytes(), draws, seed)
     return PairedTest(wins_a, wins_b, min(1.0, p), mean)
+
+
+@functools.lru_cache(maxsize=1024)
+def _flip_p_monte_carlo_once(diff: bytes, draws: int, seed: int) -> float:
+    """:func:`_flip_p_monte_carlo`, once per pair of rows: a page's tables and its Markdown
+    compare the same rows again."""
+    return _flip_p_monte_carlo(np.frombuffer(diff, dtype=float), draws, seed)
 
 
 def _flip_p_integer(values: np.ndarray, observed: int) -> float:
