@@ -54,6 +54,7 @@ MAX_ATTEMPTS = 3  # an image whose worker died this often stops the run
 POLL_S = 0.5  # how often a driver with nothing claimable looks again
 OBJECT_STORE_BYTES = 100 * 2**20  # a local cluster's object store: only indices and certs move
 ENV_KEYS = ("CERTBENCH_DATA", "CERTBENCH_MODELS", "CERTBENCH_REGISTRY")
+CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused
 
 
 class WorkerError(CertbenchError):
@@ -68,6 +69,38 @@ def import_ray():
         raise ConfigError(f"--executor ray needs Ray, which is not installed: {RAY_HINT}"
                           ) from None
     return ray
+
+
+def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, within ``timeout_s``, an ``--address`` where nothing answers: ``ray.init``
+    would retry it for minutes. An empty one is refused (it would start a local cluster
+    unasked); ``auto`` (a cluster Ray finds on this machine) and ``local`` are Ray's."""
+    text = address.strip()
+    if not text:
+        raise ConfigError("--address is empty: give the host:port of a running Ray cluster "
+                          "(ray start --head prints it) or auto, or leave --address out to "
+                          "start a local cluster for the run")
+    if text in ("auto", "local"):
+        return
+    host, port = _host_port(text)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConfigError(f"cannot reach a Ray cluster at --address {text} ({reason}); start "
+                          "one there with 'ray start --head', fix the address, or leave "
+                          "--address out to start a local cluster") from None
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """(host, port) of ``host:port``, ``[v6]:port`` or ``ray://host:port``."""
+    host, _, port = text.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address {text!r} is not host:port (e.g. 10.0.0.5:6379), "
+                          "ray://host:port, auto or local")
+    return host, int(port)
 
 
 class CertWorker:
@@ -156,7 +189,8 @@ class RayExecutor:
             return False
         common = {"namespace": NAMESPACE, "log_to_driver": False,
                   "logging_level": logging.ERROR}
-        if self.address:
+        if self.address is not None:
+            probe_address(self.address)
             try:
                 ray.init(address=self.address, **common)
             except (ConnectionError, RuntimeError, ValueError) as exc:

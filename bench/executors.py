@@ -48,7 +48,8 @@ class Executor(Protocol):
 def check_executor_options(executor: str, address: str | None = None,
                            workers: int | None = None) -> None:
     """The run's executor options, checked before anything is loaded: a known executor,
-    ``--address``/``--workers`` only with ``ray``, and Ray importable when asked for."""
+    ``--address``/``--workers`` only with ``ray``, Ray importable when asked for, and a
+    cluster answering at ``--address`` (:func:`bench.distributed.probe_address`)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown --executor {executor!r}; use {' or '.join(EXECUTORS)}")
     if executor != "ray":
@@ -59,8 +60,10 @@ def check_executor_options(executor: str, address: str | None = None,
         return
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    from bench.distributed import import_ray
+    from bench.distributed import import_ray, probe_address
 
+    if address is not None:  # fails in seconds, before any store is opened
+        probe_address(address)
     import_ray()
 
 

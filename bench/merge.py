@@ -1,7 +1,14 @@
 """Merge results stores: the shards of a run certified in other folders or on other machines.
 
-``merge(target, sources)`` reads every run of every source store, checks it all, and only then
-writes: a refused merge (:class:`MergeError`) changes nothing.
+``merge(target, sources)`` reads every run of every source, checks it all, and only then
+writes, in one transaction: a refused merge (:class:`MergeError`) changes nothing.
+
+* Sources are read-only: a store is opened read-only (an older schema is read as it is, never
+  migrated; an empty file is refused), and a folder of exported runs (``runs/*/certs.tsv``
+  with their cards, e.g. the committed ``leaderboards``; :mod:`bench.exports`) is a source
+  too, every card checked against its run id, so a store can be rebuilt from exports. A
+  certificate read from an export carries no per-class counts; two copies of one image are
+  compared on the counts only when both have them.
 
 * A run is matched by its run id *and* its identity: a source whose card for a run id differs
   from the target's, or from another source's, is refused, naming both folders and the first
@@ -13,6 +20,9 @@ writes: a refused merge (:class:`MergeError`) changes nothing.
 * Gaps: the subset's images that no store holds. The subset's indices come from the dataset's
   subset rule (no images are loaded) when they reproduce the card's ``subset_hash``; otherwise
   only the number missing out of ``subset_size`` is known.
+
+A run whose sources report on different radius grids keeps the first one's grid (the
+target's, else the first source's) and says so in a note.
 
 Merged runs are exported as ``run`` exports them (``runs/<folder>/certs.tsv`` and
 ``summary.json`` over the subset), so shards merged give the unsharded run's files. Merging
@@ -29,12 +39,15 @@ from typing import Any
 
 from bench import dataspecs
 from bench.errors import CertbenchError, StoreError
+from bench.exports import ExportedRuns, exports_folder, open_results
 from bench.records import Certificate, RunCard
 from bench.store import DB_NAME, Store
 
 # Certificate fields that are not part of what was certified: wall-clock seconds and the
 # description of the device that did it (the noise generator's type is in the run identity).
 IGNORED_FIELDS = ("time", "device")
+# Per-class counts: a store keeps them, an export (certs.tsv) does not; compared when both have.
+COUNT_FIELDS = ("counts_select", "counts_estimate")
 
 
 class MergeError(StoreError):
@@ -91,26 +104,61 @@ def merge(target: str | Path, sources: Sequence[str | Path]) -> MergeResult:
     if not srcs:
         raise MergeError("merge needs at least one source results folder")
     for src in srcs:
-        if not (src / DB_NAME).is_file():
-            raise MergeError(f"{src} holds no results store ({DB_NAME}); pass the --results "
-                             "folder of a run")
-        if (target / DB_NAME).exists() and _same_file(src / DB_NAME, target / DB_NAME):
-            raise MergeError(f"{src} is the target store itself; pass another --results")
+        _check_source(src, target)
+    _check_export_path(target / "runs")
 
-    # The target is read for the plan only when it exists: a refused merge creates nothing.
-    existing = Store(target) if (target / DB_NAME).is_file() else None
+    # The target is read (read-only) for the plan only when it exists: a refused merge
+    # creates nothing.
+    existing = Store(target, readonly=True) if (target / DB_NAME).is_file() else None
     try:
         plans = _plan(existing, target, srcs)
     finally:
         if existing is not None:
             existing.close()
+    for plan in plans.values():
+        _check_export_path(target / "runs" / plan.card.folder_name, "certs.tsv",
+                           "summary.json")
     store = Store(target)
     try:
-        for plan in plans.values():
-            if plan.new:
-                store.add_certs(plan.card.run_id, plan.new, card=plan.card)
-            elif plan.card_from != target:
-                store.open_run(plan.card)  # a source run without certificates
+        # One transaction: every run and certificate, or (on any error) none of them.
+        store.add_runs((plan.card, plan.new) for plan in plans.values()
+                       if plan.new or plan.card_from != target)
+        return MergeResult(target=target, sources=srcs, runs=_export(store, plans))
+    finally:
+        store.close()
+
+
+def _check_source(src: Path, target: Path) -> None:
+    """A source is a store (not an empty file, not the target's) or a folder of exports."""
+    db = src / DB_NAME
+    if db.is_file():
+        if db.stat().st_size == 0:
+            raise MergeError(f"{db} is an empty file, not a results store; pass the --results "
+                             "folder of a run; merge refused, nothing written")
+        if (target / DB_NAME).exists() and _same_file(db, target / DB_NAME):
+            raise MergeError(f"{src} is the target store itself; pass another --results")
+        return
+    if exports_folder(src) is None:
+        raise MergeError(f"{src} holds no results store ({DB_NAME}) and no exported runs "
+                         "(runs/*/certs.tsv with their card); pass the --results folder of a "
+                         "run")
+
+
+def _check_export_path(folder: Path, *files: str) -> None:
+    """The merged runs' exports can be written there: no file where a folder goes and no
+    folder where a file goes (checked before anything is written)."""
+    if folder.exists() and not folder.is_dir():
+        raise MergeError(f"{folder} is a file where the merged runs' exports go; move it "
+                         "aside; merge refused, nothing written")
+    for name in files:
+        if (folder / name).is_dir():
+            raise MergeError(f"{folder / name} is a folder where a merged run's export goes; "
+                             "move it aside; merge refused, nothing written")
+
+
+def _export(store: Store, plans: Mapping[str, _Plan]) -> list[RunMerge]:
+    """Export the merged runs (after the certificates were committed) and fill the reports."""
+    try:
         runs = []
         for plan in plans.values():
             report = plan.report
@@ -125,9 +173,11 @@ def merge(target: str | Path, sources: Sequence[str | Path]) -> MergeResult:
                 report.missing = max(0, size - len(plan.certs))
             report.folder, _ = store.export(plan.card.run_id, indices)
             runs.append(report)
-    finally:
-        store.close()
-    return MergeResult(target=target, sources=srcs, runs=runs)
+    except OSError as exc:
+        raise StoreError(f"merged the certificates into {store.path}, but writing their "
+                         f"exports failed ({exc}); fix that and run the same merge again to "
+                         "write them") from None
+    return runs
 
 
 def _plan(store: Store | None, target: Path, srcs: list[Path]) -> dict[str, _Plan]:
@@ -135,7 +185,8 @@ def _plan(store: Store | None, target: Path, srcs: list[Path]) -> dict[str, _Pla
     plans: dict[str, _Plan] = {}
     in_target = {r.run_id: r.card for r in store.runs_of()} if store is not None else {}
     for src in srcs:
-        source = Store(src)
+        source: Store | ExportedRuns | None = open_results(src)  # read-only
+        assert source is not None  # _check_source
         try:
             for stored in source.runs_of():
                 card = stored.card
@@ -145,6 +196,7 @@ def _plan(store: Store | None, target: Path, srcs: list[Path]) -> dict[str, _Pla
                     plans[card.run_id] = plan
                 else:
                     _check_same(card, src, plan.card, plan.card_from)
+                    _note_grid(plan, card, src)
                 counts = SourceCounts(source=src)
                 plan.report.sources.append(counts)
                 for cert in source.certs(card.run_id):
@@ -202,10 +254,15 @@ def _check_same(card: RunCard, src: Path, other: RunCard, other_from: Path) -> N
 
 
 def _note_grid(plan: _Plan, card: RunCard, src: Path) -> None:
-    grid = card.extra.get("radius_grid")
-    if grid is not None and grid != plan.card.extra.get("radius_grid"):
+    """Say so when ``src`` reports the run on another radius grid than the card kept."""
+    if card.radius_grid != plan.card.radius_grid:
         plan.report.notes.append(
-            f"{src} reports on another radius grid; kept the one of {plan.card_from}")
+            f"{src} reports on another radius grid ({_grid_text(card.radius_grid)}); kept the "
+            f"one of {plan.card_from} ({_grid_text(plan.card.radius_grid)})")
+
+
+def _grid_text(grid: Sequence[float]) -> str:
+    return _short(",".join(f"{r:g}" for r in grid), 40)
 
 
 def certificate_difference(a: Certificate, b: Certificate) -> str | None:
@@ -213,7 +270,7 @@ def certificate_difference(a: Certificate, b: Certificate) -> str | None:
     None when they are the same certificate (wall-clock time and device text aside)."""
     ra, rb = a.to_row(), b.to_row()
     for key in ra:
-        if key in IGNORED_FIELDS:
+        if key in IGNORED_FIELDS or (key in COUNT_FIELDS and not (ra[key] and rb.get(key))):
             continue
         if ra[key] != rb.get(key):
             return f"{'prediction' if key == 'predict' else key} {_short(ra[key])} vs " \

@@ -48,6 +48,7 @@ Y_LABEL = "certified accuracy (%)"
 CAP_LABEL = "N-capped max. certifiable radius"
 WIDTH, HEIGHT = 3.5, 2.6  # inches: one column of a two-column paper
 PNG_DPI = 300
+MAX_INCHES = 100.0  # a plot side (a poster); matplotlib refuses far larger images
 FONT_PT, SMALL_PT = 8.0, 7.0
 CHAR_EM = 0.6  # mean character width of DejaVu Sans, in em
 # Tableau 10 (matplotlib's tab10), then the light colours of Tableau 20 (the dark ones are
@@ -246,10 +247,9 @@ def figure(runs: Sequence[RunSummary], *, title: str | None = None,
 
     if not runs:
         raise ConfigError("no runs to plot")
-    if width <= 0 or height <= 0:
-        raise ConfigError(f"--width and --height must be positive inches, got {width} x {height}")
-    if max_radius is not None and not max_radius > 0:
-        raise ConfigError(f"--max-radius must be positive, got {max_radius}")
+    check_size(width, height)
+    if max_radius is not None and not 0 < max_radius < math.inf:
+        raise ConfigError(f"--max-radius must be a positive number, got {max_radius}")
     curves = sorted((curve_of(s) for s in runs if s.images), key=_curve_order)
     if not curves:
         raise ConfigError("the selected runs have no certificates yet")
@@ -299,6 +299,15 @@ def figure(runs: Sequence[RunSummary], *, title: str | None = None,
                borderaxespad=0.2, title="\n".join(note_lines) or None,
                title_fontsize=SMALL_PT, alignment="left")
     return fig
+
+
+def check_size(width: float, height: float) -> None:
+    """Plot sizes matplotlib can draw at :data:`PNG_DPI` (a ValueError on far larger images),
+    checked before any store is read."""
+    for name, value in (("--width", width), ("--height", height)):
+        if not 0 < value <= MAX_INCHES:
+            raise ConfigError(f"{name} must be between 0 and {MAX_INCHES:g} inches (a "
+                              f"{PNG_DPI} dpi image at most), got {value:g}")
 
 
 def default_max_radius(curves: Sequence[Curve]) -> float:

@@ -1,8 +1,9 @@
 """Results as pandas DataFrames: :func:`load_results` (``from bench import load_results``).
 
-Reads a results store (``<path>/certbench.sqlite``) without changing what it holds and without
-torch: one row per run (the fields of a :class:`bench.table.Row` plus certified accuracy per
-radius) or one row per certificate. The numbers are the store's own
+Reads a results store (``<path>/certbench.sqlite``, opened read-only) or a folder of exported
+runs (``runs/*/certs.tsv`` with their cards, such as ``leaderboards``) without changing what it
+holds and without torch: one row per run (the fields of a :class:`bench.table.Row` plus
+certified accuracy per radius) or one row per certificate. The numbers are the store's own
 (:meth:`bench.store.Store.summary`); a radius off a run's grid is computed exactly from its
 per-image radii (:func:`bench.table.with_radii`).
 """
@@ -19,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from bench import table
-from bench.store import DB_NAME, Store, StoredRun
+from bench.exports import ExportedRuns, open_results
+from bench.store import Store, StoredRun
 
 LEVELS = ("runs", "certificates")
 # level="runs": the columns before the certified accuracy (acc@<r> or the long form's).
@@ -47,8 +49,9 @@ def load_results(path: str | Path = "results", dataset: str | None = None, *,
                  registry: Any = None) -> pd.DataFrame:
     """The runs or certificates of a results store as a pandas DataFrame.
 
-    ``path``: a results folder (``--results``; its ``certbench.sqlite``) or that file; a
-    missing store raises :class:`FileNotFoundError` (none is created). Filters, each a value or
+    ``path``: a results folder (``--results``; its ``certbench.sqlite``) or that file, or a
+    folder of exported runs (``leaderboards``: each card checked against its run id); neither
+    there raises :class:`FileNotFoundError` (nothing is created). Filters, each a value or
     a list of values: ``dataset``, ``method``, ``sigma`` (a number, compared with
     :func:`math.isclose`; a cascade's label such as ``"1/0.5/0.25 cascade"`` matches its
     ``sigma_label``) and ``kind`` (``reproduced`` or ``claimed``). Runs without certificates
@@ -79,13 +82,10 @@ def load_results(path: str | Path = "results", dataset: str | None = None, *,
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-    root = Path(path)
-    if root.name == DB_NAME and root.is_file():
-        root = root.parent
-    if not (root / DB_NAME).is_file():
-        raise FileNotFoundError(f"no results store {root / DB_NAME}; certify with "
+    store = open_results(path)
+    if store is None:
+        raise FileNotFoundError(f"no results store or exported runs in {path}; certify with "
                                 "'python -m bench run --results FOLDER' first")
-    store = Store(root)
     try:
         runs = [run for run in store.runs_of(dataset)
                 if run.images and _wanted(run, method, sigma, kind)]
@@ -179,7 +179,7 @@ def _run_fields(row: table.Row) -> dict[str, Any]:
 
 
 # ----- level="certificates" ----------------------------------------------------------------------
-def _certificates(store: Store, runs: list[StoredRun]) -> pd.DataFrame:
+def _certificates(store: Store | ExportedRuns, runs: list[StoredRun]) -> pd.DataFrame:
     records, paths = [], False
     for run in runs:
         card = run.card

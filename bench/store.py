@@ -48,6 +48,10 @@ TSV_COLUMNS = (
     "top_class", "count", "n0", "n", "p_lower", "classifier_passes", "diffusion_passes", "device",
 )
 STAGE_COLUMNS = ("stage", "outcome", "stages")
+TSV_TEXT = ("device", "outcome", "path")  # free-text columns, escaped (tsv_escape)
+_TSV_NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_TSV_SPECIAL = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_TSV_ESCAPED = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)")
 CLAIM_STALE_S = 300.0  # a claim not refreshed for this long is free (its owner hung or is gone)
 HEARTBEAT_S = 30.0  # how often a live owner refreshes its claims
 _IN_LIMIT = 500  # ids per "IN (...)" query (SQLite's variable limit is 999 on old builds)
@@ -190,11 +194,60 @@ def _damaged(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
     )
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """``path`` opened read-only (SQLite's ``mode=ro``): reading never creates, migrates or
+    locks a store for writing, so a store in a folder this user may not write, or one of an
+    older schema, reads as it is. A WAL store whose ``-shm`` file cannot be created (a folder
+    nobody here may write) is read as immutable. Tables an older or empty store lacks are
+    made empty in memory (TEMP tables), never in the file."""
+    if not path.is_file():
+        raise StoreError(f"no results store {path}; certify with 'python -m bench run "
+                         "--results FOLDER' first, or pass the --results folder of a run")
+    uri = path.resolve().as_uri()
+    try:
+        try:
+            db = _connect_readonly(uri + "?mode=ro")
+        except sqlite3.OperationalError:
+            db = _connect_readonly(uri + "?immutable=1")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            db.close()
+            raise StoreError(f"{path} has schema version {version}, this certbench reads "
+                             f"{SCHEMA_VERSION}; read it with the certbench that wrote it")
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            name = statement.split("EXISTS")[1].split()[0]
+            if statement.lstrip().startswith("CREATE TABLE") and name not in tables:
+                db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+    except sqlite3.DatabaseError as exc:
+        if not isinstance(exc, sqlite3.OperationalError):  # not a database, malformed
+            raise _damaged(path, exc) from None
+        raise StoreError(f"cannot read the results store {path} ({exc}); check that this user "
+                         "may read it") from None
+    return db
+
+
+def _connect_readonly(uri: str) -> sqlite3.Connection:
+    db = sqlite3.connect(uri, uri=True, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opening is lazy
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
 class Store:
     """A results folder: ``<root>/certbench.sqlite`` plus ``<root>/runs/<run>/`` exports."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, readonly: bool = False):
         self.root = Path(root)
+        self.readonly = readonly
+        if readonly:  # a source to read (table, plot, merge ...): never created nor migrated
+            self.db = _open_readonly(self.root / DB_NAME)
+            self.journal, self.journal_reason = "read-only", "opened read-only"
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.journal, self.journal_reason = journal_mode(self.root)
@@ -339,6 +392,28 @@ class Store:
                   card: RunCard | None = None) -> int:
         """Commit certificates in one transaction (imports: all of a file or none); ``card``
         as in :meth:`add_cert`. Claims on these images are dropped: they are done."""
+        certs = list(certs)
+        if not certs:
+            return 0
+        if card is not None and card.run_id != run_id:
+            raise ValueError(f"card of run {card.run_id} given for run {run_id}")
+        with self._write():
+            if card is not None:
+                self._insert_run(card)
+            return self._insert_certs(run_id, certs)
+
+    def add_runs(self, runs: Iterable[tuple[RunCard, Sequence[Certificate]]]) -> int:
+        """Store runs (each created if missing) and their certificates in one transaction:
+        all of them or, on any error, none (a merge)."""
+        with self._write():
+            total = 0
+            for card, certs in runs:
+                self._insert_run(card)
+                total += self._insert_certs(card.run_id, certs) if certs else 0
+        return total
+
+    def _insert_certs(self, run_id: str, certs: Sequence[Certificate]) -> int:
+        """Insert certificates inside the caller's transaction; drop their claims."""
         now = time.time()
         rows = []
         for cert in certs:
@@ -351,19 +426,12 @@ class Store:
             values["detail"] = json.dumps({k: v for k, v in detail.items() if v}) \
                 if any(detail.values()) else ""
             rows.append({**values, "run_id": run_id, "created": now})
-        if not rows:
-            return 0
-        if card is not None and card.run_id != run_id:
-            raise ValueError(f"card of run {card.run_id} given for run {run_id}")
         cols = ", ".join(rows[0])
         marks = ", ".join(f":{c}" for c in rows[0])
-        with self._write():
-            if card is not None:
-                self._insert_run(card)
-            self.db.executemany(f"INSERT OR REPLACE INTO certs ({cols}) VALUES ({marks})", rows)
-            self.db.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (now, run_id))
-            self.db.executemany("DELETE FROM claims WHERE run_id = ? AND idx = ?",
-                                [(run_id, r["idx"]) for r in rows])
+        self.db.executemany(f"INSERT OR REPLACE INTO certs ({cols}) VALUES ({marks})", rows)
+        self.db.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (now, run_id))
+        self.db.executemany("DELETE FROM claims WHERE run_id = ? AND idx = ?",
+                            [(run_id, r["idx"]) for r in rows])
         return len(rows)
 
     # ----- claims: processes on one run share its images -------------------------------------
@@ -445,12 +513,8 @@ class Store:
                extra: Mapping[str, Any] | None = None) -> tuple[Path, RunSummary]:
         """Write ``certs.tsv`` and the summary (plus ``extra`` fields) of a run under
         ``<root>/runs/<folder>/``; the leaderboard names its copy ``card.json``."""
-        certs = self.certs(run_id, indices)
-        summary = RunSummary.from_certs(self.run_card(run_id), certs)
-        folder = Path(root or self.root) / "runs" / summary.card.folder_name
-        write_tsv(folder / "certs.tsv", certs)
-        write_json(folder / summary_name, {**summary.to_json(), **(extra or {})})
-        return folder, summary
+        return write_export(Path(root or self.root), self.run_card(run_id),
+                            self.certs(run_id, indices), summary_name, extra)
 
 
 @dataclass
@@ -553,6 +617,17 @@ class StoredRun:
         return self.card.run_id
 
 
+def write_export(root: Path, card: RunCard, certs: Sequence[Certificate],
+                 summary_name: str = "summary.json", extra: Mapping[str, Any] | None = None
+                 ) -> tuple[Path, RunSummary]:
+    """``<root>/runs/<folder>/``: ``certs.tsv`` and the summary (plus ``extra`` fields)."""
+    summary = RunSummary.from_certs(card, certs)
+    folder = root / "runs" / card.folder_name
+    write_tsv(folder / "certs.tsv", certs)
+    write_json(folder / summary_name, {**summary.to_json(), **(extra or {})})
+    return folder, summary
+
+
 def write_tsv(path: Path, certs: Iterable[Certificate]) -> None:
     """Cohen's columns first (radius at full precision, time in seconds), extra columns after;
     a multi-stage run adds the accepting stage, the outcome and each stage's record (JSON)."""
@@ -563,8 +638,35 @@ def write_tsv(path: Path, certs: Iterable[Certificate]) -> None:
     for cert in certs:
         row = cert.to_row()
         row["stages"] = json.dumps(row["stages"], separators=(",", ":"))
-        lines.append("\t".join(_fmt(row[col]) for col in columns))
+        lines.append("\t".join(tsv_escape(row[col]) if col in TSV_TEXT else _fmt(row[col])
+                               for col in columns))
     _atomic_write(path, "\n".join(lines) + "\n")
+
+
+def tsv_escape(text: str) -> str:
+    r"""Free text as one TSV cell: a backslash, tab, line break or other control character
+    (an image file named ``a\tb.png``) is written backslash-escaped (``\\``, ``\t``, ``\n``,
+    ``\r``, else ``\xHH`` or ``\uHHHH``), so the file keeps one row per line and its columns."""
+    return _TSV_SPECIAL.sub(_escape_char, str(text))
+
+
+def _escape_char(match: re.Match) -> str:
+    char = match.group()
+    if char in _TSV_NAMED:
+        return _TSV_NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def tsv_unescape(cell: str) -> str:
+    """The text :func:`tsv_escape` wrote."""
+    return _TSV_ESCAPED.sub(_unescape_char, cell)
+
+
+def _unescape_char(match: re.Match) -> str:
+    code = match.group(1)
+    if len(code) > 1:  # xHH, uHHHH
+        return chr(int(code[1:], 16))
+    return {"t": "\t", "n": "\n", "r": "\r"}.get(code, code)
 
 
 def _check_identity(run_id: str, stored_card: str, card: RunCard) -> None:

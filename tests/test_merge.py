@@ -9,9 +9,13 @@ whose identity cards differ, writes nothing when it refuses, and is idempotent.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +24,7 @@ from bench.errors import StoreError
 from bench.merge import format_indices, identity_difference, subset_indices
 from bench.runner import RunOptions, run
 from bench.store import DB_NAME, JOURNAL_ENV, Store, journal_mode, mount_of, network_filesystem
+from tests.conftest import ROOT
 
 RUN = {"method": "gaussian", "dataset": "digits", "subset": "dev", "n": 100, "n0": 10,
        "progress": False}
@@ -175,6 +180,108 @@ def test_missing_source_and_target_as_source_are_refused(shards, tmp_path, cli):
     out = _copy(shards, "shard-0", tmp_path)
     code, _, err = cli("merge", out, "--results", out)
     assert code == 2 and "is the target store itself" in err
+
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _make_old_schema(results):
+    """The store as an older certbench wrote it: no certs.detail column, no claims table."""
+    con = sqlite3.connect(results / DB_NAME)
+    cols = ", ".join(r[1] for r in con.execute("PRAGMA table_info(certs)") if r[1] != "detail")
+    con.executescript(f"CREATE TABLE old AS SELECT {cols} FROM certs; DROP TABLE certs; "
+                      "ALTER TABLE old RENAME TO certs; DROP TABLE claims; "
+                      "PRAGMA user_version = 0;")
+    con.close()  # the last connection: the WAL is checkpointed into the file
+
+
+def test_sources_are_read_only_an_old_schema_is_read_not_migrated(shards, tmp_path, cli):
+    old = _copy(shards, "shard-0", tmp_path)
+    _make_old_schema(old)
+    before = _sha256(old / DB_NAME)
+    code, _, err = cli("merge", old, shards / "shard-1", "--results", tmp_path / "merged")
+    assert code == 0, err
+    assert _sha256(old / DB_NAME) == before
+    assert _strip_time(_tsv(tmp_path / "merged")) == _strip_time(_tsv(shards / "whole"))
+
+
+def test_an_empty_store_file_is_refused_as_a_source(shards, tmp_path, cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / DB_NAME).write_bytes(b"")
+    code, out, err = cli("merge", shards / "shard-0", empty, "--results", tmp_path / "merged")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"{empty / DB_NAME} is an empty file, not a results store" in err
+    assert (empty / DB_NAME).read_bytes() == b"" and not (tmp_path / "merged").exists()
+
+
+def test_a_refused_merge_leaves_the_target_as_it_was(shards, tmp_path, cli):
+    target = _copy(shards, "shard-0", tmp_path)
+    shutil.rmtree(target / "runs")
+    (target / "runs").write_text("not the exports folder\n")
+    before = _rows(target, "SELECT * FROM certs ORDER BY idx")
+    code, out, err = cli("merge", shards / "shard-1", "--results", target)
+    assert _rows(target, "SELECT * FROM certs ORDER BY idx") == before
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"{target / 'runs'} is a file" in err and "nothing written" in err
+
+
+def test_another_radius_grid_is_kept_out_with_a_note(shards, tmp_path, cli):
+    other = _copy(shards, "shard-1", tmp_path)
+    with sqlite3.connect(other / DB_NAME) as con:
+        card = json.loads(con.execute("SELECT card FROM runs").fetchone()[0])
+        con.execute("UPDATE runs SET card = ?", (json.dumps({**card, "radius_grid": [0, 0.3]}),))
+    code, out, err = cli("merge", shards / "shard-0", other, "--results", tmp_path / "merged")
+    assert code == 0, err
+    assert (f"note: {other} reports on another radius grid (0,0.3); kept the one of "
+            f"{shards / 'shard-0'} (0,0.25,0.5") in out
+
+
+def _obeying_permissions() -> list[str]:
+    """The argv prefix of a process that obeys file permissions: root drops the capabilities
+    that let it write a read-only file (setpriv), others need nothing."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: file permissions do not apply")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+
+
+READER = """import sys
+from bench.cli import main
+for argv in {argvs!r}:
+    print("exit", main(argv), flush=True)
+    print("--", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_read_only_store_is_read_by_table_plot_protocols_and_merge(shards, tmp_path):
+    folder = _copy(shards, "shard-0", tmp_path)
+    paths = [folder, *folder.rglob("*")]
+    for path in paths:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = _sha256(folder / DB_NAME)
+    argvs = [["table", "--results", str(folder)],
+             ["plot", "--dataset", "digits", "--out", str(tmp_path / "p.svg"), "--results",
+              str(folder)],
+             ["protocols", "--results", str(folder)],
+             ["merge", str(folder), "--results", str(tmp_path / "merged")]]
+    try:
+        proc = subprocess.run([*_obeying_permissions(), sys.executable, "-c",
+                               READER.format(argvs=argvs)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # this checkout
+    finally:
+        for path in paths:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    errors = proc.stderr.split("--\n")
+    assert "Traceback" not in proc.stderr and "cannot open" not in proc.stderr, proc.stderr
+    assert proc.stdout.count("exit 0") == 3, (proc.stdout, proc.stderr)
+    assert "no pair of a fixed-N and a sequential run" in errors[2]  # protocols: read, no pair
+    assert (tmp_path / "p.svg").is_file() and _rows(tmp_path / "merged") == _rows(folder)
+    assert _sha256(folder / DB_NAME) == before
 
 
 def test_subset_indices_from_the_card_without_loading_images(shards):

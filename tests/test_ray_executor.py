@@ -158,6 +158,20 @@ def test_ray_options_need_the_ray_executor(cli, tmp_path):
     assert code == 2 and "expected a positive integer" in err
 
 
+def test_an_address_nobody_answers_fails_in_seconds_before_the_store(tmp_path):
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "bench", *CMD, "--executor", "ray",
+                           "--address", "127.0.0.1:1", "--results", str(tmp_path / "r")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start  # mostly importing torch; Ray itself retried for minutes
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "certbench: error: cannot reach a Ray cluster at --address 127.0.0.1:1 (Connection "
+        "refused); start one there with 'ray start --head', fix the address, or leave "
+        "--address out to start a local cluster"]
+    assert took < 60 and not (tmp_path / "r").exists()
+
+
 def test_the_core_never_imports_ray():
     if not RAY_BEFORE:  # this module imported the core (the CLI included) without ray
         assert not RAY_AFTER_CORE

@@ -75,7 +75,8 @@ def test_tables_keep_the_protocols_apart(cli, tmp_path):
     assert "fixed N = 2,000 vs sequential (looks at 200, 800, 2,400)" in out
     assert "6 images" in out and "fewer samples per image" in out
     code, _, err = cli("protocols", "--dataset", "digits", "--results", tmp_path / "empty")
-    assert code == 2 and "no pair" in err and len(err.splitlines()) == 1
+    assert code == 2 and "no results store or exported runs" in err  # and creates nothing
+    assert len(err.splitlines()) == 1 and not (tmp_path / "empty").exists()
 
 
 def test_label_aware_runs_are_labelled_wherever_they_show(cli, tmp_path):

@@ -18,19 +18,21 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=folder, default=Path("leaderboards"),
                    help="folder the HTML and Markdown pages are written to")
     p.add_argument("--results", type=folder, default=Path("results"),
-                   help="results folder to read the runs from (without a store there, only "
-                        "the registry's reported numbers are shown)")
+                   help="results folder to read the runs from: its store (read-only), else its "
+                        "exported runs (runs/*/certs.tsv with their cards); without either, "
+                        "only the registry's reported numbers are shown")
     common_registry(p)
 
 
 def run(args) -> int:
+    from bench.exports import open_results
     from bench.leaderboard import build
     from bench.registry import load_registry
-    from bench.store import DB_NAME, Store
 
     registry = load_registry(args.registry, extra=args.extra_registry)
-    # Reading never creates a store: without one, only the registry's numbers are shown.
-    store = Store(args.results) if (args.results / DB_NAME).is_file() else None
+    # Reading never creates or changes a store: without a store or exported runs, only the
+    # registry's numbers are shown.
+    store = open_results(args.results)
     try:
         files = build(store, registry, args.out)
     finally:

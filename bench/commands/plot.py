@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--budget", type=int, default=None,
                    help="only runs of this same-compute tier (predictions per image)")
     p.add_argument("--results", type=Path, default=Path("results"),
-                   help="the results store to read")
+                   help="the results to read: a --results folder (its store, read-only), or a "
+                        "folder of exported runs such as leaderboards")
     p.add_argument("--out", type=Path, action="append", default=None,
                    help="output file, .pdf/.png/.svg (repeatable; default <dataset>-certified"
                         ".pdf)")
@@ -50,15 +51,16 @@ def run(args) -> int:
     matplotlib.use("Agg")
 
     from bench import plot
-    from bench.store import DB_NAME, Store
+    from bench.exports import open_results
 
     outs = plot.check_outputs(args.out or [Path(f"{args.dataset}-certified.pdf")])
     methods, sigmas = plot.parse_methods(args.methods), plot.parse_sigmas(args.sigmas)
-    if not (args.results / DB_NAME).is_file():  # reading never creates a store
-        raise ConfigError(f"no results store in {args.results}; run 'python -m bench run' "
-                          "first or pass --results DIR")
+    plot.check_size(args.width, args.height)
+    store = open_results(args.results)  # read-only: never creates or changes a store
+    if store is None:
+        raise ConfigError(f"no results store or exported runs in {args.results}; run "
+                          "'python -m bench run' first or pass --results DIR")
     known = plot.registry_methods(args.registry, args.extra_registry)  # the colour order
-    store = Store(args.results)
     try:
         runs = plot.select(store, args.dataset, methods=methods, sigmas=sigmas,
                            budget=args.budget)

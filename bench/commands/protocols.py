@@ -13,17 +13,22 @@ def add_arguments(p) -> None:
     p.add_argument("--methods", default=None,
                    help="comma-separated methods to include (default: every method with a pair)")
     p.add_argument("--results", type=Path, default=Path("results"),
-                   help="the results store holding both protocols' runs")
+                   help="the results holding both protocols' runs: a --results folder (its "
+                        "store, read-only) or a folder of exported runs")
 
 
 def run(args) -> int:
     from bench import dataspecs
+    from bench.errors import ConfigError
+    from bench.exports import open_results
     from bench.protocol_compare import pairs, render
-    from bench.store import Store
 
     dataspecs.spec(args.dataset)
     methods = [m for m in (args.methods or "").split(",") if m] or None
-    store = Store(args.results)
+    store = open_results(args.results)  # read-only: never creates or changes a store
+    if store is None:
+        raise ConfigError(f"no results store or exported runs in {args.results}; run "
+                          "'python -m bench run' first or pass --results DIR")
     try:
         print(render(pairs(store, args.dataset, methods)))
     finally:

@@ -43,7 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--budget", type=int, default=None,
                    help="only rows of this budget (N x m predictions per image)")
     p.add_argument("--results", type=Path, default=Path("results"),
-                   help="the results store to read")
+                   help="the results to read: a --results folder (its store, read-only), or a "
+                        "folder of exported runs such as leaderboards")
     p.add_argument("--no-reported", action="store_true", help="leave out the papers' numbers")
     p.add_argument("--no-ci", action="store_true", help="no intervals in markdown/latex cells")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
@@ -52,8 +53,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from bench.errors import ConfigError
+    from bench.exports import open_results
     from bench.registry import load_registry
-    from bench.store import DB_NAME, Store
     from bench.table import (
         collect_rows,
         grid_of,
@@ -67,8 +68,9 @@ def run(args) -> int:
     columns = parse_columns(args.columns) if args.columns is not None else None
     radii = parse_table_radii(args.radii) if args.radii is not None else None
     registry = load_registry(args.registry, extra=args.extra_registry)
-    # Reading never creates a store: without one, only the registry's numbers are shown.
-    store = Store(args.results) if (args.results / DB_NAME).is_file() else None
+    # Reading never creates or changes a store: without a store or exported runs, only the
+    # registry's numbers are shown.
+    store = open_results(args.results)
     try:
         rows = collect_rows(store, registry, args.dataset, args.budget,
                             reported=not args.no_reported)
