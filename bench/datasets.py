@@ -41,6 +41,7 @@ from bench.dataspecs import (  # noqa: F401  re-exported: callers use bench.data
 )
 from bench.errors import ConfigError, DataError
 from bench.imagefolder import ModelFacts, Tree
+from bench.protocol import standard_layout
 
 if TYPE_CHECKING:  # torchvision and scikit-learn are imported where used: they cost ~2 s each
     from torchvision.datasets import ImageFolder
@@ -157,9 +158,12 @@ class _FolderDataset(CertDataset):
         return len(self.folder)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
         try:
             x, label = self.folder[index]
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for a broken file
+        except (OSError, ValueError, SyntaxError,  # PIL's errors for a broken file
+                Image.DecompressionBombError) as err:
             path = self.folder.samples[index][0]
             raise DataError(f"{self.info.name} image {index} ({path}) cannot be read "
                             f"({_first_line(err)}); replace or remove the file") from err
@@ -176,14 +180,14 @@ class _FolderDataset(CertDataset):
 
 class TreeDataset(CertDataset):
     """A class-folder tree (:class:`bench.imagefolder.Tree`) read lazily: each image converted
-    to the model's channels, resized (shorter side) and center-cropped to its size."""
+    to the model's channels (:func:`bench.imagefolder.read_pixels`: 16-bit images at their
+    depth), resized (shorter side) and center-cropped to its size, with row-major strides."""
 
     def __init__(self, info: DatasetInfo, split: str, tree: Tree):
         super().__init__(info, split)
         from torchvision import transforms
 
         self.tree = tree
-        self.mode = "L" if info.shape[0] == 1 else "RGB"
         size = info.shape[-1]
         self.transform = transforms.Compose(
             [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
@@ -194,14 +198,20 @@ class TreeDataset(CertDataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         from PIL import Image
 
+        from bench import imagefolder as F
+
         sample = self.tree.samples[index]
         try:
             with Image.open(sample.path) as img:
-                x = self.transform(img.convert(self.mode))
+                x = self.transform(F.read_pixels(img, self.info.shape[0]))
+        except Image.DecompressionBombError as err:
+            raise DataError(F.too_large(self.info.name, sample.path, err)) from None
         except (OSError, ValueError, SyntaxError) as err:
             raise DataError(f"{self.info.name} image {index} ({sample.path}) cannot be read "
                             f"({_first_line(err)}); replace or remove the file") from err
-        return x, sample.label
+        if x.shape[0] != self.info.shape[0]:  # a deep grayscale image for an RGB model
+            x = x.expand(self.info.shape[0], -1, -1)
+        return standard_layout(x), sample.label
 
     def path_of(self, index: int) -> str:
         """The image's file, relative to the tree (the certs.tsv ``path`` column)."""
@@ -452,6 +462,10 @@ def load_cifar10_tree(info: DatasetInfo, split: str, root: Path) -> MemoryDatase
     if wrong is not None:
         raise DataError(f"cifar10: {root / wrong.relpath} is {wrong.size[0]}x{wrong.size[1]}, "
                         "not 32x32; use --dataset imagefolder for other images")
+    deep = next((s for s in samples if s.mode in F.DEEP_MODES), None)
+    if deep is not None:  # convert("RGB") would clip it to white
+        raise DataError(f"cifar10: {root / deep.relpath} has {deep.mode} pixels, not 8-bit; "
+                        "use --dataset imagefolder for 16-bit or float images")
     raw = np.empty((len(samples), 32, 32, 3), dtype=np.uint8)
     for i, sample in enumerate(samples):
         with Image.open(sample.path) as img:

@@ -31,9 +31,10 @@ import torch
 
 from bench.datasets import CertDataset
 from bench.devices import describe_device
-from bench.errors import ConfigError
+from bench.errors import ConfigError, DataError
 from bench.procedures import Procedure
 from bench.records import Certificate
+from bench.smoothing import image_problem
 
 if TYPE_CHECKING:
     from bench.store import ClaimSession
@@ -93,10 +94,22 @@ class SerialExecutor:
 
     def certify_one(self, idx: int) -> Certificate:
         x, label = self.dataset[idx]
-        cert = self.procedure.certify(x.to(self.device), idx, int(label))
         path_of = getattr(self.dataset, "path_of", None)  # a class-folder tree's file
-        return replace(cert, device=self.device_name,
-                       path=path_of(idx) if callable(path_of) else cert.path)
+        path = path_of(idx) if callable(path_of) else None
+        check_image(self.dataset, idx, x, path)
+        cert = self.procedure.certify(x.to(self.device), idx, int(label))
+        return replace(cert, device=self.device_name, path=path or cert.path)
+
+
+def check_image(dataset: CertDataset, idx: int, x: torch.Tensor, path: str | None) -> None:
+    """An image with NaN or values outside [0, 1] (a float TIFF, a loader's bug) is one line
+    naming the user's file (or index), before any noise; checked where it was read (the CPU,
+    for the datasets here), so no device sync."""
+    problem = image_problem(x)
+    if problem:
+        where = f" ({path})" if path else ""
+        raise DataError(f"{dataset.info.name} image {idx}{where} has {problem}, not pixels in "
+                        "[0, 1]; replace or remove the file, or fix the dataset's loader")
 
 
 def polled_indices(claims: ClaimSession, todo: Sequence[int], chunk: Callable[[], int], *,

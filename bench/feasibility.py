@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench.protocol import Cost
+from bench.protocol import Cost, standard_layout
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def estimate(procedure, x: torch.Tensor, n_images: int, *, samples: int = 8,
     with torch.inference_mode():
         while True:
             noise = torch.randn((samples, *x.shape), generator=gen).to(x.device, x.dtype)
-            batch = x.unsqueeze(0) + sigma * noise
+            batch = standard_layout(x.unsqueeze(0) + sigma * noise)  # plain NCHW, as Smooth's
             if warmup:  # the first call at a batch shape pays one-off setup (kernels, caches)
                 base(batch)
                 _sync(x.device)

@@ -27,7 +27,13 @@ from bench.errors import ConfigError, DataError
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CLASSES_FILE = "classes.txt"  # one class name per line, in the model's label order
 MAX_RESIZE = 2.0  # resizing further than this, either way, needs --allow-resize
-GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+# Single-channel modes deeper than 8 bits: read at their depth (convert("L") clips them white),
+# divided by this; "I" (32-bit integers) has no known scale and is refused, except in a PNG
+# (16 bits at most: :func:`depth_scale`)
+DEEP_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
+              "I": None, "F": 1.0}
+GRAYSCALE_MODES = {"1", "L", "LA", *DEEP_MODES}
+DEEP_READ = "deep modes v1: I;16 / 65535, F as is"  # in the fingerprint of such trees
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class Tree:
     def fingerprint(self, shape: Sequence[int]) -> str:
         """Content, labels, order and the shape fed to the model: not file names."""
         digest = hashlib.sha256(repr(tuple(shape)).encode())
+        if any(s.mode in DEEP_MODES for s in self.samples):  # once read as 8 bits (all white)
+            digest.update(DEEP_READ.encode())
         for s in self.samples:
             digest.update(f"{s.label}:{s.sha256}\n".encode())
         return digest.hexdigest()[:16]
@@ -83,10 +91,13 @@ class Tree:
 
 
 def class_folders(root: Path, name: str = "imagefolder") -> list[str]:
-    """The class folders under ``root`` (sorted; hidden ones skipped)."""
+    """The class folders under ``root`` (sorted; hidden ones skipped). A class folder may be
+    a symbolic link to a folder outside the tree, never to one inside it."""
     try:
-        folders = sorted(e.name for e in os.scandir(root) if e.is_dir()
-                         and not e.name.startswith("."))
+        entries = [e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+        for entry in entries:
+            _refuse_inner_link(root, entry, name)
+        folders = sorted(e.name for e in entries)
     except OSError as err:
         raise DataError(f"{name}: cannot read {root} ({err.strerror or err}); pass --data-dir "
                         "PATH to a directory of class folders") from err
@@ -94,6 +105,19 @@ def class_folders(root: Path, name: str = "imagefolder") -> list[str]:
         raise DataError(f"{name}: no class folders in {root}; pass --data-dir PATH to a "
                         "directory of class folders (one folder per class)")
     return folders
+
+
+def _refuse_inner_link(root: Path, entry: os.DirEntry, name: str) -> None:
+    """A linked class folder that points into the tree (``5 -> .``, ``cat -> 3``) would read
+    other classes' images under its own label."""
+    if not entry.is_symlink():
+        return
+    target, top = Path(entry.path).resolve(), Path(root).resolve()
+    if target == top or top in target.parents:
+        raise DataError(
+            f"{name}: class folder {entry.name!r} is a symbolic link to {target}, inside the "
+            "tree, so other classes' images would be read under its label; remove the link "
+            "(a class folder may only link to a folder outside the tree)")
 
 
 def read_class_list(root: Path) -> tuple[str, ...] | None:
@@ -168,10 +192,15 @@ def scan(root: Path, mapping: Mapping[str, int], *, name: str = "imagefolder") -
             data = path.read_bytes()
             try:
                 with Image.open(io.BytesIO(data)) as img:
-                    mode, size = img.mode, img.size
+                    mode, size, scale = img.mode, img.size, depth_scale(img)
+            except Image.DecompressionBombError as err:
+                raise DataError(too_large(name, path, err)) from None
             except (UnidentifiedImageError, OSError, ValueError) as err:
                 raise DataError(f"{name}: {path} cannot be read as an image ({err}); replace or "
                                 "remove the file") from err
+            if mode in DEEP_MODES and scale is None:
+                raise DataError(f"{name}: {path} has 32-bit integer pixels (mode {mode}), which "
+                                "have no known scale; save it with 8 or 16 bits per channel")
             out.append(Sample(path=path, relpath=path.relative_to(root).as_posix(),
                               label=mapping[folder], sha256=hashlib.sha256(data).hexdigest(),
                               mode=mode, size=size))
@@ -179,6 +208,37 @@ def scan(root: Path, mapping: Mapping[str, int], *, name: str = "imagefolder") -
         raise DataError(f"{name}: no images ({', '.join(EXTENSIONS[:3])}, ...) in the class "
                         f"folders of {root}")
     return out
+
+
+def too_large(name: str, path: Path, err: Exception) -> str:
+    """Pillow's decompression-bomb limit, as one line with the fix."""
+    return (f"{name}: {path} is too large for Pillow to open safely "
+            f"({str(err).split(',')[0]}); downscale it to about the model's image size")
+
+
+def read_pixels(img, channels: int):
+    """A PIL image in the model's channels (``L`` or ``RGB``, values in [0, 1] after
+    ``ToTensor``). 16-bit single-channel images (PNG, TIFF) are read at their depth as a float
+    image (``F``) divided by 65535, and float images as they are, where ``convert("L")`` would
+    clip them to white; an RGB model gets that channel three times (the caller expands it).
+    32-bit integer images (refused by :func:`scan`) are a ``ValueError``."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode not in DEEP_MODES:
+        return img.convert("L" if channels == 1 else "RGB")
+    scale = depth_scale(img)
+    if scale is None:  # scan refuses these; a file changed since is refused here
+        raise ValueError(f"mode {img.mode} has no known scale")
+    return Image.fromarray(np.asarray(img, dtype=np.float32) / np.float32(scale))
+
+
+def depth_scale(img) -> float | None:
+    """What a deep single-channel image's values are divided by (None: no known scale). A PNG
+    holds at most 16 bits, so one that Pillow opens as "I" (as Pillow 10.0 does) is 16-bit."""
+    if img.mode == "I" and img.format == "PNG":
+        return 65535.0
+    return DEEP_MODES.get(img.mode)
 
 
 def check_resize(samples: Sequence[Sample], size: int, *, allow: bool,
@@ -197,7 +257,8 @@ def check_resize(samples: Sequence[Sample], size: int, *, allow: bool,
 
 
 def _is_index(text: str) -> bool:
-    return text.isdigit()
+    """Plain ASCII digits: ``isdigit`` alone also accepts '²', which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _check_distinct(mapping: Mapping[str, int], name: str) -> None:

@@ -290,24 +290,37 @@ class PythonNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fn = self.inner if hasattr(self, "inner") else self.fn
-        out = fn(x)
-        if not torch.is_tensor(out):
-            out = torch.as_tensor(np.asarray(out), device=x.device)
-        elif out.device != x.device:
-            out = out.to(x.device)
+        out = self._tensor(fn(x), x)
         k = self.num_classes
         if out.is_floating_point() and out.dim() == 2 and out.shape[1] != 1:
+            if out.shape[0] != x.shape[0]:  # (1, K) per batch would be counted as 1 sample
+                raise ModelError(self._wrong(out, x))
             if out.shape[1] != k:
                 raise ModelError(f"the model returned {out.shape[1]} logits per image but the "
                                  f"dataset has {k} classes")
             return out
         labels = out.reshape(-1)
         if labels.shape[0] != x.shape[0]:
-            raise ModelError(f"the model returned {tuple(out.shape)} for a batch of "
-                             f"{x.shape[0]} images; return logits (B, K) or labels (B,)")
+            raise ModelError(self._wrong(out, x))
         valid = (labels >= 0) & (labels < k)
         if labels.is_floating_point():  # labels as floats (a numpy float array): integral
             valid &= labels == torch.floor(labels)
         index = torch.where(valid, labels, torch.zeros_like(labels)).long()
         logits = torch.nn.functional.one_hot(index, k).to(torch.float32)
         return logits.masked_fill_(~valid[:, None], float("nan"))
+
+    def _tensor(self, out: Any, x: torch.Tensor) -> torch.Tensor:
+        """The answer as a tensor on ``x``'s device; None, text or objects are one line."""
+        if torch.is_tensor(out):
+            return out if out.device == x.device else out.to(x.device)
+        array = None if out is None else np.asarray(out)
+        if array is None or array.dtype.kind not in "biuf":
+            raise ModelError(self._wrong(out, x))
+        return torch.as_tensor(array, device=x.device)
+
+    def _wrong(self, out: Any, x: torch.Tensor) -> str:
+        got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
+        b = x.shape[0]
+        model = self.inner if hasattr(self, "inner") else self.fn
+        return (f"model {python_model_name(model)} returned "
+                f"{got} for a batch of {b} images; return logits ({b}, K) or labels ({b},)")

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from bench.dataspecs import DatasetInfo
-from bench.errors import ConfigError
+from bench.errors import ConfigError, ModelError
 from bench.params import Param, bind
 
 
@@ -60,7 +60,28 @@ class LogitClassifier:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x)
+        if not torch.is_tensor(logits) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            got = (f"shape {tuple(logits.shape)}" if torch.is_tensor(logits)
+                   else type(logits).__name__)
+            raise ModelError(f"the network returned {got} for a batch of {x.shape[0]} images; "
+                             f"return logits ({x.shape[0]}, K)")
         return labels_from_logits(logits, self.num_classes)
+
+
+def standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides (NCHW for a batch): itself when it has them, else a copy.
+
+    A one-channel image from ``ToTensor`` has strides (1, W, 1), a permuted or channels-last
+    tensor others; a batch built from one can look channels-last to the convolutions, whose
+    output then breaks a model that flattens with ``x.view(x.size(0), -1)``. ``contiguous()``
+    does not help: it counts size-1 dimensions as contiguous whatever their stride."""
+    expected, step = [], 1
+    for size in reversed(x.shape):
+        expected.append(step)
+        step *= max(size, 1)
+    if tuple(reversed(expected)) == x.stride():
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def labels_from_logits(logits: torch.Tensor, num_classes: int) -> torch.Tensor:

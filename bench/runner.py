@@ -39,15 +39,15 @@ from tqdm import tqdm
 
 from bench import budget, datasets, dataspecs, procedures, stats
 from bench.devices import environment, resolve_device
-from bench.errors import ConfigError
+from bench.errors import CertbenchError, ConfigError
 from bench.executors import make_executor, polled_indices
 from bench.models import RoleResolver, models_dir, parse_overrides
 from bench.params import check_sigma
 from bench.procedures import Procedure, ProcedureSpec
-from bench.protocol import Context
+from bench.protocol import Context, standard_layout
 from bench.records import PROTOCOL_VERSION, RunCard, RunSummary
 from bench.registry import MethodEntry, load_registry
-from bench.smoothing import chunk_size
+from bench.smoothing import checked_output, chunk_size
 from bench.store import ClaimSession, Store
 
 PROTOCOLS = ("fixed", "sequential")
@@ -59,6 +59,7 @@ MEMORY_FACTOR = 64  # floats per image float of a noisy sample: buffer + classif
 MEMORY_SHARE = 0.5  # of the available memory a batch may use
 CLAIM_SECONDS = 2.0  # claim about this much work at a time (at least one image, at most 64)
 CLAIM_MAX = 64
+PROBE_BATCH = 2  # the model probe's batch: an answer of one row per batch shows
 WAIT_POLL_S = 0.5  # how often a process with nothing left to claim looks at others' images
 
 
@@ -202,8 +203,7 @@ def prepare(opts: RunOptions) -> Prepared:
                          label_aware=opts.label_aware)
     procedure = procedures.build(spec, method, ctx)
     models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
-    if datasets.reads_tree(opts.dataset):
-        check_model_fits(procedure, ds, indices, device)
+    check_model_fits(procedure, ds, indices, device, model_names(models))
     batch = fit_batch(procedure, ds.info.shape, opts.batch, device)
     if batch != opts.batch:  # the batch never changes a certificate, nor the card
         opts = replace(opts, batch=batch)
@@ -214,32 +214,59 @@ def prepare(opts: RunOptions) -> Prepared:
                     device=device)
 
 
+def model_names(models: RoleResolver) -> str:
+    """The models a run loaded, for messages: ``model NAME`` or ``models ROLE NAME, ...``."""
+    roles = models.roles()
+    if not roles:  # e.g. the dummy method: no network
+        return f"method {models.method}'s base classifier"
+    if len(roles) == 1:
+        return f"model {next(iter(roles.values()))['name']}"
+    return "models " + ", ".join(f"{role} {ref['name']}" for role, ref in roles.items())
+
+
 def check_model_fits(procedure: Procedure, ds: datasets.CertDataset, indices: list[int],
-                     device: torch.device) -> None:
-    """One forward pass on the first image, before any noise: images the model cannot take
-    (channels, size) or a class count other than the tree's are one line, not a traceback
-    an hour in."""
+                     device: torch.device, models: str = "the model") -> None:
+    """One forward pass on ``PROBE_BATCH`` copies of the first image, before any noise: images
+    the model cannot take (channels, size), any other error of the model, an answer of another
+    batch size or type, or a class count other than the data's are one line naming
+    ``models`` and the input shape, not a traceback an hour in."""
     base = getattr(procedure, "base", None)
     if base is None or not indices:
         return
     x, _ = ds[indices[0]]
-    shape = tuple(ds.info.shape)
+    batch = standard_layout(x[None].expand(PROBE_BATCH, *x.shape)).to(device)
     begin = getattr(base, "begin_phase", None)
     if callable(begin):  # its own randomness restarts at every phase: this draw is never used
         begin(0, 0, procedures.base.PROBE_PHASE)
     try:
         with torch.inference_mode():
-            out = base(x[None].to(device))
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"the model does not accept the images as read ({shape[0]} channels, "
-            f"{shape[1]}x{shape[2]}): {str(exc).strip().splitlines()[0][:160]}; set the model "
-            "entry's channels / image_size or pass --image-size") from None
+            out = base(batch)
+    except CertbenchError as exc:  # e.g. a wrong answer (bench.protocol.LogitClassifier)
+        if models in str(exc):
+            raise
+        raise type(exc)(f"{models}: {exc}") from None
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise ConfigError(_refused_input(models, ds, tuple(batch.shape), exc)) from None
+    checked_output(out, PROBE_BATCH, who=f"the base classifier of {models}")
     if out.is_floating_point() and out.dim() == 2 and out.shape[-1] != ds.info.num_classes:
+        classes_from = getattr(ds, "describe", dict)().get("classes_from", ds.info.name)
         raise ConfigError(
-            f"the model outputs {out.shape[-1]} classes but the images' labels index "
-            f"{ds.info.num_classes} classes ({ds.describe()['classes_from']}); set the model "
+            f"{models} outputs {out.shape[-1]} classes but the images' labels index "
+            f"{ds.info.num_classes} classes ({classes_from}); set the model "
             "entry's num_classes or classes to match")
+
+
+def _refused_input(models: str, ds: datasets.CertDataset, shape: tuple[int, ...],
+                   exc: Exception) -> str:
+    c, h, w = ds.info.shape
+    fix = ("set the model entry's channels / image_size or pass --image-size"
+           if datasets.reads_tree(ds.info.name) else
+           f"check that its architecture takes {ds.info.name} images ({c}x{h}x{w})")
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return (f"{models} does not accept the images as read (input {shape}: {c} channels, "
+            f"{h}x{w}): {type(exc).__name__}: {first}; {fix}")
 
 
 def fit_batch(procedure: Procedure, shape, batch: int, device: torch.device,

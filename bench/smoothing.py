@@ -10,6 +10,7 @@ Counting happens on the device (bincount), with one host sync per image.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from bench import stats
 from bench.errors import ModelError
-from bench.protocol import Cost, labels_from_logits
+from bench.protocol import Cost, labels_from_logits, standard_layout
 from bench.records import Certificate
 
 CHUNK = 1024  # samples per noise draw (fewer for large images): part of the noise protocol
@@ -174,14 +175,25 @@ class Smooth:
         if index is not None and index < 0:
             raise ValueError(f"index must be non-negative, got {index}")
         if x.shape[0]:
-            self._prepare(x.flatten(0, 1))  # dtype and range of the whole batch at once
+            try:
+                self._prepare(x.flatten(0, 1))  # dtype and range of the whole batch at once
+            except ValueError:  # say which image
+                for b in range(x.shape[0]):
+                    self._prepare(x[b], what=f"image {b} of the batch")
+                raise
         return [(x[b], None if index is None else int(index) + b) for b in range(x.shape[0])]
 
     def _as_tensor(self, x):
-        """A numpy array as a float32 tensor (float64 and other floats converted) on the base
-        classifier's device (its first parameter or buffer, else the CPU); a tensor as is."""
+        """A numpy array or a (nested) list as a tensor on the base classifier's device (its
+        first parameter or buffer, else the CPU), floats as float32; a tensor where it is,
+        float64 as float32 (what the networks take)."""
+        if isinstance(x, list | tuple):
+            x = np.asarray(x, dtype=np.float32)
+        if torch.is_tensor(x):
+            return x.to(torch.float32) if x.dtype == torch.float64 else x
         if not isinstance(x, np.ndarray):
-            return x
+            raise TypeError(f"expected an image as a torch tensor, numpy array or list, got "
+                            f"{type(x).__name__}")
         x = torch.from_numpy(np.ascontiguousarray(x))
         if x.is_floating_point() and x.dtype != torch.float32:
             x = x.to(torch.float32)
@@ -242,7 +254,7 @@ class Smooth:
                 b = min(batch_size, num - done)
                 noise = stream.fill(buffer[:b])
                 batch = torch.add(x, noise, alpha=self.sigma, out=noise)  # one pass: x + s*z
-                labels = self._labels(self.base_classifier(batch))
+                labels = self._labels(checked_output(self.base_classifier(batch), b))
                 counts += torch.bincount(labels, minlength=k + 1)
                 done += b
 
@@ -273,7 +285,9 @@ class Smooth:
         return counts[:-1]
 
     @staticmethod
-    def _prepare(x: torch.Tensor) -> torch.Tensor:
+    def _prepare(x: torch.Tensor, what: str = "the image") -> torch.Tensor:
+        """One checked image (C, H, W) with row-major strides: the batches built from it are
+        plain NCHW whatever layout the caller's tensor had."""
         if x.dim() == 4 and x.shape[0] == 1:
             x = x[0]
         if x.dim() != 3:
@@ -281,15 +295,13 @@ class Smooth:
         if not x.is_floating_point():
             raise ValueError(f"expected a float image in [0, 1], got dtype {x.dtype}; divide "
                              "by 255 (sigma and radii are in [0, 1] pixel units)")
-        low, high = x.aminmax()
-        low, high = float(low), float(high)
-        if low < -1e-6 or high > 1 + 1e-6:
+        problem = image_problem(x)
+        if problem:
             raise ValueError(
-                f"expected an image in [0, 1] (sigma and radii are in those pixel units), got "
-                f"values in [{low:.3g}, {high:.3g}]; put any normalization inside the base "
-                "classifier, after the noise"
-            )
-        return x
+                f"expected an image in [0, 1] (sigma and radii are in those pixel units), "
+                f"{what} has {problem}; put any normalization inside the base classifier, "
+                "after the noise")
+        return standard_layout(x)
 
 
 class StreamCounts:
@@ -321,6 +333,37 @@ class StreamCounts:
                                self.counts)
             self.done = num
         return self.smooth._checked(self.counts.cpu().tolist(), self.index)
+
+
+def image_problem(x: torch.Tensor) -> str | None:
+    """What keeps ``x`` from being an image in [0, 1] (NaN, or values outside), or None.
+    NaN passes every comparison, so it is looked for first. One host sync."""
+    if not x.numel():
+        return None
+    low, high = (float(v) for v in x.aminmax())
+    if math.isnan(low) or math.isnan(high):
+        return "NaN values"
+    if low < -1e-6 or high > 1 + 1e-6:
+        return f"values in [{low:.3g}, {high:.3g}]"
+    return None
+
+
+def checked_output(out, b: int, who: str = "the base classifier") -> torch.Tensor:
+    """The base classifier's answer for a batch of ``b``: labels (b,) or logits (b, K). Any
+    other batch size is one line: a (1, K) answer would count one sample per batch (all
+    abstain), a (2b, K) one too many. A shape check only: no host sync."""
+    if not torch.is_tensor(out):
+        raise ModelError(f"{who} returned {type(out).__name__} for a batch of "
+                         f"{b} noisy images; return logits ({b}, K) or labels ({b},) as a "
+                         "tensor")
+    if out.is_floating_point():
+        fits = out.dim() == 2  # logits
+    else:
+        fits = out.dim() == 1 or (out.dim() == 2 and out.shape[1] == 1)  # labels
+    if not fits or out.shape[0] != b:
+        raise ModelError(f"{who} returned shape {tuple(out.shape)} for a batch "
+                         f"of {b} noisy images; return logits ({b}, K) or labels ({b},)")
+    return out
 
 
 def _is_batch(x) -> bool:

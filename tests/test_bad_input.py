@@ -9,9 +9,11 @@ folder that already holds one run; ``{file}`` is a regular file; ``{bad_ckpt}`` 
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.store import DB_NAME
 from tests.conftest import ROOT
@@ -19,6 +21,9 @@ from tests.conftest import ROOT
 RUN = ("run", "--dataset", "digits", "--subset", "dev", "--n", "10", "--n0", "5",
        "--max-images", "1", "--quiet", "--results", "{store}")
 DUMMY = (*RUN, "--method", "dummy")
+ODD = (*RUN, "--extra-registry", "{odd_models}", "--model")  # models that answer wrongly
+TREE = (*RUN, "--dataset", "imagefolder", "--subset", "full", "--model",
+        "digits-cnn-gaussian-0.25", "--data-dir")  # + a class-folder tree of {trees}
 
 CASES = {
     # run: names, values, ranges
@@ -64,6 +69,25 @@ CASES = {
                            "certified with the cascade procedure"),
     "cascade on dds": ((*RUN, "--method", "dds", "--procedure", "cascade"),
                        "cannot run under the cascade"),
+    # run: models that fail or answer wrongly (the one-forward probe), devices this machine lacks
+    "model raising in forward": ((*ODD, "raises-net"),
+                                 "model raises-net does not accept the images as read (input "
+                                 "(2, 1, 8, 8): 1 channels, 8x8): ValueError: this net wants"),
+    "model answering one row per batch": ((*ODD, "one-row-net"),
+                                          "model one-row-net: the network returned shape (1, 10) "
+                                          "for a batch of 2 images"),
+    **({"mps without MPS": ((*RUN, "--device", "mps"), "MPS (Apple GPU) is not available")}
+       if not torch.backends.mps.is_available() else {}),
+    "unknown device type": ((*RUN, "--device", "xla"), "unknown device 'xla'"),
+    # run: class-folder trees
+    "class folder linked to its parent": ((*TREE, "{trees}/loop"),
+                                          "class folder '5' is a symbolic link to"),
+    "class folder named by a superscript": ((*TREE, "{trees}/superscript"),
+                                            "class folders '²' are not class indices"),
+    "image beyond pillow's size limit": ((*TREE, "{trees}/huge"),
+                                         "huge.png is too large for Pillow to open safely"),
+    "image with NaN pixels": ((*TREE, "{trees}/nan"), "(0/0-nan.tiff) has NaN values"),
+    "32-bit integer image": ((*TREE, "{trees}/int32"), "has 32-bit integer pixels"),
     # train
     "train out is a file": (("train", "--method", "clean", "--out", "{file}"),
                             "is a file, not a folder"),
@@ -128,7 +152,77 @@ def places(tmp_path_factory):
     (base / "claim.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
                                     "0\t7\t7\t0.5\t1\t0.1\n")
     return {"store": store, "file": base / "file", "bad_weights": base / "bad.safetensors",
-            "bad_ckpt": ckpt, "tsv": base / "claim.tsv", "tmp": base}
+            "bad_ckpt": ckpt, "tsv": base / "claim.tsv", "tmp": base,
+            "odd_models": odd_models(base / "odd"), "trees": odd_trees(base / "trees")}
+
+
+ODD_NETS = """import torch
+from torch import nn
+
+
+class Odd(nn.Module):
+    def __init__(self, kind, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+        self.kind, self.num_classes = kind, num_classes
+
+    def forward(self, x):
+        if self.kind == "raises":
+            raise ValueError("this net wants 28x28 images")
+        return torch.zeros(1, self.num_classes)
+
+
+def raises(*, num_classes, in_channels, image_size):
+    return Odd("raises", num_classes)
+
+
+def one_row(*, num_classes, in_channels, image_size):
+    return Odd("one row", num_classes)
+"""
+
+
+def odd_models(folder: Path) -> Path:
+    """A registry of user architectures that raise, or answer one row per batch."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "odd_nets.py").write_text(ODD_NETS)
+    save_file({"fc.weight": torch.zeros(1, 1), "fc.bias": torch.zeros(1)},
+              str(folder / "odd.safetensors"))
+    entry = f"source: state_dict, path: {folder / 'odd.safetensors'}"
+    (folder / "odd.yaml").write_text(
+        "models:\n"
+        f"  raises-net: {{arch: 'odd_nets:raises', {entry}}}\n"
+        f"  one-row-net: {{arch: 'odd_nets:one_row', {entry}}}\n")
+    return folder / "odd.yaml"
+
+
+def odd_trees(root: Path) -> Path:
+    """Class-folder trees of 8x8 grayscale images, each with one thing wrong: a class folder
+    linked to its parent, one named '²', an image whose header claims 14000x14000 pixels, a
+    float image with NaN pixels, an image of 32-bit integers."""
+    import numpy as np
+    from PIL import Image
+
+    def tree(name: str, extra: str | None = None) -> Path:
+        for c in ("0", "1") + ((extra,) if extra else ()):
+            (root / name / c).mkdir(parents=True)
+            Image.new("L", (8, 8), color=40 * int(c.isdigit())).save(root / name / c / "a.png")
+        return root / name
+
+    (tree("loop") / "5").symlink_to(".")
+    tree("superscript", "²")
+    huge = tree("huge") / "1" / "huge.png"
+    Image.new("L", (1, 1)).save(huge)
+    data = bytearray(huge.read_bytes())  # IHDR: width and height at 16..24, its crc at 29
+    data[16:24] = (14000).to_bytes(4, "big") * 2
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    huge.write_bytes(bytes(data))
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    pixels[2, 3] = np.nan
+    Image.fromarray(pixels).save(tree("nan") / "0" / "0-nan.tiff")  # first, for --max-images 1
+    Image.fromarray(np.zeros((8, 8), dtype=np.int32)).save(tree("int32") / "1" / "wide.tiff")
+    return root
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -134,6 +134,53 @@ def test_evaluate_refuses_bad_requests(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def one_row(x):  # one row of logits per batch: would count 1 sample a batch (all abstain)
+    return torch.zeros(1, 10)
+
+
+def two_rows_per_image(x):
+    return torch.zeros(2 * x.shape[0], 10)
+
+
+def nothing(x):
+    return None
+
+
+@pytest.mark.parametrize("model, shape", [(one_row, "shape (1, 10)"),
+                                          (two_rows_per_image, "shape (4, 10)"),
+                                          (nothing, "NoneType")])
+def test_a_model_answering_another_batch_is_one_line_before_any_run(tmp_path, model, shape):
+    """Found by the probe (a batch of two copies of the first image): the model and what it
+    returned are named; nothing is certified, no run is stored."""
+    from bench.errors import ModelError
+
+    with pytest.raises(ModelError) as err:
+        run(model, tmp_path)
+    assert f"model python:{model.__qualname__} returned {shape} for a batch of 2 " \
+        "images" in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_answering_another_batch_later_is_caught_at_that_call():
+    """The same check at every call of the harness, not only the probe."""
+    from bench.errors import ModelError
+    from bench.models import PythonNet
+
+    calls = []
+
+    def flaky(x):  # right at first, one row per batch from the third call on
+        calls.append(1)
+        return torch.zeros(x.shape[0] if len(calls) < 3 else 1, 10)
+
+    smooth = Smooth(PythonNet(flaky, 10), 10, 0.25)
+    with pytest.raises(ModelError, match=r"python:.*flaky returned shape \(1, 10\) for a "
+                                         r"batch of 50 images"):
+        smooth.certify(torch.rand(1, 8, 8), 10, 200, ALPHA, 50)
+    bare = Smooth(lambda x: torch.zeros(1, dtype=torch.long), 10, 0.25)
+    with pytest.raises(ModelError, match=r"returned shape \(1,\) for a batch of 10 noisy"):
+        bare.certify(torch.rand(1, 8, 8), 10, 200, ALPHA, 50)
+
+
 def test_parameter_hash_is_canonical():
     a, b = TinyNet(seed=3), TinyNet(seed=3)
     assert python_model_sha256(a) == python_model_sha256(b)

@@ -261,6 +261,98 @@ def test_a_model_with_another_class_count_is_refused_before_compute(cli, tmp_pat
     assert code == 2 and len(err.splitlines()) == 1 and "num_classes" in err, err
 
 
+VIEW_NET = """import torch
+from torch import nn
+
+
+class ViewNet(nn.Module):
+    def __init__(self, in_channels, image_size, num_classes):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * image_size ** 2, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(x.view(x.size(0), -1))  # Cohen-era flattening: needs a contiguous x
+
+
+def view_net(*, num_classes, in_channels, image_size):
+    torch.manual_seed(0)
+    return ViewNet(in_channels, image_size, num_classes)
+"""
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_model_that_flattens_with_view_certifies_grayscale_and_rgb_trees(cli, tmp_path,
+                                                                           channels):
+    """A one-channel image from ToTensor has strides (1, W, 1): a batch built from it looked
+    channels-last to the convolution, and ``view`` died (a traceback from the feasibility
+    estimate). Every batch is plain NCHW now, whatever the tree."""
+    from safetensors.torch import save_file
+
+    size = 8 if channels == 1 else 32
+    if channels == 1:
+        digits_tree(tmp_path / "tree", per_class=1)
+    else:
+        _rgb_tree(tmp_path / "tree", count=4)
+    (tmp_path / "view_nets.py").write_text(VIEW_NET)
+    namespace: dict = {}
+    exec(VIEW_NET, namespace)
+    net = namespace["view_net"](num_classes=10, in_channels=channels, image_size=size)
+    save_file(net.state_dict(), str(tmp_path / "view.safetensors"))
+    registry = tmp_path / "mine.yaml"
+    registry.write_text("models:\n  my-view-net:\n    arch: view_nets:view_net\n"
+                        f"    source: state_dict\n    path: {tmp_path / 'view.safetensors'}\n"
+                        "    num_classes: 10\n")
+    code, _, err = cli("run", "--method", "gaussian", "--dataset", "imagefolder", "--data-dir",
+                       tmp_path / "tree", "--model", "my-view-net", "--extra-registry", registry,
+                       "--n", 100, "--n0", 10, "--max-images", 2, "--quiet", "--results",
+                       tmp_path / "res")
+    assert code == 0, err
+    assert card_of(tmp_path / "res")["data"]["channels"] == channels
+    assert len(read_certs(tmp_path / "res")) == 2
+
+
+def test_16_bit_images_certify_as_their_8_bit_originals(cli, tmp_path):
+    """A 16-bit PNG (mode I;16) is read at its depth, v / 65535: the digits saved as 16-bit
+    (v * 257) give the 8-bit tree's images and certificates. ``convert("L")`` made them white."""
+    files = digits_tree(tmp_path / "eight", per_class=1)
+    for relpath, _, _ in files:
+        with Image.open(tmp_path / "eight" / relpath) as img:
+            deep = (np.asarray(img).astype(np.uint16) * 257)
+        (tmp_path / "sixteen" / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(deep).save(tmp_path / "sixteen" / relpath)
+        with Image.open(tmp_path / "sixteen" / relpath) as img:
+            assert img.mode == "I;16"
+    eight = D.load_split("imagefolder", data_dir=tmp_path / "eight")
+    sixteen = D.load_split("imagefolder", data_dir=tmp_path / "sixteen")
+    assert sixteen.info.shape == (1, 8, 8)
+    assert torch.equal(sixteen[0][0], eight[0][0])
+    rgb = D.load_split("imagefolder", data_dir=tmp_path / "sixteen",
+                       model=D.ModelFacts(channels=3, num_classes=10))
+    assert torch.equal(rgb[0][0], eight[0][0].expand(3, 8, 8))
+    assert sixteen.fingerprint != eight.fingerprint  # other bytes: another run
+    assert run_tree(cli, tmp_path / "eight", tmp_path / "r8", "--max-images", 3)[0] == 0
+    code, _, err = run_tree(cli, tmp_path / "sixteen", tmp_path / "r16", "--max-images", 3)
+    assert code == 0, err
+    keep = ("path", "label", "predict", "radius", "count")
+    assert [{k: r[k] for k in keep} for r in read_certs(tmp_path / "r16")] == \
+        [{k: r[k] for k in keep} for r in read_certs(tmp_path / "r8")]
+
+
+def test_a_class_folder_may_link_outside_the_tree(tmp_path):
+    """Trees assembled from links to class folders kept elsewhere are read (only a link into
+    the tree itself is refused: the bad-input battery)."""
+    digits_tree(tmp_path / "store", per_class=1, empty_folders=False)
+    (tmp_path / "tree").mkdir()
+    for c in (0, 5):
+        (tmp_path / "tree" / str(c)).symlink_to(tmp_path / "store" / str(c))
+    ds = D.load_split("imagefolder", data_dir=tmp_path / "tree")
+    assert [(ds.path_of(i), ds[i][1]) for i in range(len(ds))] == \
+        [(p.relative_to(tmp_path / "store").as_posix(), int(p.parent.name))
+         for p in sorted((tmp_path / "store").glob("[05]/*.png"))]
+
+
 # ----- CIFAR-10 as a class-folder tree of PNG files --------------------------------------------
 
 

@@ -153,10 +153,68 @@ def test_max_radius_agrees_with_constant_certificate():
     (torch.rand(1, 8, 8) * 2 - 1, "put any normalization inside the base classifier"),
     ((torch.rand(1, 8, 8) * 255).to(torch.uint8), "divide by 255"),
     (torch.rand(2, 2, 1, 8, 8), "expected one image"),
+    (torch.rand(1, 8, 8).index_fill_(1, torch.tensor([3]), float("nan")),
+     "the image has NaN values"),
 ])
 def test_rejects_inputs_outside_the_pixel_contract(bad, needle):
     with pytest.raises(ValueError, match=needle):
         Smooth(ConstantClassifier(0, 10), 10, 0.25).certify(bad, 10, 100, 0.001, 50)
+
+
+def test_a_nan_image_of_a_batch_is_named():
+    x = torch.rand(3, 1, 8, 8)
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="image 1 of the batch has NaN values"):
+        Smooth(ConstantClassifier(0, 10), 10, 0.25).certify_batch(x, 10, 100, 0.001, 50)
+
+
+class ViewNet(torch.nn.Module):
+    """Cohen-era code: a convolution, then ``view`` to flatten (needs a contiguous activation);
+    records the strides of every batch it gets."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(channels, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 64, 10)
+        self.strides: set[tuple[int, ...]] = set()
+
+    def forward(self, x):
+        self.strides.add(x.stride())
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_permuted_image_reaches_the_model_as_a_plain_nchw_batch(channels):
+    """A channels-last tensor (an HWC array permuted, or a one-channel ``ToTensor`` output with
+    strides (1, W, 1)) certifies as its contiguous copy, and the model sees row-major batches."""
+    torch.manual_seed(1)
+    hwc = torch.rand(8, 8, channels)
+    permuted = hwc.permute(2, 0, 1)
+    net = ViewNet(channels)
+    smooth = Smooth(net, 10, 0.25)
+    plain = smooth.certify_record(permuted.contiguous(), 10, 200, 0.001, 64, index=0)
+    for x in (permuted, permuted[None], hwc[None].permute(0, 3, 1, 2)):
+        cert = smooth.certify_record(x, 10, 200, 0.001, 64, index=0)
+        assert cert.counts_estimate == plain.counts_estimate
+    batch = torch.stack([hwc, hwc]).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last strides
+    labels, _ = smooth.certify_batch(batch, 10, 200, 0.001, 64, index=0)
+    assert labels.tolist() == [plain.prediction] * 2
+    assert net.strides == {(channels * 64, 64, 8, 1)}
+
+
+def test_float64_tensors_and_lists_are_images_too():
+    """numpy float64 was converted; a torch float64 image and a nested list are as well."""
+    net = ViewNet(1)  # float32 weights: a float64 batch would not run
+    smooth = Smooth(net, 10, 0.25)
+    x = torch.rand(1, 8, 8)
+    ref = smooth.certify_record(x, 10, 100, 0.001, 50, index=3)
+    for same in (x.double(), x.numpy().astype("float64"), x.tolist()):
+        cert = smooth.certify_record(same, 10, 100, 0.001, 50, index=3)
+        assert cert.counts_estimate == ref.counts_estimate
+    with pytest.raises(TypeError, match="torch tensor, numpy array or list"):
+        smooth.certify("not an image", 10, 100, 0.001, 50)
 
 
 def test_without_index_every_call_draws_fresh_noise_and_index_pins_it():
