@@ -161,13 +161,14 @@ def test_noise_generator_device_type_is_in_the_identity_except_for_the_cpu(tmp_p
                                                                          "generator": "cuda"}
     calls = []
     real = runner.run_card
-    monkeypatch.setattr(runner, "run_card", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(runner, "run_card",
+                        lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     prep = prepare(RunOptions(results=tmp_path, progress=False, device="cpu"))
     assert prep.card.run_id == README_RUN_ID and "generator" not in prep.card.identity["noise"]
     # The same run card built for a CUDA device (no GPU here: only the card is built).
     monkeypatch.setattr(runner, "environment", lambda device: {"device": str(device)})
-    (args,) = calls
-    card = real(*args[:-1], torch.device("cuda"))
+    ((args, kwargs),) = calls
+    card = real(*args[:-1], torch.device("cuda"), **kwargs)
     assert card.identity["noise"]["generator"] == "cuda"
     assert {k: v for k, v in card.identity.items() if k != "noise"} == {
         k: v for k, v in prep.card.identity.items() if k != "noise"}
