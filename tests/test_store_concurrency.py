@@ -354,9 +354,11 @@ def test_an_error_on_the_first_image_leaves_no_run_row(cli, tmp_path, monkeypatc
     assert code == 0 and "3/360 images, 1 new" in out
 
 
-def test_an_empty_shard_still_records_its_run(tmp_path):
-    """Nothing to certify and no error: the run is recorded and exported (0 images)."""
-    result = run(RunOptions(n=200, subset="dev", shard=(60, 100), results=tmp_path,
-                            progress=False))
-    assert result.new_images == 0 and result.summary.images == 0
-    assert len(_rows(tmp_path, "runs")) == 1
+def test_an_empty_shard_writes_no_run(tmp_path):
+    """Nothing to certify is a normal outcome (the CLI says so and exits 0), never an empty run:
+    the API says so with EmptyShard before any store exists."""
+    from bench.runner import EmptyShard
+
+    with pytest.raises(EmptyShard, match="holds no images"):
+        run(RunOptions(n=200, subset="dev", shard=(60, 100), results=tmp_path, progress=False))
+    assert not (tmp_path / "certbench.sqlite").exists()
