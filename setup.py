@@ -2,7 +2,7 @@
 
 All metadata lives in pyproject.toml. ``registry.yaml`` stays at the repo root (users edit it
 there), but an installed wheel has no repo root, so the build copies it to
-``bench/registry.yaml``, where ``bench.registry.default_registry_path`` looks after
+``bench/registry.yaml``, where ``bench.registry.entries.default_registry_path`` looks after
 ``$CERTBENCH_REGISTRY`` and ``./registry.yaml``. Editable installs skip the copy and keep
 reading the checkout's own file.
 """

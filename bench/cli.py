@@ -306,7 +306,7 @@ def hinted(message: str, args: argparse.Namespace | None = None) -> str:
             return f"{head} (did you mean {close!r}?){sep}{tail}"
     dataset = getattr(args, "dataset", None)
     if isinstance(dataset, str) and dataset:
-        from bench.dataspecs import dataset_names
+        from bench.data.specs import dataset_names
 
         if dataset not in dataset_names():
             close = closest(dataset, dataset_names())

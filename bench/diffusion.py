@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.adapter_import import import_adapter_module
 from bench.errors import ConfigError, ModelError
+from bench.registry.adapters import import_adapter_module
 
 
 def noise_level(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class DenoisedClassifier(nn.Module):
 
     def __init__(self, denoiser: Denoiser, classifier: nn.Module, num_classes: int):
         super().__init__()
-        from bench.protocol import Cost
+        from bench.contract import Cost
 
         self.denoiser, self.classifier = denoiser, classifier
         self.num_classes = num_classes

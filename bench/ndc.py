@@ -92,16 +92,16 @@ ranking is unchanged, and the loss reads as a weighted mean squared error per pi
 
 Randomness and variance reduction
 ---------------------------------
-Within one evaluation (one noisy sample) every class sees the same ``eps_j`` (a paired
-comparison, the paper's ``share_noise``). The eps of a sample come from a
-:class:`bench.smoothing.NoiseStream` of shape (grid, C, H, W) seeded by
-``(noise_seed + run seed, image index, PHASE_NDC + harness phase)`` -- stream phases 12, 13, 14,
-distinct from the harness's 0..2 (the delta streams) and DiffSmooth's 7..9 -- and restarted by
-:meth:`NoisedDiffusionClassifier.begin_phase`, which :class:`bench.smoothing.Smooth` calls before
-each phase. So the i-th noisy sample of a phase always gets the i-th draw: results do not depend
-on the batch split, on resuming, nor on N0 (the estimation phase has its own stream), and the
-draws are fixed before any count is seen (never re-drawn adaptively). They are independent of
-delta, as randomized smoothing requires.
+Within one evaluation (one noisy sample) every class sees the same ``eps_j`` (a paired comparison,
+the paper's ``share_noise``). The eps of a sample come from a
+:class:`bench.certify.noise.NoiseStream` of shape (grid, C, H, W) seeded by ``(noise_seed + run
+seed, image index, PHASE_NDC + harness phase)`` -- stream phases 12, 13, 14, distinct from the
+harness's 0..2 (the delta streams) and DiffSmooth's 7..9 -- and restarted by
+:meth:`NoisedDiffusionClassifier.begin_phase`, which :class:`bench.certify.smoothing.Smooth` calls
+before each phase. So the i-th noisy sample of a phase always gets the i-th draw: results do not
+depend on the batch split, on resuming, nor on N0 (the estimation phase has its own stream), and the
+draws are fixed before any count is seen (never re-drawn adaptively). They are independent of delta,
+as randomized smoothing requires.
 
 Sift-and-refine (many classes)
 ------------------------------
@@ -126,10 +126,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.certify.noise import PHASE_SELECT, NoiseStream
+from bench.contract import Cost
 from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError, ModelError
-from bench.protocol import Cost
-from bench.smoothing import PHASE_SELECT, NoiseStream
 
 VARIANTS = ("ep", "ap")
 WEIGHTS = ("paper", "elbo")

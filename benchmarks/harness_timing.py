@@ -14,8 +14,9 @@ import time
 
 import torch
 
-from bench.runner import RunOptions
-from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, NoiseStream, Smooth
+from bench.certify.noise import PHASE_ESTIMATE, PHASE_SELECT, NoiseStream
+from bench.certify.smoothing import Smooth
+from bench.running.plan import RunOptions
 
 BATCH = RunOptions.batch  # the CLI default
 N0, SIGMA, ALPHA = 100, 0.25, 0.001

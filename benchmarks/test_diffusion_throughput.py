@@ -15,11 +15,11 @@ import pytest
 import torch
 from harness_timing import N0, SIGMA, FreeLogits, certify, median_seconds, noisy_batches
 
-from bench.datasets import load_split
+from bench.data.loaders import load_split
 from bench.diffusion import Denoiser
 from bench.nets import load_network
 from bench.nets.loaders import ZOO_DIR
-from bench.registry import load_registry
+from bench.registry.entries import load_registry
 from methods.dds import DDSClassifier
 from methods.diffsmooth import DiffSmoothClassifier
 

@@ -48,11 +48,12 @@ import torch  # noqa: E402  (after the opt-in check: a skipped module imports no
 from harness_timing import median_seconds  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.dataspecs import spec  # noqa: E402
-from bench.devices import environment, resolve_device  # noqa: E402
+from bench.certify.noise import PHASE_ESTIMATE, PHASE_SELECT, NoiseStream  # noqa: E402
+from bench.certify.smoothing import Smooth  # noqa: E402
+from bench.contract import Cost  # noqa: E402
+from bench.data.specs import spec  # noqa: E402
 from bench.nets import NormalizeLayer, build_arch  # noqa: E402
-from bench.protocol import Cost  # noqa: E402
-from bench.smoothing import PHASE_ESTIMATE, PHASE_SELECT, NoiseStream, Smooth  # noqa: E402
+from bench.running.devices import environment, resolve_device  # noqa: E402
 
 # Collected and skipped (not a module-level skip, whose "no tests collected" fails the session).
 pytestmark = [pytest.mark.gpu,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from harness_timing import N0, FreeLogits, certify, median_seconds, noisy_batches
 
-from bench.datasets import load_split
+from bench.data.loaders import load_split
 from bench.nets import load_network
 
 N, REPEATS = 20_000, 15

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 
 import torch
 
+from bench.contract import Context, Cost, Method, labels_from_logits
 from bench.params import Param
-from bench.protocol import Context, Cost, Method, labels_from_logits
 
 
 class SoftmaxEnsemble(Method):

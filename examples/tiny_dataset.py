@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.datasets import MemoryDataset
-from bench.dataspecs import DatasetInfo, DatasetSpec, register_dataset
+from bench.data.loaders import MemoryDataset
+from bench.data.specs import DatasetInfo, DatasetSpec, register_dataset
 
 SIZES = {"train": 400, "test": 100}
 SEEDS = {"train": 0, "test": 1}  # fixed: every run certifies exactly the same images

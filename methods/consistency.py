@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bench.contract import ClassifierMethod, TrainContext
 from bench.params import Param
-from bench.protocol import ClassifierMethod, TrainContext
 from bench.training import (
     EpsilonWarmup,
     consistency_loss,

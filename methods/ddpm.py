@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bench.contract import Context, Method, TrainContext
 from bench.errors import ConfigError
 from bench.params import Param
-from bench.protocol import Context, Method, TrainContext
 from bench.training.ddpm import train_ddpm
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from bench.contract import Context, Method
 from bench.diffusion import DenoisedClassifier, one_shot_denoiser
 from bench.params import Param
-from bench.protocol import Context, Method
 
 # The base classifier lives in the harness (multi-scale smoothing uses it at every scale).
 DDSClassifier = DenoisedClassifier

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.certify.noise import PHASE_SELECT, NoiseStream
+from bench.contract import Context, Cost, Method
 from bench.diffusion import Denoiser, one_shot_denoiser
 from bench.params import Param
-from bench.protocol import Context, Cost, Method
-from bench.smoothing import PHASE_SELECT, NoiseStream
 
 LOCAL_NOISE = ("fixed", "fresh")
 # The fresh local-noise stream of harness phase p of an image is stream phase PHASE_LOCAL + p

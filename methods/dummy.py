@@ -15,9 +15,9 @@ from collections.abc import Mapping
 
 import torch
 
+from bench.contract import Context, Cost, DatasetInfo, Method
 from bench.errors import ConfigError
 from bench.params import Param
-from bench.protocol import Context, Cost, DatasetInfo, Method
 
 KINDS = ("constant", "linear")
 

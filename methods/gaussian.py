@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.contract import ClassifierMethod, TrainContext
 from bench.params import Param
-from bench.protocol import ClassifierMethod, TrainContext
 from bench.training import train_noise_augmented
 
 

@@ -1,11 +1,11 @@
 """Multi-scale diffusion denoised smoothing (Jeong & Shin, NeurIPS 2023).
 
 The base classifier at each noise scale is DDS's denoise-then-classify (one-shot denoising by one
-diffusion model at the timestep matching that sigma, then a classifier trained on clean
-images); the harness's cascade procedure (:mod:`bench.procedures.cascade`) certifies with them,
-largest scale first. ``python -m bench train --method multiscale`` fine-tunes the diffusion model
-with the classifier frozen (:mod:`bench.training.calibration`): consistent denoising where the
-image is recoverable at a scale, diverse where it is not.
+diffusion model at the timestep matching that sigma, then a classifier trained on clean images); the
+harness's cascade procedure (:mod:`bench.certify.procedures.cascade`) certifies with them, largest
+scale first. ``python -m bench train --method multiscale`` fine-tunes the diffusion model with the
+classifier frozen (:mod:`bench.training.calibration`): consistent denoising where the image is
+recoverable at a scale, diverse where it is not.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bench.certify.procedures.cascade import CASCADE_PARAMS
+from bench.contract import Context, Method, TrainContext
 from bench.diffusion import DenoisedClassifier, one_shot_denoiser
 from bench.params import Param
-from bench.procedures.cascade import CASCADE_PARAMS
-from bench.protocol import Context, Method, TrainContext
 
 
 class MultiScale(Method):

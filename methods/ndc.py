@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bench.contract import Context, Method, TrainContext
 from bench.diffusion import DiffusionModel, one_shot_denoiser
 from bench.errors import ConfigError
 from bench.ndc import PAPER_MAX_NOISE, VARIANTS, WEIGHTS, NoisedDiffusionClassifier
 from bench.params import Param
-from bench.protocol import Context, Method, TrainContext
 from bench.training.conditional_ddpm import train_conditional_ddpm
 
 

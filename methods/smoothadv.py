@@ -21,8 +21,8 @@ from typing import Any
 
 import torch.nn.functional as F
 
+from bench.contract import ClassifierMethod, TrainContext
 from bench.params import Param
-from bench.protocol import ClassifierMethod, TrainContext
 from bench.training import (
     ATTACKS,
     EpsilonWarmup,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.store import DB_NAME
+from bench.store.database import DB_NAME
 from tests.conftest import ROOT
 
 RUN = ("run", "--dataset", "digits", "--subset", "dev", "--n", "10", "--n0", "5",
@@ -262,8 +262,8 @@ def test_a_corrupt_image_names_the_file(tmp_path):
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import ToTensor
 
-    from bench.datasets import _FolderDataset
-    from bench.dataspecs import spec
+    from bench.data.loaders import _FolderDataset
+    from bench.data.specs import spec
     from bench.errors import DataError
 
     (tmp_path / "a").mkdir()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.budget import n_for_budget
+from bench.certify.budget import n_for_budget
 from bench.errors import ConfigError
-from bench.runner import RunOptions, prepare
+from bench.running.plan import RunOptions, prepare
 
 
 @pytest.mark.parametrize(("budget", "m", "n"), [(100_000, 1, 100_000), (100_000, 5, 20_000),
@@ -108,7 +108,7 @@ def test_compare_bad_inputs_are_one_line(cli, tmp_path, extra, message):
 
 
 def test_compare_expands_m_only_where_it_sets_the_certification_cost(toy_registry):
-    from bench.compare import CompareOptions, configurations
+    from bench.running.compare import CompareOptions, configurations
 
     base = RunOptions(extra_registries=(toy_registry,))
     configs = configurations(CompareOptions(budget=100, ms=(2, 4), base=base,

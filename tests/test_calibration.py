@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import datasets
+from bench.contract import TrainContext
+from bench.data import loaders
 from bench.diffusion import Denoiser, load_diffusers
 from bench.errors import ConfigError
 from bench.nets import sha256_file
-from bench.protocol import TrainContext
-from bench.registry import load_registry
-from bench.trainer import _registered_model
+from bench.registry.entries import load_registry
+from bench.running.train import _registered_model
 from bench.training.calibration import (
     calibration_losses,
     consistency_loss,
@@ -67,9 +67,9 @@ def test_the_split_follows_the_argmax_per_draw_and_averages_over_the_batch():
 
 @pytest.fixture(scope="module")
 def zoo():
-    registry = load_registry(None, datasets=datasets.DATASET_NAMES)
-    train = datasets.load_split("digits", "train")
-    test = datasets.load_split("digits", "test")
+    registry = load_registry(None, datasets=loaders.DATASET_NAMES)
+    train = loaders.load_split("digits", "train")
+    test = loaders.load_split("digits", "test")
     info = train.info
 
     def registered(name):
@@ -137,7 +137,7 @@ def test_a_tiny_fine_tuning_writes_a_denoiser_and_reruns_bit_for_bit(zoo, straig
     assert weights.endswith("digits-ddpm-multiscale")
     card = json.loads((Path(weights) / "card.json").read_text())
     assert card["scales"] == [0.25, 0.5, 1.0] and card["base"] == "digits-ddpm"
-    assert card["base_sha256"] == load_registry(None, datasets=datasets.DATASET_NAMES) \
+    assert card["base_sha256"] == load_registry(None, datasets=loaders.DATASET_NAMES) \
         .model("digits-ddpm").fields["sha256"]
     for when in ("before", "after"):
         assert set(card[when]["scales"]) == {"0.25", "0.5", "1"}

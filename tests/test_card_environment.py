@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import devices
-from bench.records import run_id_of
+from bench.certify.records import run_id_of
+from bench.running import devices
 from tests.conftest import ROOT, run_process
 
 # The id this run had before the environment recorded more than certbench/torch/python/device.

@@ -14,11 +14,11 @@ import pytest
 import torch
 from scipy.stats import binom, norm
 
-from bench import stats
-from bench.budget import Budget
-from bench.procedures import Cascade, CohenFixedN, ProcedureSpec
-from bench.procedures.cascade import StageLevels, alpha_split, spent, stage_phases
-from bench.smoothing import PHASE_PREDICT, NoiseStream
+from bench.certify import stats
+from bench.certify.budget import Budget
+from bench.certify.noise import PHASE_PREDICT, NoiseStream
+from bench.certify.procedures import Cascade, CohenFixedN, ProcedureSpec
+from bench.certify.procedures.cascade import StageLevels, alpha_split, spent, stage_phases
 
 X = torch.full((1, 1, 2), 0.5)  # one tiny "image"; only pixel 0's noise matters
 
@@ -269,8 +269,8 @@ def test_stage_records_survive_the_store_and_an_old_store_gains_the_column(tmp_p
     it adds one (its rows read back with no stages), and a cascade's stages round-trip."""
     import sqlite3
 
-    from bench.records import RunCard
-    from bench.store import DB_NAME, Store
+    from bench.certify.records import RunCard
+    from bench.store.database import DB_NAME, Store
 
     store = Store(tmp_path)
     store.close()

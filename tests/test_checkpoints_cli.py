@@ -47,7 +47,7 @@ def test_cohen_checkpoint_on_imagefolder_matches_direct_smoothing(cli, tmp_path)
         rows = list(csv.DictReader(fh, delimiter="\t"))
     assert len(rows) == 20
     # The CLI loaded the checkpoint with CIFAR-10's normalization first, exactly like this:
-    from bench.datasets import load_split
+    from bench.data.loaders import load_split
 
     ds = load_split("imagefolder", data_dir=tmp_path / "images", image_size=32)
     smooth = Smooth(wrapped, 10, 0.25)

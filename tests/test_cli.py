@@ -45,8 +45,8 @@ def test_dummy_constant_golden(cli, tmp_path):
 
 def test_dummy_linear_golden(cli, tmp_path):
     """Radii never exceed the exact distance to the hyperplane and come close at large N."""
-    from bench.datasets import load_split
-    from bench.protocol import DatasetInfo
+    from bench.contract import DatasetInfo
+    from bench.data.loaders import load_split
     from methods.dummy import linear_direction
 
     sigma = 0.25

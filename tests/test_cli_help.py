@@ -67,15 +67,15 @@ def test_defaults_are_shown(cli):
 
 
 def test_plain_strips_rst():
-    text = plain("""Use ``python -m bench run`` (see :func:`bench.runner.run` and
+    text = plain("""Use ``python -m bench run`` (see :func:`bench.evaluate` and
     :mod:`bench.store`), stored as *claimed* runs.
 
     Example::
 
         python -m bench run --n 10
     """)
-    assert text.startswith("Use python -m bench run (see bench.runner.run and bench.store), "
-                           "stored as claimed runs.")
+    assert text.startswith("Use python -m bench run (see bench.evaluate and "
+                           "bench.store), stored as claimed runs.")
     assert "Example:\n\n    python -m bench run --n 10" in text
     assert "``" not in text and ":func:" not in text
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import bench.cli
-from bench import dataspecs
+from bench.data import specs
 from tests.conftest import ROOT, contributing_block
 
 MODULE = "examples.tiny_dataset"
@@ -28,12 +28,12 @@ def dataset_example() -> str:
 @pytest.fixture
 def isolated_datasets():
     """The example registers "bars" for this test only: a fresh import, then the table restored."""
-    saved = dict(dataspecs.DATASETS)
+    saved = dict(specs.DATASETS)
     sys.modules.pop(MODULE, None)
     yield
     sys.modules.pop(MODULE, None)
-    dataspecs.DATASETS.clear()
-    dataspecs.DATASETS.update(saved)
+    specs.DATASETS.clear()
+    specs.DATASETS.update(saved)
 
 
 def test_dataset_example_lists_and_certifies(isolated_datasets, capsys, tmp_path, monkeypatch):
@@ -64,13 +64,13 @@ def test_documented_spec_is_the_example_module():
 
 
 def test_bars_statistics_match_train_split(isolated_datasets):
-    from bench import datasets
+    from bench.data import loaders
 
     __import__(MODULE)
-    images, labels = datasets.load_split("bars", "train").tensors()
-    info = datasets.dataset_info("bars")
+    images, labels = loaders.load_split("bars", "train").tensors()
+    info = loaders.dataset_info("bars")
     assert images.shape == (400, 1, 12, 12) and 0 <= images.min() and images.max() == 1
     assert info.mean == (round(images.mean().item(), 4),)
     assert info.std == (round(images.std(unbiased=False).item(), 4),)
     assert set(labels.tolist()) == {0, 1}
-    assert len(datasets.load_split("bars")) == 100
+    assert len(loaders.load_split("bars")) == 100

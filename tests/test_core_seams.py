@@ -9,16 +9,17 @@ import json
 
 import pytest
 
-from bench import procedures
+from bench.certify import procedures
+from bench.certify.procedures.cohen import CohenFixedN
+from bench.certify.records import Certificate, RunCard, RunSummary, run_id_of
 from bench.errors import ConfigError
-from bench.executors import SerialExecutor
-from bench.leaderboard import build
-from bench.procedures.cohen import CohenFixedN
-from bench.records import Certificate, RunCard, RunSummary, run_id_of
-from bench.registry import load_registry
-from bench.runner import RunOptions, prepare, run
-from bench.store import Store
-from bench.table import rows_from_store
+from bench.registry.entries import load_registry
+from bench.reports.leaderboard import build
+from bench.reports.table import rows_from_store
+from bench.running.executors import SerialExecutor
+from bench.running.plan import RunOptions, prepare
+from bench.running.runner import run
+from bench.store.database import Store
 from tests.conftest import ROOT
 
 README_RUN_ID = "5047f68b620f"  # the default run's id, printed in README's quick start
@@ -153,20 +154,20 @@ def test_noise_generator_device_type_is_in_the_identity_except_for_the_cpu(tmp_p
     so every CPU run id stays what it was."""
     import torch
 
-    from bench import runner
+    from bench.certify.noise import noise_identity
+    from bench.running import plan
 
-    cpu = runner.noise_identity((1, 8, 8), "cpu")
+    cpu = noise_identity((1, 8, 8), "cpu")
     assert "generator" not in cpu
-    assert runner.noise_identity((1, 8, 8), torch.device("cuda", 1)) == {**cpu,
-                                                                         "generator": "cuda"}
+    assert noise_identity((1, 8, 8), torch.device("cuda", 1)) == {**cpu, "generator": "cuda"}
     calls = []
-    real = runner.run_card
-    monkeypatch.setattr(runner, "run_card",
+    real = plan.run_card
+    monkeypatch.setattr(plan, "run_card",
                         lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     prep = prepare(RunOptions(results=tmp_path, progress=False, device="cpu"))
     assert prep.card.run_id == README_RUN_ID and "generator" not in prep.card.identity["noise"]
     # The same run card built for a CUDA device (no GPU here: only the card is built).
-    monkeypatch.setattr(runner, "environment", lambda device: {"device": str(device)})
+    monkeypatch.setattr(plan, "environment", lambda device: {"device": str(device)})
     ((args, kwargs),) = calls
     card = real(*args[:-1], torch.device("cuda"), **kwargs)
     assert card.identity["noise"]["generator"] == "cuda"

@@ -1,4 +1,4 @@
-"""Tests for bench.dataspecs and bench.datasets: the spec table, splits, conventions, subsets,
+"""Tests for bench.data.specs and bench.data.loaders: the spec table, splits, conventions, subsets,
 grids and the file loaders (offline)."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision.transforms.functional import to_tensor
 
-from bench import datasets as D
-from bench import dataspecs
-from bench.dataspecs import DATASETS, DatasetInfo, DatasetSpec, register_dataset
+from bench.data import loaders as D
+from bench.data import specs
+from bench.data.specs import DATASETS, DatasetInfo, DatasetSpec, register_dataset
 from bench.errors import ConfigError, DataError
 
 
@@ -199,8 +199,8 @@ def test_subset_hashes_of_stored_runs_are_unchanged():
 
 
 def test_grid_for_is_lenient():
-    assert dataspecs.grid_for("cifar10") == D.radius_grid("cifar10")
-    assert dataspecs.grid_for("svhn") == tuple(i / 4 for i in range(9))  # default grid
+    assert specs.grid_for("cifar10") == D.radius_grid("cifar10")
+    assert specs.grid_for("svhn") == tuple(i / 4 for i in range(9))  # default grid
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,14 +214,16 @@ def test_builtin_specs():
     }
     both, test = ("train", "test"), ("test",)
     assert facts == {
-        "digits": ((1, 8, 8), 10, (0.25, 2.0), both, "digits_cnn", "bench.datasets:load_digits"),
-        "mnist": ((1, 28, 28), 10, (0.25, 2.5), both, "mnist_cnn", "bench.datasets:load_idx"),
+        "digits": ((1, 8, 8), 10, (0.25, 2.0), both, "digits_cnn",
+                   "bench.data.loaders:load_digits"),
+        "mnist": ((1, 28, 28), 10, (0.25, 2.5), both, "mnist_cnn", "bench.data.loaders:load_idx"),
         "fashion-mnist": ((1, 28, 28), 10, (0.25, 2.5), both, "mnist_cnn",
-                          "bench.datasets:load_idx"),
+                          "bench.data.loaders:load_idx"),
         "cifar10": ((3, 32, 32), 10, (0.25, 2.25), both, "cifar_resnet110",
-                    "bench.datasets:load_cifar10"),
-        "imagenet": ((3, 224, 224), 1000, (0.5, 3.0), test, None, "bench.datasets:load_imagenet"),
-        "imagefolder": (None, None, (0.5, 3.0), test, None, "bench.datasets:load_imagefolder"),
+                    "bench.data.loaders:load_cifar10"),
+        "imagenet": ((3, 224, 224), 1000, (0.5, 3.0), test, None,
+                     "bench.data.loaders:load_imagenet"),
+        "imagefolder": (None, None, (0.5, 3.0), test, None, "bench.data.loaders:load_imagefolder"),
     }
     assert all(s.description for s in DATASETS.values())
     assert DATASETS["imagenet"].mean == DATASETS["imagefolder"].mean == (0.485, 0.456, 0.406)
@@ -232,7 +234,7 @@ def test_builtin_specs():
 
 
 def test_dataspecs_imports_without_torch_or_numpy():
-    code = ("import sys, bench.dataspecs; "
+    code = ("import sys, bench.data.specs; "
             "assert not {'torch', 'numpy'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -248,7 +250,7 @@ def spec_table():
 
 def _toy(name="digits-copy", **changes) -> DatasetSpec:
     fields = {"shape": (1, 8, 8), "num_classes": 10, "mean": (0.5,), "std": (0.25,),
-              "grid": (0.5, 1.0), "loader": "bench.datasets:load_digits",
+              "grid": (0.5, 1.0), "loader": "bench.data.loaders:load_digits",
               "subsets": {"first7": range(7)}, "splits": ("test",),
               "description": "the digits test split under another spec"}
     return DatasetSpec(name, **{**fields, **changes})
@@ -257,8 +259,8 @@ def _toy(name="digits-copy", **changes) -> DatasetSpec:
 def test_everything_reads_the_spec(spec_table, cli):
     """A registered spec is all it takes: names, list, grids, subsets, info and loading."""
     register_dataset(_toy())
-    assert D.DATASET_NAMES[-1] == dataspecs.DATASET_NAMES[-1] == "digits-copy"
-    assert D.radius_grid("digits-copy") == dataspecs.grid_for("digits-copy") == (0.0, 0.5, 1.0)
+    assert D.DATASET_NAMES[-1] == specs.DATASET_NAMES[-1] == "digits-copy"
+    assert D.radius_grid("digits-copy") == specs.grid_for("digits-copy") == (0.0, 0.5, 1.0)
     assert D.subset_names("digits-copy") == ("full", "dev", "first7")
     assert D.resolve_subset("digits-copy", "first7", 360) == list(range(7))
     ds = D.load_split("digits-copy")  # through the spec's loader, with the spec's info
@@ -285,7 +287,7 @@ def test_register_rejects_duplicates_and_bad_specs(spec_table):
     with pytest.raises(ConfigError, match="test split"):
         _toy(splits=("train",))
     assert _toy(subsets={"dev": range(50)}).subsets == {"full": None, "dev": range(50)}
-    register_dataset(_toy("broken", loader="bench.datasets:no_such_loader"))
+    register_dataset(_toy("broken", loader="bench.data.loaders:no_such_loader"))
     with pytest.raises(ConfigError, match="'broken': cannot import its loader"):
         D.load_split("broken")
 

@@ -7,11 +7,11 @@ import math
 import torch
 import yaml
 
-from bench.dataspecs import spec
+from bench.contract import DatasetInfo, TrainContext
+from bench.data.specs import spec
 from bench.diffusion import Denoiser
 from bench.errors import ModelError
 from bench.nets.loaders import load_network
-from bench.protocol import DatasetInfo, TrainContext
 from bench.training.ddpm import EVAL_CLASSIFIERS, _denoised_accuracy, build_unet
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from bench.certify.smoothing import Smooth
 from bench.diffusion import Denoiser, DiffusionModel
 from bench.nets.loaders import ZOO_DIR
-from bench.smoothing import Smooth
 from methods.dds import DDSClassifier
 
 
@@ -81,12 +81,12 @@ def test_dds_bad_denoiser_is_one_line(cli, tmp_path):
 @pytest.mark.skipif(not (ZOO_DIR / "digits-ddpm").is_dir(), reason="digits-ddpm not trained")
 def test_shipped_digits_ddpm_denoises(cli, tmp_path):
     """The zoo DDPM + clean classifier beat the clean classifier on raw noisy images."""
-    from bench import datasets
+    from bench.data import loaders
     from bench.nets import load_network
-    from bench.registry import load_registry
+    from bench.registry.entries import load_registry
 
     reg = load_registry(ZOO_DIR.parent.parent / "registry.yaml")
-    ds = datasets.load_split("digits", "test")
+    ds = loaders.load_split("digits", "test")
     x, y = ds.tensors()
     den = Denoiser(load_network("digits-ddpm", reg.models["digits-ddpm"].fields,
                                 dataset=ds.info, base_dir=tmp_path), sigma=0.5)

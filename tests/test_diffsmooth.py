@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from bench.certify.noise import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT
+from bench.certify.smoothing import Smooth
 from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError
-from bench.smoothing import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT, Smooth
 from methods.diffsmooth import DiffSmooth, DiffSmoothClassifier
 
 SHAPE = (1, 8, 8)
@@ -155,8 +156,8 @@ def test_fresh_local_noise_restarts_per_phase():
 def test_the_card_lists_the_local_noise_streams(local_noise):
     """Cohen's card names the harness's streams and the local draws' (fresh: phases 7 and 8
     and the model probe's; fixed: the one generator seeded by local_seed)."""
-    from bench.procedures import CohenFixedN, ProcedureSpec
-    from bench.procedures.base import PROBE_PHASE
+    from bench.certify.procedures import CohenFixedN, ProcedureSpec
+    from bench.certify.procedures.base import PROBE_PHASE
     from methods.diffsmooth import PHASE_LOCAL
 
     base = DiffSmoothClassifier(identity_denoiser(), Recorder(), 3, shape=SHAPE, m=2,

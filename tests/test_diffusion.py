@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.contract import DatasetInfo
 from bench.diffusion import (
     Denoiser,
     DiffusionModel,
@@ -17,7 +18,6 @@ from bench.diffusion import (
 )
 from bench.errors import ConfigError, ModelError
 from bench.nets import load_network
-from bench.protocol import DatasetInfo
 
 DIGITS = DatasetInfo("digits", (1, 8, 8), 10, (0.3054,), (0.3761,))
 
@@ -190,7 +190,7 @@ def test_python_source_needs_a_module_class():
 
 
 def test_registry_validates_library_sources(tmp_path):
-    from bench.registry import load_registry
+    from bench.registry.entries import load_registry
 
     def load(text):
         path = tmp_path / "r.yaml"

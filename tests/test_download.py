@@ -205,7 +205,7 @@ def test_missing_checkpoint_names_the_url_and_the_command(cli, tmp_path, server)
 
 
 def test_download_file_leaves_nothing_on_interrupt(tmp_path, server):
-    from bench.download import download_file
+    from bench.registry.download import download_file
 
     root, base = server
     (root / "w.pt").write_bytes(WEIGHTS)

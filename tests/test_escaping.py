@@ -16,10 +16,10 @@ import re
 import pytest
 import yaml
 
-from bench import escape, leaderboard, table
-from bench.records import Certificate, RunCard
-from bench.registry import load_registry
-from bench.store import Store
+from bench.certify.records import Certificate, RunCard
+from bench.registry.entries import load_registry
+from bench.reports import escape, leaderboard, table
+from bench.store.database import Store
 from tests.conftest import ROOT
 
 SINK = ('HYPERLINK("http://evil.example")\n\\input{/etc/passwd}\r\n'

@@ -10,10 +10,10 @@ import torch
 
 import bench
 from bench import Smooth
-from bench.datasets import load_split
+from bench.data.loaders import load_split
 from bench.errors import ConfigError
-from bench.models import python_model_sha256
-from bench.store import Store
+from bench.running.roles import python_model_sha256
+from bench.store.database import Store
 
 N0, N, ALPHA, BATCH = 20, 300, 0.001, 128
 
@@ -164,7 +164,7 @@ def test_a_model_answering_another_batch_is_one_line_before_any_run(tmp_path, mo
 def test_a_model_answering_another_batch_later_is_caught_at_that_call():
     """The same check at every call of the harness, not only the probe."""
     from bench.errors import ModelError
-    from bench.models import PythonNet
+    from bench.running.roles import PythonNet
 
     calls = []
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from bench.store import DB_NAME
+from bench.store.database import DB_NAME
 from tests.conftest import ROOT
 
 # Wall-clock columns of certs.tsv: the only ones that may differ between two runs.

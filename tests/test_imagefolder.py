@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import datasets as D
-from bench.dataspecs import spec
+from bench.certify.smoothing import Smooth
+from bench.data import loaders as D
+from bench.data.specs import spec
 from bench.nets.normalize import NormalizeLayer
-from bench.smoothing import Smooth
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MISSING = (3, 7)  # classes with no images: every later label must stay where it is

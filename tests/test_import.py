@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from bench import table
-from bench.importer import parse_time, radius_lower_bound, repair_correct
-from bench.store import Store
+from bench.reports import table
+from bench.store.database import Store
+from bench.store.tsv_import import parse_time, radius_lower_bound, repair_correct
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
 # (idx, label, predict, radius): 4 correct of 6, one abstention.

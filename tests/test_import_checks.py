@@ -1,5 +1,5 @@
 """``import`` refuses impossible or unreadable claims in one line and leaves the store as it was;
-JSON outputs never hold NaN or Infinity (bench.jsonsafe)."""
+JSON outputs never hold NaN or Infinity (bench.store.jsonsafe)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.jsonsafe import dumps, json_safe
-from bench.stats import max_radius
-from bench.store import Store
+from bench.certify.stats import max_radius
+from bench.store.database import Store
+from bench.store.jsonsafe import dumps, json_safe
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
 GOOD = HEADER + "0\t3\t3\t0.61\t1\t0:00:01.5\n20\t8\t8\t0.25\t1\t1.0\n40\t0\t5\t0.4\t0\t1.0\n"
@@ -164,7 +164,8 @@ def test_good_import_passes_every_check_and_records_them(cli, tmp_path):
 
 def test_a_maximal_radius_computed_another_way_passes(cli, tmp_path):
     # sigma * PhiInv(alpha^(1/N)) computed directly (as reference code does) lands a float's
-    # last digits above bench.stats.max_radius at N = 1000: float noise is not a false claim.
+    # last digits above bench.certify.stats.max_radius at N = 1000: float noise is not a false
+    # claim.
     from scipy.stats import norm
 
     top = 0.5 * float(norm.ppf(0.001 ** (1 / 1000)))

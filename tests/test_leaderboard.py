@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from markupsafe import escape as escape_html
 
-from bench import leaderboard, metrics, stats
-from bench.curves import step_curve
-from bench.records import Certificate, RunCard
-from bench.registry import load_registry
-from bench.store import Store
-from bench.table import Row
+from bench.certify import metrics, stats
+from bench.certify.records import Certificate, RunCard
+from bench.registry.entries import load_registry
+from bench.reports import leaderboard
+from bench.reports.curves import step_curve
+from bench.reports.table import Row
+from bench.store.database import Store
 from tests.conftest import ROOT
 from tests.test_table import GRID as TABLE_GRID
 from tests.test_table import _run_row

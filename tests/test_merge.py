@@ -21,9 +21,17 @@ import pytest
 
 from bench.commands.common import shard, slurm_shard
 from bench.errors import StoreError
-from bench.merge import format_indices, identity_difference, subset_indices
-from bench.runner import RunOptions, run
-from bench.store import DB_NAME, JOURNAL_ENV, Store, journal_mode, mount_of, network_filesystem
+from bench.running.plan import RunOptions
+from bench.running.runner import run
+from bench.store.database import (
+    DB_NAME,
+    JOURNAL_ENV,
+    Store,
+    journal_mode,
+    mount_of,
+    network_filesystem,
+)
+from bench.store.merge import format_indices, identity_difference, subset_indices
 from tests.conftest import ROOT
 
 RUN = {"method": "gaussian", "dataset": "digits", "subset": "dev", "n": 100, "n0": 10,
@@ -292,7 +300,7 @@ def test_subset_indices_from_the_card_without_loading_images(shards):
         store.close()
     assert subset_indices(stored.card.identity) == list(range(50))
     full = {"dataset": "digits", "subset": "full", "subset_size": 3}
-    from bench.dataspecs import subset_hash
+    from bench.data.specs import subset_hash
 
     assert subset_indices({**full, "subset_hash": subset_hash([0, 1, 2])}) == [0, 1, 2]
     assert subset_indices({**full, "subset_hash": "wrong"}) is None

@@ -1,5 +1,5 @@
 """``methods/`` holds method adapters only (architecture.md, sections 3 and 10): every file
-defines a ``bench.protocol.Method`` subclass and imports no other ``methods`` module. Losses,
+defines a ``bench.contract.Method`` subclass and imports no other ``methods`` module. Losses,
 attacks and training loops live in the harness (:mod:`bench.training`), so a new method is one
 file that imports ``bench`` and nothing else. Checked on the source with ``ast``: no torch."""
 
@@ -29,11 +29,11 @@ def imports_of_methods(tree: ast.AST) -> list[str]:
 
 
 def adapter_classes(tree: ast.Module) -> list[str]:
-    """Classes deriving (directly or through a class of the same file) from bench.protocol's
+    """Classes deriving (directly or through a class of the same file) from bench.contract's
     Method or ClassifierMethod."""
     bases = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "bench.protocol":
+        if isinstance(node, ast.ImportFrom) and node.module == "bench.contract":
             bases |= {a.asname or a.name for a in node.names if a.name in ADAPTER_BASES}
     found: list[str] = []
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
@@ -41,7 +41,7 @@ def adapter_classes(tree: ast.Module) -> list[str]:
         for cls in classes:
             names = {b.id if isinstance(b, ast.Name) else ast.unparse(b) for b in cls.bases}
             hit = names & (bases | set(found)) or any(
-                n.startswith("bench.protocol.") and n.rsplit(".", 1)[1] in ADAPTER_BASES
+                n.startswith("bench.contract.") and n.rsplit(".", 1)[1] in ADAPTER_BASES
                 for n in names)
             if hit and cls.name not in found:
                 found.append(cls.name)
@@ -53,7 +53,7 @@ def test_the_checks_catch_a_helper_module_and_a_cross_import():
                        "def loss(): ...\n")
     assert imports_of_methods(helper) == ["methods.gaussian", "."]
     assert adapter_classes(helper) == []
-    adapter = ast.parse("from bench.protocol import ClassifierMethod as CM\nclass A(CM): ...\n"
+    adapter = ast.parse("from bench.contract import ClassifierMethod as CM\nclass A(CM): ...\n"
                         "class B(A): ...\nclass C: ...\n")
     assert adapter_classes(adapter) == ["A", "B"] and imports_of_methods(adapter) == []
 
@@ -65,5 +65,5 @@ def test_every_methods_file_is_an_adapter_importing_no_other_method(path):
         f"methods/{path.name} imports another methods module; move shared code into bench "
         "(e.g. bench.training) and import it from there")
     assert adapter_classes(tree), (
-        f"methods/{path.name} defines no bench.protocol.Method subclass: methods/ holds "
+        f"methods/{path.name} defines no bench.contract.Method subclass: methods/ holds "
         "adapters only; helpers belong in bench")

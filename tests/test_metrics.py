@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench import metrics
+from bench.certify import metrics
 
 
 def test_certified_accuracy_hand_made():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.store import TSV_COLUMNS
+from bench.store.database import TSV_COLUMNS
 
 COHEN = ["idx", "label", "predict", "radius", "correct", "time"]
 SMALL = ("--dataset", "digits", "--subset", "dev", "--n", "60", "--n0", "10", "--quiet")

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from bench.certify.noise import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT, NoiseStream
+from bench.certify.procedures.base import PROBE_PHASE
+from bench.certify.smoothing import Smooth
 from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError
 from bench.ndc import (
@@ -29,8 +32,6 @@ from bench.ndc import (
     vp_to_ve,
 )
 from bench.nets.loaders import ZOO_DIR
-from bench.procedures.base import PROBE_PHASE
-from bench.smoothing import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT, NoiseStream, Smooth
 
 
 def linear_abar():
@@ -438,8 +439,8 @@ def test_an_apndc_without_denoiser_or_a_bad_variant_is_a_config_error():
 def test_feasibility_estimate_extrapolates_the_timing_and_warns_over_a_threshold():
     from types import SimpleNamespace
 
-    from bench.budget import Budget
-    from bench.feasibility import estimate, warning
+    from bench.certify.budget import Budget
+    from bench.running.feasibility import estimate, warning
 
     prob = Problem(n=1)
     clf = prob.classifier(grid=5)
@@ -537,13 +538,13 @@ def test_an_expensive_run_is_announced_before_it_starts(cli, tmp_path, toy_ndc_r
                                                        monkeypatch):
     """The runner times a few samples first and warns on stderr with the time per image and
     in total (here with a zero threshold; the real ones are an hour in all or 5 min/image)."""
-    import bench.runner
+    import bench.running.runner
 
     args = ("run", "--method", "ndc-toy", "--dataset", "digits", "--subset", "dev", "--n", "20",
             "--n0", "5", "--max-images", "2", "--quiet", "--extra-registry", toy_ndc_registry)
     code, out, err = cli(*args, "--results", tmp_path / "quiet")
     assert code == 0 and "warning" not in err, err
-    monkeypatch.setattr(bench.runner, "WARN_IMAGE_S", 0.0)
+    monkeypatch.setattr(bench.running.runner, "WARN_IMAGE_S", 0.0)
     code, out, err = cli(*args, "--results", tmp_path / "warned")
     assert code == 0, err
     assert "warning: estimated" in err and "per image and" in err and "for 2 images" in err
@@ -555,8 +556,8 @@ def test_an_expensive_run_is_announced_before_it_starts(cli, tmp_path, toy_ndc_r
 
 
 def _tiny_ctx(out_dir, epochs=2):
-    from bench.dataspecs import spec
-    from bench.protocol import TrainContext
+    from bench.contract import TrainContext
+    from bench.data.specs import spec
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(20, 1, 8, 8, generator=g), torch.arange(20) % 10
@@ -602,6 +603,6 @@ def test_conditional_training_is_resumable_and_bit_for_bit(tmp_path, monkeypatch
 
 
 def spec_info():
-    from bench.dataspecs import spec
+    from bench.data.specs import spec
 
     return spec("digits").info

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import bench.nets
+from bench.contract import DatasetInfo
 from bench.errors import ConfigError, ModelError
 from bench.nets import (
     ARCHITECTURES,
@@ -23,7 +24,6 @@ from bench.nets import (
     sha256_file,
 )
 from bench.nets.loaders import ZOO_DIR
-from bench.protocol import DatasetInfo
 
 CIFAR = DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 DIGITS = DatasetInfo("digits", (1, 8, 8), 10, (0.3,), (0.4,))

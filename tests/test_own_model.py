@@ -58,9 +58,9 @@ def test_own_architecture_certifies_from_outside_the_repo(tmp_path):
 
 
 def test_the_entrys_mean_and_std_are_the_input_layer(tmp_path):
-    from bench.dataspecs import spec
-    from bench.models import RoleResolver
-    from bench.registry import load_registry
+    from bench.data.specs import spec
+    from bench.registry.entries import load_registry
+    from bench.running.roles import RoleResolver
 
     registry = load_registry(None, extra=[make_submission(tmp_path / "s")])
     models = RoleResolver(registry, "gaussian", {"classifier": "my-lenet"},

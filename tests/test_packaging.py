@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.adapter_import import RENAME_HINT, builtin_methods_dir, import_adapter_module
 from bench.errors import ConfigError
+from bench.registry.adapters import RENAME_HINT, builtin_methods_dir, import_adapter_module
 from tests.conftest import ROOT
 
 # What the build reads. The wheel is built from a clean copy of these, not in the checkout:
@@ -58,7 +58,7 @@ def test_builtin_methods_is_the_sibling_of_bench():
 def test_tests_and_registry_share_the_methods_modules():
     """``from methods.dummy import ...`` (repo root on sys.path) is the adapter's module."""
     import methods.dummy
-    from bench.registry import load_registry
+    from bench.registry.entries import load_registry
 
     cls = load_registry(ROOT / "registry.yaml").method("dummy").load_adapter()
     assert sys.modules[cls.__module__] is methods.dummy
@@ -73,7 +73,7 @@ def test_foreign_methods_already_imported_is_one_clear_error(tmp_path, monkeypat
     import methods  # the foreign one: tmp_path comes first on sys.path
 
     assert Path(methods.__file__).parent == tmp_path / "methods"
-    from bench.registry import MethodEntry
+    from bench.registry.entries import MethodEntry
 
     entry = MethodEntry(name="gaussian", adapter="methods.gaussian:Gaussian", origin="r.yaml")
     with pytest.raises(ConfigError) as err:
@@ -97,7 +97,7 @@ def test_builtin_methods_load_from_beside_bench_not_sys_path(tmp_path, monkeypat
 
 
 def test_unknown_builtin_module_names_the_fix():
-    from bench.registry import MethodEntry
+    from bench.registry.entries import MethodEntry
 
     entry = MethodEntry(name="mine", adapter="methods.mine:Mine", origin="extra.yaml")
     with pytest.raises(ConfigError, match="has no module 'methods.mine'.*my_methods.mine:Mine"):
@@ -105,18 +105,18 @@ def test_unknown_builtin_module_names_the_fix():
 
 
 def test_default_registry_path_order(tmp_path, monkeypatch):
-    from bench import registry
+    from bench.registry import entries
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CERTBENCH_REGISTRY", raising=False)
-    packaged = Path(registry.__file__).resolve().parent / "registry.yaml"
+    packaged = Path(entries.__file__).resolve().parent.parent / "registry.yaml"
     # In the checkout (or an editable install) nothing is packaged: the root file is used.
     expected = packaged if packaged.is_file() else ROOT / "registry.yaml"
-    assert registry.default_registry_path() == expected
+    assert entries.default_registry_path() == expected
     (tmp_path / "registry.yaml").write_text("models: {}\n")
-    assert registry.default_registry_path() == tmp_path / "registry.yaml"
+    assert entries.default_registry_path() == tmp_path / "registry.yaml"
     monkeypatch.setenv("CERTBENCH_REGISTRY", str(tmp_path / "elsewhere.yaml"))
-    assert registry.default_registry_path() == tmp_path / "elsewhere.yaml"
+    assert entries.default_registry_path() == tmp_path / "elsewhere.yaml"
 
 
 def test_console_script_names_itself(monkeypatch, capsys):
@@ -181,9 +181,10 @@ def test_wheel_contents(installed):
     assert "bench/registry.yaml" in names
     with zipfile.ZipFile(wheel) as zf:
         assert zf.read("bench/registry.yaml") == (ROOT / "registry.yaml").read_bytes()
-    data = [p for folder in ("zoo", "templates") for p in (ROOT / "bench" / folder).rglob("*")
+    data = [p for folder in ("zoo", "reports/templates")
+            for p in (ROOT / "bench" / folder).rglob("*")
             if p.suffix in (".safetensors", ".json", ".html")]
-    assert any("digits-ddpm" in p.parts for p in data)
+    assert any("digits-ddpm" in p.parts for p in data) and any(p.suffix == ".html" for p in data)
     missing = sorted(str(p.relative_to(ROOT)) for p in data
                      if p.relative_to(ROOT).as_posix() not in names)
     assert not missing, f"data files not in the wheel: {missing}"
@@ -211,7 +212,7 @@ def test_installed_wheel_runs_outside_the_checkout(installed, tmp_path, where):
         assert done.returncode == 0, f"{cmd}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         return done
 
-    probe = call(sys.executable, "-c", "import bench, bench.registry as r; "
+    probe = call(sys.executable, "-c", "import bench, bench.registry.entries as r; "
                  "print(bench.__file__); print(r.default_registry_path())")
     bench_file, registry = probe.stdout.split()
     assert Path(bench_file).resolve() == (site / "bench" / "__init__.py").resolve()

@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from bench import plot  # noqa: E402
 from bench.cli import main  # noqa: E402
-from bench.curves import step_curve  # noqa: E402
-from bench.store import Store  # noqa: E402
+from bench.reports import plot  # noqa: E402
+from bench.reports.curves import step_curve  # noqa: E402
+from bench.store.database import Store  # noqa: E402
 
 RUN = ["run", "--dataset", "digits", "--n", "300", "--n0", "20", "--max-images", "12",
        "--quiet"]

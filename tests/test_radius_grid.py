@@ -11,9 +11,11 @@ import math
 
 import pytest
 
-from bench import dataspecs, stats, table
+from bench.certify import stats
+from bench.data import specs
 from bench.errors import ConfigError
-from bench.runner import RunOptions, prepare
+from bench.reports import table
+from bench.running.plan import RunOptions, prepare
 from tests.test_core_seams import README_RUN_ID
 
 QUICK = ["--subset", "dev", "--n", "50", "--n0", "10", "--max-images", "2", "--quiet"]
@@ -38,7 +40,7 @@ def test_radii_are_recorded_and_certified_at(cli, tmp_path):
     assert code == 0, err
     plain = _summary(tmp_path / "plain")
     assert plain["identity"] == summary["identity"]
-    assert plain["radius_grid"] == list(dataspecs.radius_grid("digits"))
+    assert plain["radius_grid"] == list(specs.radius_grid("digits"))
     assert "radius_grid_source" not in plain  # default cards are unchanged
     run_id = out.split(" run ")[1].split()[0]
     assert run_id == out2.split(" run ")[1].split()[0]
@@ -52,7 +54,7 @@ def test_auto_grid_ends_at_or_below_the_max_certifiable_radius(cli, tmp_path):
     top = summary["metrics"]["max_certifiable_radius"]
     assert math.isclose(top, stats.max_radius(0.25, 50, 0.001))
     assert summary["radius_grid_source"] == "auto"
-    assert grid[0] == 0 and grid[-1] <= top and 5 <= len(grid) <= dataspecs.AUTO_POINTS
+    assert grid[0] == 0 and grid[-1] <= top and 5 <= len(grid) <= specs.AUTO_POINTS
     assert grid == sorted(set(grid))
     assert list(summary["metrics"]["certified_accuracy"]) == [f"{r:g}" for r in grid]
 
@@ -75,7 +77,7 @@ def test_default_run_id_is_unchanged_by_any_grid(tmp_path):
         assert prep.card.run_id == README_RUN_ID
     default = prepare(RunOptions(results=tmp_path, progress=False)).card
     assert "radius_grid_source" not in default.extra
-    assert default.extra["radius_grid"] == list(dataspecs.radius_grid("digits"))
+    assert default.extra["radius_grid"] == list(specs.radius_grid("digits"))
 
 
 def test_table_of_runs_on_different_grids_is_the_union(cli, tmp_path):
@@ -104,8 +106,8 @@ def test_grid_of_keeps_the_dataset_grid_for_default_rows():
                          n=1, m=1, alpha=0.001, subset="dev", subset_size=1, images=1,
                          accuracy=accuracy, own_grid=own)
 
-    default = dict.fromkeys(dataspecs.radius_grid("digits"), 0.5)
-    assert table.grid_of([row(default, False)]) == list(dataspecs.radius_grid("digits"))
+    default = dict.fromkeys(specs.radius_grid("digits"), 0.5)
+    assert table.grid_of([row(default, False)]) == list(specs.radius_grid("digits"))
     own = row({0.0: 1.0, 0.1: 0.5}, True)
     assert table.grid_of([own]) == [0.0, 0.1]
     assert table.grid_of([own, row(default, False)]) == sorted({0.1, *default})
@@ -127,14 +129,14 @@ def test_bad_radii_are_one_line(cli, tmp_path, value, message):
 
 
 def test_parse_and_auto_grid():
-    assert dataspecs.parse_radii("0.2, 0,0.1") == (0.0, 0.1, 0.2)
-    assert dataspecs.parse_radii("AUTO") == "auto"
-    assert dataspecs.auto_grid(2.25) == (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25)
-    assert dataspecs.auto_grid(0.93) == tuple(i / 10 for i in range(10))
-    assert dataspecs.auto_grid(0.0) == (0.0,)
+    assert specs.parse_radii("0.2, 0,0.1") == (0.0, 0.1, 0.2)
+    assert specs.parse_radii("AUTO") == "auto"
+    assert specs.auto_grid(2.25) == (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25)
+    assert specs.auto_grid(0.93) == tuple(i / 10 for i in range(10))
+    assert specs.auto_grid(0.0) == (0.0,)
     for top in (0.05, 0.283, 1.0, 3.1, 4.0, 17.0):
-        grid = dataspecs.auto_grid(top)
-        assert grid[0] == 0 and grid[-1] <= top and len(grid) <= dataspecs.AUTO_POINTS
+        grid = specs.auto_grid(top)
+        assert grid[0] == 0 and grid[-1] <= top and len(grid) <= specs.AUTO_POINTS
         assert len(grid) >= 5
     with pytest.raises(ConfigError):
-        dataspecs.check_radii(())
+        specs.check_radii(())

@@ -25,11 +25,12 @@ from pathlib import Path
 import pytest
 
 RAY_BEFORE = "ray" in sys.modules
-import bench.cli  # noqa: E402, F401 - the core: with bench.runner, it must not import ray
-from bench.runner import RunOptions, run  # noqa: E402
+import bench.cli  # noqa: E402, F401 - the core: with bench.running.runner, it must not import ray
+from bench.running.plan import RunOptions  # noqa: E402
+from bench.running.runner import run  # noqa: E402
 
 RAY_AFTER_CORE = "ray" in sys.modules
-from bench.store import DB_NAME, Store  # noqa: E402
+from bench.store.database import DB_NAME, Store  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 IMAGES, N = 16, 2000
@@ -124,8 +125,8 @@ def ray_cluster():
 def test_polled_claims_say_none_instead_of_waiting(tmp_path):
     """The claims an executor with images in flight gets: None while another live process
     holds every image left, then the images once it lets them go."""
-    from bench.executors import polled_indices
-    from bench.store import ClaimSession
+    from bench.running.executors import polled_indices
+    from bench.store.database import ClaimSession
 
     store = Store(tmp_path)
     try:
@@ -177,7 +178,8 @@ def test_the_core_never_imports_ray():
         assert not RAY_AFTER_CORE
         return
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, bench.runner, bench.executors, bench.cli; "
+        [sys.executable, "-c", "import sys, bench.running.runner, bench.running.executors, "
+         "bench.cli; "
          "print('ray' in sys.modules)"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -254,10 +256,10 @@ def test_a_killed_driver_resumes_to_the_same_certificates(serial, ray_cluster, t
 def test_the_executor_waits_while_nothing_is_claimable(serial, ray_cluster, tmp_path):
     """A ``None`` from the claims (every image left is another process's) is waited out:
     the executor asks again and certifies what comes next, as serially."""
-    from bench import runner
-    from bench.distributed import RayExecutor
+    from bench.running import plan
+    from bench.running.ray_executor import RayExecutor
 
-    prep = runner.prepare(_opts(tmp_path))
+    prep = plan.prepare(_opts(tmp_path))
     certs = list(RayExecutor(prep, workers=1, poll_s=0.01).certify(
         iter([None, 3, None, None, 5, None])))
     assert {c.idx: dataclasses.replace(c, seconds=0.0, device="") for c in certs} == {
@@ -267,12 +269,12 @@ def test_the_executor_waits_while_nothing_is_claimable(serial, ray_cluster, tmp_
 def test_a_worker_building_another_run_is_refused(ray_cluster, tmp_path):
     """A worker whose run is not the driver's (here: another seed) stops the run with its
     own one-line error, and no worker is left behind; too many workers are refused first."""
-    from bench import runner
-    from bench.distributed import RayExecutor
+    from bench.certify.records import RunCard
     from bench.errors import ConfigError
-    from bench.records import RunCard
+    from bench.running import plan
+    from bench.running.ray_executor import RayExecutor
 
-    prep = runner.prepare(_opts(tmp_path))
+    prep = plan.prepare(_opts(tmp_path))
     other = dataclasses.replace(prep, card=RunCard(identity={**prep.card.identity, "seed": 1},
                                                    extra=prep.card.extra))
     with pytest.raises(ConfigError, match=r"builds another run than the driver \(its seed "):

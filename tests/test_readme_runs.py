@@ -12,7 +12,8 @@ import re
 
 import pytest
 
-from bench.runner import RunOptions, run
+from bench.running.plan import RunOptions
+from bench.running.runner import run
 from tests.conftest import ROOT
 
 LINK = re.compile(r"\[(\w{12})\]\((?:\.\./)?leaderboards/runs/([^)]+)/card\.json\)")

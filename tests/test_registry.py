@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.datasets import DATASET_NAMES
+from bench.contract import Method
+from bench.data.loaders import DATASET_NAMES
 from bench.errors import ConfigError
-from bench.protocol import Method
-from bench.registry import load_registry
+from bench.registry.entries import load_registry
 from tests.conftest import ROOT
 
 

@@ -1,7 +1,7 @@
 """``table --radii/--columns/--format long`` and ``bench.load_results`` on a real small store.
 
 The store: gaussian on digits at two sigmas, 12 images, N = 300 (made once for this module).
-Expected numbers are counted here from the store's certificates, not through bench.table.
+Expected numbers are counted here from the store's certificates, not through bench.reports.table.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import sys
 import pandas as pd
 import pytest
 
-from bench import metrics
+from bench.certify import metrics
 from bench.cli import main
-from bench.store import DB_NAME, Store
+from bench.store.database import DB_NAME, Store
 from tests.conftest import ROOT
 
 SIGMAS = (0.25, 0.5)
@@ -123,8 +123,8 @@ def test_unknown_column_is_one_line_with_the_valid_names(cli, store_dir):
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "unknown column 'sigm'" in err and "did you mean 'sigma'?" in err
-    from bench import table
     from bench.commands.table import COLUMN_NAMES
+    from bench.reports import table
 
     assert "valid names: " + ", ".join(table.COLUMNS) in err
     assert COLUMN_NAMES == tuple(table.COLUMNS)  # --help lists what the table knows
@@ -254,13 +254,13 @@ def test_load_results_certificates_equal_the_stored_ones(store_dir, stored):
 
 def test_load_results_needs_a_store_and_is_exported_lazily(tmp_path):
     import bench
-    from bench import results_api
+    from bench.reports import frames
 
     with pytest.raises(FileNotFoundError, match="no results store"):
-        results_api.load_results(tmp_path / "none")
+        frames.load_results(tmp_path / "none")
     assert not (tmp_path / "none" / DB_NAME).exists()
     with pytest.raises(ValueError, match="level"):
-        results_api.load_results(tmp_path, level="images")
-    assert bench.load_results is results_api.load_results and "load_results" in bench.__all__
+        frames.load_results(tmp_path, level="images")
+    assert bench.load_results is frames.load_results and "load_results" in bench.__all__
     code = "import sys, bench; assert 'pandas' not in sys.modules; bench.load_results"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

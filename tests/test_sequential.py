@@ -16,18 +16,19 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from bench import stats
-from bench.budget import Budget
-from bench.errors import ConfigError
-from bench.procedures import PROCEDURES, CohenFixedN, ProcedureSpec, Sequential
-from bench.procedures.sequential import (
+from bench.certify import stats
+from bench.certify.budget import Budget
+from bench.certify.noise import PHASE_ESTIMATE
+from bench.certify.procedures import PROCEDURES, CohenFixedN, ProcedureSpec, Sequential
+from bench.certify.procedures.sequential import (
     default_alphas,
     default_checkpoints,
     last_for_n,
     sequential_levels,
 )
-from bench.protocol import DatasetInfo
-from bench.smoothing import PHASE_ESTIMATE, Smooth, StreamCounts
+from bench.certify.smoothing import Smooth, StreamCounts
+from bench.contract import DatasetInfo
+from bench.errors import ConfigError
 from methods.dummy import ConstantClassifier, LinearClassifier, linear_direction
 
 GRID = tuple(round(0.25 * i, 2) for i in range(10))  # 0, 0.25, ..., 2.25
@@ -227,7 +228,7 @@ def test_a_bound_equal_to_a_threshold_claims_nothing_there():
     reference's lb >= 1/2: tests/test_soundness.py)."""
     from scipy.stats import beta
 
-    from bench.procedures.sequential import checkpoint_step, level_of
+    from bench.certify.procedures.sequential import checkpoint_step, level_of
 
     n, k, a = 1000, 900, 0.0005
     lb = float(beta.ppf(a, k, n - k + 1))

@@ -99,9 +99,9 @@ def test_label_aware_runs_are_labelled_wherever_they_show(cli, tmp_path):
     assert "samples per image; label-aware (using the test labels): " in out.splitlines()[-1]
 
     from bench import load_results
-    from bench.leaderboard import legend_labels
-    from bench.store import Store
-    from bench.table import collect_rows
+    from bench.reports.leaderboard import legend_labels
+    from bench.reports.table import collect_rows
+    from bench.store.database import Store
 
     runs = load_results(tmp_path, "digits")
     assert sorted(runs["certification"]) == ["fixed", "sequential", "sequential label-aware"]

@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy.stats import binom, norm
 
-from bench import Smooth, stats
+from bench import Smooth
+from bench.certify import stats
+from bench.contract import DatasetInfo
 from bench.errors import ModelError
-from bench.protocol import DatasetInfo
 from methods.dummy import ConstantClassifier, LinearClassifier, linear_direction
 
 INFO = DatasetInfo("toy", (1, 8, 8), 10, (0.5,), (0.25,))

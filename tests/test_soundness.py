@@ -25,8 +25,9 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from bench import Smooth, stats
-from bench.smoothing import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT, NoiseStream
+from bench import Smooth
+from bench.certify import stats
+from bench.certify.noise import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT, NoiseStream
 from bench.training.attacks import EpsilonWarmup, smoothadv_ddn, smoothadv_pgd
 from methods.smoothadv import smoothadv_loss
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta, binom, binomtest, norm
 
-from bench import stats
+from bench.certify import stats
 
 
 @pytest.mark.parametrize("k,n", [(1, 1), (1, 10), (5, 10), (99, 100), (950, 1000),

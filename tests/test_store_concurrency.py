@@ -20,12 +20,13 @@ import time
 
 import pytest
 
-from bench import runner
+from bench.certify.procedures.cohen import CohenFixedN
+from bench.certify.records import Certificate, RunCard
 from bench.errors import ConfigError, ModelError
-from bench.procedures.cohen import CohenFixedN
-from bench.records import Certificate, RunCard
-from bench.runner import RunOptions, run
-from bench.store import DB_NAME, Store, claim_is_stale, write_json
+from bench.running import memory, plan
+from bench.running.plan import RunOptions
+from bench.running.runner import run
+from bench.store.database import DB_NAME, Store, claim_is_stale, write_json
 from tests.conftest import ROOT
 
 HOST = socket.gethostname()
@@ -95,8 +96,8 @@ def test_two_processes_on_one_run_certify_each_image_once(tmp_path, images):
 # ----- (b) concurrent open_run --------------------------------------------------------------
 _OPEN_RUN = """
 import json, sys
-from bench.records import RunCard
-from bench.store import Store
+from bench.certify.records import RunCard
+from bench.store.database import Store
 s = Store(sys.argv[1])
 print(s.open_run(RunCard(identity=json.loads(sys.argv[2]))))
 s.close()
@@ -230,7 +231,7 @@ def test_claims_of_live_owners_are_held_and_stale_ones_are_free(tmp_path):
 def test_a_dead_process_claims_are_taken_over_on_resume(tmp_path):
     """A run killed mid-way leaves claims behind; the rerun takes them over."""
     opts = RunOptions(n=200, n0=20, max_images=4, results=tmp_path, progress=False)
-    prep = runner.prepare(opts)
+    prep = plan.prepare(opts)
     store = Store(tmp_path)
     dead = f"{HOST}:{_dead_pid()}:killed"
     store.db.executemany("INSERT INTO claims VALUES (?, ?, ?, ?)",
@@ -245,7 +246,7 @@ def test_a_dead_process_claims_are_taken_over_on_resume(tmp_path):
 
 def test_a_run_waits_for_images_a_live_process_holds_and_takes_them_when_it_dies(tmp_path):
     opts = RunOptions(n=200, n0=20, max_images=3, results=tmp_path, progress=False)
-    prep = runner.prepare(opts)
+    prep = plan.prepare(opts)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     reaper = threading.Thread(target=holder.wait)  # reaped as it exits: then it is dead
     reaper.start()
@@ -265,7 +266,7 @@ def test_a_run_waits_for_images_a_live_process_holds_and_takes_them_when_it_dies
 # ----- (e) the allocation guard -------------------------------------------------------------
 def test_an_allocation_failure_is_one_line_exit_2_and_leaves_no_run(cli, tmp_path,
                                                                     monkeypatch):
-    from bench import smoothing
+    from bench.certify import smoothing
 
     def fill(self, out):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
@@ -288,8 +289,8 @@ def test_a_batch_too_large_for_memory_is_reduced_and_said(cli, tmp_path, monkeyp
     code, _, err = cli("run", "--n", 2000, "--max-images", 2, "--batch", 2000,
                        "--results", tmp_path / "whole", "--quiet")
     assert code == 0 and "batch" not in err
-    per_sample = 4 * runner.MEMORY_FACTOR * 64  # digits: 64 floats per image
-    monkeypatch.setattr(runner, "available_memory", lambda device: 500 * per_sample)
+    per_sample = 4 * memory.MEMORY_FACTOR * 64  # digits: 64 floats per image
+    monkeypatch.setattr(memory, "available_memory", lambda device: 500 * per_sample)
     code, _, err = cli("run", "--n", 2000, "--max-images", 2, "--batch", 2000,
                        "--results", tmp_path / "small", "--quiet")
     assert code == 0, err
@@ -310,20 +311,20 @@ def test_a_batch_too_large_for_memory_is_reduced_and_said(cli, tmp_path, monkeyp
 
 def test_a_single_sample_too_large_for_memory_is_refused_before_the_run(tmp_path,
                                                                          monkeypatch):
-    monkeypatch.setattr(runner, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1000)
     with pytest.raises(ConfigError, match="one noisy sample needs"):
-        runner.prepare(RunOptions(n=200, results=tmp_path))
+        plan.prepare(RunOptions(n=200, results=tmp_path))
     assert not (tmp_path / DB_NAME).exists()
 
 
 def test_out_of_memory_errors_are_recognised():
     import torch
 
-    assert runner.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to "
+    assert memory.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to "
                                                           "allocate 2.00 GiB"))
-    assert runner.is_out_of_memory(MemoryError())
-    assert not runner.is_out_of_memory(RuntimeError("shape mismatch"))
-    assert not runner.is_out_of_memory(ValueError("out of memory"))
+    assert memory.is_out_of_memory(MemoryError())
+    assert not memory.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not memory.is_out_of_memory(ValueError("out of memory"))
 
 
 # ----- (f) an error on the first image leaves no run ----------------------------------------
@@ -357,7 +358,7 @@ def test_an_error_on_the_first_image_leaves_no_run_row(cli, tmp_path, monkeypatc
 def test_an_empty_shard_writes_no_run(tmp_path):
     """Nothing to certify is a normal outcome (the CLI says so and exits 0), never an empty run:
     the API says so with EmptyShard before any store exists."""
-    from bench.runner import EmptyShard
+    from bench.running.runner import EmptyShard
 
     with pytest.raises(EmptyShard, match="holds no images"):
         run(RunOptions(n=200, subset="dev", shard=(60, 100), results=tmp_path, progress=False))

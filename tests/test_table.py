@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from scipy.stats import beta
 
-from bench import metrics, table
-from bench.records import Certificate, RunCard
-from bench.store import Store
-from bench.table import Row
+from bench.certify import metrics
+from bench.certify.records import Certificate, RunCard
+from bench.reports import table
+from bench.reports.table import Row
+from bench.store.database import Store
 
 # Ten images: radii and correctness chosen so every number below can be counted by hand.
 RADII = [0.0, 0.1, 0.3, 0.5, 0.5, 0.8, 1.2, 0.0, 0.9, 0.2]
@@ -144,7 +145,7 @@ def test_csv_has_numbers_and_interval_columns(store):
 
 
 def test_reported_rows_from_registry_and_budget_filter():
-    from bench.registry import load_registry
+    from bench.registry.entries import load_registry
     from tests.conftest import ROOT
 
     reg = load_registry(ROOT / "registry.yaml")
@@ -180,7 +181,7 @@ def test_row_cost_format():
 def _run_row(run_id, radii, correct, sigma=0.25, seed=0, n=1000, m=1, n0=100, requested=None,
              idx_offset=0, params=None):
     """A stored-run row from hand-made certificates (idx from ``idx_offset``)."""
-    from bench.records import RunSummary
+    from bench.certify.records import RunSummary
 
     ident = {"method": run_id.split("-")[0], "dataset": "digits", "sigma": sigma, "n0": n0,
              "n": n, "m": m, "alpha": 0.001, "subset": "dev", "subset_size": len(radii),
@@ -266,7 +267,7 @@ def test_envelope_only_over_sigma_of_one_configuration():
 
 
 def test_requested_budget_groups_runs_of_the_same_compute():
-    from bench.budget import tier
+    from bench.certify.budget import tier
 
     dds = _run_row("dds-run", [0.3] * 10, [1] * 10, n=10_000, m=1)
     diffsmooth = _run_row("diffsmooth-run", [0.3] * 10, [1] * 10, n=3_333, m=3,
@@ -305,7 +306,7 @@ def test_acr_marks_test_the_mean_radius_not_the_count_of_images():
 
 
 def test_run_summary_keeps_per_image_data_out_of_its_json():
-    from bench.records import RunSummary
+    from bench.certify.records import RunSummary
 
     card = _card("a", 0.25)
     summary = RunSummary.from_certs(card, _certs(RADII, CORRECT, PREDICT))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.nets import sha256_file
-from bench.registry import load_registry
+from bench.registry.entries import load_registry
 from tests.conftest import ROOT
 
 

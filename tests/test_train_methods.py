@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from bench.datasets import load_split
-from bench.dataspecs import spec
+from bench.contract import TrainContext
+from bench.data.loaders import load_split
+from bench.data.specs import spec
 from bench.errors import ConfigError
 from bench.nets import load_network, sha256_file
-from bench.protocol import TrainContext
 from bench.training.loop import crop_flip
 from bench.training.recipes import (
     MACER_RECIPE,

@@ -61,7 +61,7 @@ def test_param_outside_its_declared_range_names_file_entry_and_field(cli, tmp_pa
     assert f"{sub}: methods.outside.params.weight: expected float in [0, 1], got 3" in out
 
 
-CRASHY = '''from bench.protocol import Method
+CRASHY = '''from bench.contract import Method
 
 
 class Crashy(Method):
@@ -92,7 +92,7 @@ def test_reported_only_method_says_it_has_no_adapter(cli, tmp_path):
 
 COUPLED = '''import torch
 
-from bench.protocol import Method
+from bench.contract import Method
 
 
 class Linear:

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from bench.datasets import load_split
+from bench.data.loaders import load_split
 from bench.nets import load_network, sha256_file
-from bench.registry import load_registry
+from bench.registry.entries import load_registry
 from bench.training.loop import noisy_accuracy
 from tests.conftest import ROOT
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from bench.dataspecs import parse_radii
+from bench.data.specs import parse_radii
 from bench.errors import ConfigError
 
 

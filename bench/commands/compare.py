@@ -40,8 +40,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.compare import CompareOptions, compare, describe, format_table, save_markdown
-    from bench.runner import RunOptions
+    from bench.running.compare import CompareOptions, compare, describe, format_table, save_markdown
+    from bench.running.plan import RunOptions
 
     base = RunOptions(**certification_fields(args))
     opts = CompareOptions(dataset=args.dataset, budget=args.budget, methods=args.methods,

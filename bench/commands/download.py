@@ -35,10 +35,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench import download
     from bench.errors import ConfigError, ModelError
-    from bench.models import models_dir
-    from bench.registry import load_registry
+    from bench.registry import download
+    from bench.registry.download import models_dir
+    from bench.registry.entries import load_registry
 
     if bool(args.models) == bool(args.all):
         raise ConfigError("pass MODEL names or --all (not both); 'python -m bench list' "

@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.importer import ImportOptions, import_tsv
+    from bench.store.tsv_import import ImportOptions, import_tsv
 
     result = import_tsv(ImportOptions(
         tsv=args.tsv, method=args.method, dataset=args.dataset, sigma=args.sigma, n=args.n,

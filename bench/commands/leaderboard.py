@@ -25,9 +25,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.exports import open_results
-    from bench.leaderboard import build
-    from bench.registry import load_registry
+    from bench.registry.entries import load_registry
+    from bench.reports.leaderboard import build
+    from bench.store.exports import open_results
 
     registry = load_registry(args.registry, extra=args.extra_registry)
     # Reading never creates or changes a store: without a store or exported runs, only the

@@ -14,8 +14,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench import dataspecs as datasets  # torch-free: listing loads no data
-    from bench.registry import load_registry
+    from bench.data import specs as datasets  # torch-free: listing loads no data
+    from bench.registry.entries import load_registry
 
     reg = load_registry(args.registry, extra=args.extra_registry,
                         datasets=datasets.DATASET_NAMES)

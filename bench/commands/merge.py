@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.merge import format_result, merge
+    from bench.store.merge import format_result, merge
 
     print(format_result(merge(args.results, args.sources)))
     return 0

@@ -50,8 +50,8 @@ def run(args) -> int:
                           "pip install 'certbench[plot]'") from None
     matplotlib.use("Agg")
 
-    from bench import plot
-    from bench.exports import open_results
+    from bench.reports import plot
+    from bench.store.exports import open_results
 
     outs = plot.check_outputs(args.out or [Path(f"{args.dataset}-certified.pdf")])
     methods, sigmas = plot.parse_methods(args.methods), plot.parse_sigmas(args.sigmas)

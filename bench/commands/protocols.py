@@ -18,12 +18,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench import dataspecs
+    from bench.data import specs
     from bench.errors import ConfigError
-    from bench.exports import open_results
-    from bench.protocol_compare import pairs, render
+    from bench.reports.fixed_vs_sequential import pairs, render
+    from bench.store.exports import open_results
 
-    dataspecs.spec(args.dataset)
+    specs.spec(args.dataset)
     methods = [m for m in (args.methods or "").split(",") if m] or None
     store = open_results(args.results)  # read-only: never creates or changes a store
     if store is None:

@@ -9,10 +9,11 @@ from tabulate import tabulate
 
 from bench.commands.common import certification_fields, certification_options, shard
 
-EXECUTORS = ("serial", "ray")  # as bench.executors.EXECUTORS (not imported: no torch for --help)
+# as bench.running.executors.EXECUTORS (not imported: --help needs no torch)
+EXECUTORS = ("serial", "ray")
 
 if TYPE_CHECKING:
-    from bench.records import RunSummary
+    from bench.certify.records import RunSummary
 
 HELP = "certify a dataset subset with one method"
 
@@ -62,8 +63,8 @@ def positive(text: str) -> int:
 
 
 def run(args) -> int:
-    from bench.executors import check_executor_options
-    from bench.runner import EmptyShard, RunOptions, run
+    from bench.running.plan import RunOptions
+    from bench.running.runner import EmptyShard, check_executor_options, run
 
     # Before anything is loaded: Ray missing, or --workers without it, is one line at once.
     check_executor_options(args.executor, args.address, args.workers)

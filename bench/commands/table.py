@@ -19,7 +19,8 @@ from bench.commands.common import common_registry
 
 HELP = "print the standardized table of a dataset (markdown, latex, csv or long csv)"
 
-# The names of bench.table.COLUMNS (kept here so that --help needs no pandas; a test checks).
+# The names of bench.reports.table.COLUMNS (kept here so that --help needs no pandas; a test
+# checks).
 COLUMN_NAMES = ("method", "kind", "dataset", "sigma", "n0", "n", "m", "alpha", "budget",
                 "subset", "images", "certification", "run", "setting", "acr", "abstain",
                 "passes", "seconds", "device", "source")
@@ -53,9 +54,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from bench.errors import ConfigError
-    from bench.exports import open_results
-    from bench.registry import load_registry
-    from bench.table import (
+    from bench.registry.entries import load_registry
+    from bench.reports.table import (
         collect_rows,
         grid_of,
         parse_columns,
@@ -63,6 +63,7 @@ def run(args) -> int:
         render,
         with_radii,
     )
+    from bench.store.exports import open_results
 
     # Bad --columns or --radii fail before anything is read.
     columns = parse_columns(args.columns) if args.columns is not None else None

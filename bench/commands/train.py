@@ -56,7 +56,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.trainer import TrainOptions, train
+    from bench.running.train import TrainOptions, train
 
     opts = TrainOptions(
         params=params_dict(args.param), recipe=args.recipe,

@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.validate import validate
+    from bench.running.validate import validate
 
     report = validate(args.registry, extra=args.extra_registry, methods=args.method,
                       dataset=args.dataset, smoke=not args.no_smoke, data_dir=args.data_dir,

@@ -23,12 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bench.contract import DatasetInfo
 from bench.errors import ConfigError, ModelError
 from bench.nets.archs import ARCHITECTURES, build_arch
 from bench.nets.normalize import InputCenterLayer, NormalizeLayer
-from bench.protocol import DatasetInfo
-from bench.registry import INPUT_LAYERS as REGISTRY_INPUT_LAYERS
-from bench.registry import MODEL_SOURCES
+from bench.registry.entries import INPUT_LAYERS as REGISTRY_INPUT_LAYERS
+from bench.registry.entries import MODEL_SOURCES
 
 # The package's own model folder; relative ``zoo`` paths resolve against it.
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -230,8 +230,8 @@ def _resolve_path(name: str, entry: Mapping[str, Any], source: str, base_dir: Pa
             how = "set the entry's path, or pass --models-dir"
         fetch, url = "", entry.get("url")
         if url:  # where it comes from, and the command that fetches a linked file
-            from bench.download import download_command, is_page_url
-            from bench.registry import default_registry_path
+            from bench.registry.download import download_command, is_page_url
+            from bench.registry.entries import default_registry_path
 
             command = download_command(name)
             if Path(base_dir) != Path(os.environ.get("CERTBENCH_MODELS", "models")):

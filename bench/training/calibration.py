@@ -68,11 +68,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.contract import TrainContext
 from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError, ModelError
 from bench.nets import sha256_file
 from bench.progress import progress
-from bench.protocol import TrainContext
 from bench.training.loop import load_training_checkpoint
 
 SCALES = (0.25, 0.5, 1.0)

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from bench.contract import TrainContext
 from bench.errors import ConfigError
 from bench.nets import NormalizeLayer, build_arch, save_zoo_model
-from bench.protocol import TrainContext
 from bench.training.loop import LossFn, noisy_accuracy, train_classifier
 from bench.training.recipes import REFERENCE_RECIPE, describe, recipe_name, train_settings
 

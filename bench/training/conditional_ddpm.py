@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from bench.contract import TrainContext
 from bench.errors import ConfigError
-from bench.protocol import TrainContext
 from bench.training.ddpm import UNET_CONFIG, fit_ddpm
 
 TRAIN_DEFAULTS = {"epochs": 200, "batch": 128, "lr": 2e-3}

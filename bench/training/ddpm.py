@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from bench.contract import TrainContext
 from bench.errors import CertbenchError, ConfigError
 from bench.nets import sha256_file
 from bench.progress import progress
-from bench.protocol import TrainContext
 from bench.training.loop import load_training_checkpoint
 
 # Sized for 8x8 digits on a CPU: ~0.7M parameters, a few thousand one-shot denoisings/s.

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bench.contract import TrainContext
 from bench.errors import ConfigError
-from bench.protocol import TrainContext
 from bench.training.loop import TrainSettings
 
 # Cohen et al.'s recipe (algorithms.md 1.5), the default reference: SGD lr 0.1, StepLR x0.1
@@ -28,7 +28,7 @@ RECIPES = ("auto", "project", "reference")
 
 def reference_augment(ctx: TrainContext) -> str:
     """The augmentation the dataset's reference recipes use (its spec says; none if unknown)."""
-    from bench.dataspecs import DATASETS
+    from bench.data.specs import DATASETS
 
     entry = DATASETS.get(ctx.dataset.name)
     return entry.reference_augment if entry else "none"

@@ -1,0 +1,2 @@
+"""What an image is and where it comes from: dataset specs (torch-free), loaders, class-folder
+trees."""

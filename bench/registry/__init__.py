@@ -1,0 +1,1 @@
+"""What a name means: registry.yaml's entries, adapter import, checkpoint download (torch-free)."""

@@ -1,0 +1,1 @@
+"""What is shown: tables, leaderboards, plots, DataFrames, fixed vs sequential (no torch)."""

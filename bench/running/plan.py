@@ -1,0 +1,345 @@
+"""Plan a run: check the request, load what it needs, and write its card; nothing certified.
+
+Everything that can be wrong with a request (method, dataset, subset, sizes, registry, params,
+models, a --batch too large for the device's memory) is checked by :func:`prepare` before the
+first noisy sample, and the run's card (:func:`run_card`: the identity hashed into the run id,
+and what describes the run) is written here only. The runner (:mod:`bench.running.runner`)
+certifies a prepared run; each Ray worker (:mod:`bench.running.ray_executor`) prepares the
+same run from the driver's resolved options.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.certify import budget, procedures, stats
+from bench.certify.noise import noise_identity
+from bench.certify.procedures import Procedure, ProcedureSpec
+from bench.certify.records import PROTOCOL_VERSION, RunCard
+from bench.certify.smoothing import checked_output
+from bench.contract import Context
+from bench.data import loaders, specs
+from bench.data.layout import standard_layout
+from bench.errors import CertbenchError, ConfigError
+from bench.params import check_sigma
+from bench.registry.download import models_dir
+from bench.registry.entries import MethodEntry, load_registry
+from bench.running.devices import environment, resolve_device
+from bench.running.memory import fit_batch, is_out_of_memory
+from bench.running.roles import RoleResolver, parse_overrides
+
+PROTOCOLS = ("fixed", "sequential")
+SEQUENTIAL_IDENTITY = ("checkpoints", "checkpoint_alphas", "alpha_f", "grid", "label_aware")
+PROBE_BATCH = 2  # the model probe's batch: an answer of one row per batch shows
+
+
+@dataclass
+class RunOptions:
+    method: str = "gaussian"
+    dataset: str = "digits"
+    sigma: float | None = None  # None: 0.25, or the cascade's largest scale
+    n0: int = 100
+    n: int | None = None
+    alpha: float = 0.001
+    batch: int = 1024  # a whole noise chunk: the stream then writes straight into the batch
+    subset: str = "full"
+    max_images: int | None = None
+    shard: tuple[int, int] = (0, 1)
+    seed: int = 0
+    device: str = "auto"
+    results: Path = Path("results")
+    data_dir: Path | None = None
+    models_dir: Path | None = None
+    model: str | Sequence[str] | None = None  # NAME (the classifier) or ROLE=NAME, repeatable
+    arch: str | None = None
+    image_size: int | None = None
+    allow_resize: bool = False  # a class-folder tree resized by more than 2x is refused without
+    registry: Path | None = None
+    extra_registries: tuple[Path, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
+    budget: int | None = None
+    procedure: str | None = None  # None: the method's own (Method.PROCEDURE, else cohen)
+    # fixed: the method's procedure at a fixed N (the leaderboards' protocol); sequential:
+    # group-sequential bounds over the radius grid, stopping once the answer is determined
+    protocol: str = "fixed"
+    label_aware: bool = False  # sequential: stop after selection when the class is wrong
+    # The reporting grid: radii, "auto" (0 up to the run's maximum certifiable radius) or None
+    # (the dataset's grid). Recorded in the card's extra, never part of the run id.
+    radii: tuple[float, ...] | str | None = None
+    # Who certifies (never changes a certificate, nor the run id): "serial" (this process) or
+    # "ray" (Ray actors, one per device: bench.running.ray_executor); address: an existing Ray
+    # cluster (default: a local one for the run); workers: actors (default: one per GPU, or 2 on
+    # CPU).
+    executor: str = "serial"
+    address: str | None = None
+    workers: int | None = None
+    # role -> an in-memory model (an nn.Module returning logits, or a callable returning
+    # labels; bench.evaluate): used before --model and the registry, recorded in the card as
+    # python:<Name> with the sha256 of its parameters and buffers (part of the run id)
+    python_models: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A validated run: its card, procedure, images and device; nothing certified yet."""
+
+    opts: RunOptions
+    card: RunCard
+    procedure: Procedure
+    dataset: loaders.CertDataset
+    indices: list[int]
+    device: torch.device
+
+
+def check_protocol(opts: RunOptions) -> None:
+    """The run's scalar options (sizes are checked by :mod:`bench.certify.budget`)."""
+    if opts.sigma is not None:
+        check_sigma(opts.sigma)
+    budget.check_request(opts.n0, opts.n, opts.budget)
+    if not 0 < opts.alpha < 1:
+        raise ConfigError(f"--alpha must be in (0, 1), got {opts.alpha:g}")
+    if opts.batch < 1:
+        raise ConfigError(f"--batch must be at least 1, got {opts.batch}")
+    if opts.max_images is not None and opts.max_images < 1:
+        raise ConfigError(f"--max-images must be at least 1, got {opts.max_images}")
+    if opts.seed < 0:
+        raise ConfigError(f"--seed must be non-negative, got {opts.seed}")
+    i, k = opts.shard
+    if not (k >= 1 and 0 <= i < k):
+        raise ConfigError(f"--shard must be I/K with 0 <= I < K, got {i}/{k}")
+    if opts.procedure is not None:
+        procedures.get(opts.procedure)
+    if opts.radii is not None:
+        specs.check_radii(opts.radii)
+    if opts.protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown --protocol {opts.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if opts.protocol == "sequential" and opts.radii == specs.AUTO_RADII:
+        raise ConfigError("--protocol sequential stops at the levels of a fixed grid; pass "
+                          "--radii R1,R2,... or leave the dataset's grid")
+    if opts.label_aware and opts.protocol != "sequential":
+        raise ConfigError("--label-aware applies to --protocol sequential only")
+
+
+def procedure_name(opts: RunOptions, method) -> str:
+    """The procedure of the run: --procedure, the method's own, or ``sequential`` for
+    ``--protocol sequential`` (which replaces Cohen's fixed N, never another procedure)."""
+    name = opts.procedure or getattr(method, "PROCEDURE", procedures.DEFAULT)
+    if opts.protocol != "sequential":
+        return name
+    if name not in (procedures.DEFAULT, "sequential"):
+        raise ConfigError(f"--protocol sequential replaces Cohen's fixed-N CERTIFY; method "
+                          f"{opts.method!r} is certified with the {name} procedure")
+    return "sequential"
+
+
+def prepare(opts: RunOptions) -> Prepared:
+    """Validate the request and load everything; no certification yet."""
+    registry = load_registry(opts.registry, extra=opts.extra_registries,
+                             datasets=loaders.DATASET_NAMES)
+    entry = registry.method(opts.method)
+    loaders.check_subset(opts.dataset, opts.subset)
+    check_protocol(opts)
+    device = resolve_device(opts.device)
+    method = entry.instantiate(opts.dataset, opts.params)
+    name = procedure_name(opts, method)
+    sigma = procedures.get(name).run_sigma(method, opts.sigma)
+    opts = replace(opts, procedure=name, sigma=sigma)  # resolved: the card records these
+    models = RoleResolver(registry, opts.method, entry.model_roles(opts.dataset),
+                          info=loaders.placeholder_info(opts.dataset), sigma=opts.sigma,
+                          device=device, base_dir=models_dir(opts.models_dir),
+                          overrides=parse_overrides(opts.model), arch=opts.arch,
+                          python_models=opts.python_models)
+    ds = loaders.load_split(opts.dataset, "test", data_dir=opts.data_dir,
+                             image_size=opts.image_size, allow_resize=opts.allow_resize,
+                             model=models.facts() if loaders.reads_tree(opts.dataset) else None)
+    models.info = ds.info  # a class-folder tree is read to fit the model: now its info is known
+    indices = loaders.resolve_subset(opts.dataset, opts.subset, len(ds))
+    grid_dataset = default_grid_dataset(opts, models)
+    ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
+                  models=models)
+    spec = ProcedureSpec(name=opts.procedure, dataset=opts.dataset, method=opts.method,
+                         n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
+                         sigma=opts.sigma, seed=opts.seed, batch=opts.batch,
+                         radii=_procedure_radii(opts, grid_dataset),
+                         label_aware=opts.label_aware)
+    procedure = procedures.build(spec, method, ctx)
+    models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
+    check_model_fits(procedure, ds, indices, device, model_names(models))
+    batch = fit_batch(procedure, ds.info.shape, opts.batch, device)
+    if batch != opts.batch:  # the batch never changes a certificate, nor the card
+        opts = replace(opts, batch=batch)
+        procedure = procedures.build(replace(spec, batch=batch), method, ctx)
+    card = run_card(opts, entry, method.params, procedure, models, ds, indices, device,
+                    grid_dataset=grid_dataset)
+    return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
+                    device=device)
+
+
+def model_names(models: RoleResolver) -> str:
+    """The models a run loaded, for messages: ``model NAME`` or ``models ROLE NAME, ...``."""
+    roles = models.roles()
+    if not roles:  # e.g. the dummy method: no network
+        return f"method {models.method}'s base classifier"
+    if len(roles) == 1:
+        return f"model {next(iter(roles.values()))['name']}"
+    return "models " + ", ".join(f"{role} {ref['name']}" for role, ref in roles.items())
+
+
+def check_model_fits(procedure: Procedure, ds: loaders.CertDataset, indices: list[int],
+                     device: torch.device, models: str = "the model") -> None:
+    """One forward pass on ``PROBE_BATCH`` copies of the first image, before any noise: images
+    the model cannot take (channels, size), any other error of the model, an answer of another
+    batch size or type, or a class count other than the data's are one line naming
+    ``models`` and the input shape, not a traceback an hour in."""
+    base = getattr(procedure, "base", None)
+    if base is None or not indices:
+        return
+    x, _ = ds[indices[0]]
+    batch = standard_layout(x[None].expand(PROBE_BATCH, *x.shape)).to(device)
+    begin = getattr(base, "begin_phase", None)
+    if callable(begin):  # its own randomness restarts at every phase: this draw is never used
+        begin(0, 0, procedures.base.PROBE_PHASE)
+    try:
+        with torch.inference_mode():
+            out = base(batch)
+    except CertbenchError as exc:  # e.g. a wrong answer (bench.contract.LogitClassifier)
+        if models in str(exc):
+            raise
+        raise type(exc)(f"{models}: {exc}") from None
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise ConfigError(_refused_input(models, ds, tuple(batch.shape), exc)) from None
+    checked_output(out, PROBE_BATCH, who=f"the base classifier of {models}")
+    if out.is_floating_point() and out.dim() == 2 and out.shape[-1] != ds.info.num_classes:
+        classes_from = getattr(ds, "describe", dict)().get("classes_from", ds.info.name)
+        raise ConfigError(
+            f"{models} outputs {out.shape[-1]} classes but the images' labels index "
+            f"{ds.info.num_classes} classes ({classes_from}); set the model "
+            "entry's num_classes or classes to match")
+
+
+def _refused_input(models: str, ds: loaders.CertDataset, shape: tuple[int, ...],
+                   exc: Exception) -> str:
+    c, h, w = ds.info.shape
+    fix = ("set the model entry's channels / image_size or pass --image-size"
+           if loaders.reads_tree(ds.info.name) else
+           f"check that its architecture takes {ds.info.name} images ({c}x{h}x{w})")
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return (f"{models} does not accept the images as read (input {shape}: {c} channels, "
+            f"{h}x{w}): {type(exc).__name__}: {first}; {fix}")
+
+
+def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
+             procedure: Procedure, models: RoleResolver, ds: loaders.CertDataset,
+             indices: list[int], device: torch.device, *,
+             grid_dataset: str | None = None) -> RunCard:
+    """The protocol card: the identity (hashed into the run id) and what describes the run.
+
+    The default procedure is left out of the identity, so run ids of stores written before
+    procedures existed stay valid; any other procedure is part of it. Likewise the noise
+    generator's device type is recorded only when it is not the CPU (:func:`noise_identity`).
+    """
+    b = procedure.budget
+    identity = {
+        "protocol": PROTOCOL_VERSION,
+        "method": opts.method,
+        "adapter": entry.adapter,
+        "params": _jsonable(params),
+        "models": models.hashes(),
+        "dataset": opts.dataset,
+        "data_fingerprint": ds.fingerprint,
+        "subset": opts.subset,
+        "subset_size": len(indices),
+        "subset_hash": loaders.subset_hash(indices),
+        "sigma": opts.sigma,
+        "n0": b.n0,
+        "n": b.n,
+        "m": b.m,
+        "alpha": opts.alpha,
+        "seed": opts.seed,
+        "noise": noise_identity(ds.info.shape, device),
+    }
+    if procedure.name != procedures.DEFAULT:
+        identity["procedure"] = procedure.name
+    if procedure.name == "sequential":  # its looks, alphas and grid decide when it stops
+        rule = procedure.card()
+        identity["sequential"] = {k: rule[k] for k in SEQUENTIAL_IDENTITY}
+    extra: dict[str, Any] = {
+        "budget": b.card(),
+        "cost_per_sample": {"classifier_passes": procedure.cost.classifier_passes,
+                            "diffusion_passes": procedure.cost.diffusion_passes},
+        **radius_grid_fields(opts, procedure, grid_dataset),
+        "paper": dict(entry.paper),
+        "environment": environment(device),
+        "executor": opts.executor,  # who certified: never part of the identity
+        "procedure": procedure.card(),
+        "model_roles": models.roles(),
+    }
+    describe_data = getattr(ds, "describe", None)
+    if callable(describe_data):  # a class-folder tree: the folder, labels, size fed
+        extra["data"] = describe_data()
+    described = procedure.describe()
+    if described:  # e.g. a denoiser's timestep, DiffSmooth's sigma/sigma' pairing
+        extra["base_classifier"] = _jsonable(described)
+    return RunCard(identity=identity, extra=extra)
+
+
+def default_grid_dataset(opts: RunOptions, models: RoleResolver) -> str:
+    """The dataset whose radius grid a run reports without --radii: its own, except that a
+    class-folder tree borrows the grid of the dataset its classifier was trained on (a CIFAR-10
+    model on 32 px images is not reported on ImageNet's 0.5-3.0)."""
+    if not loaders.reads_tree(opts.dataset):
+        return opts.dataset
+    facts = models.facts()
+    own = facts.dataset if facts is not None else None
+    if own in loaders.DATASET_NAMES and not loaders.reads_tree(own):
+        return own
+    return opts.dataset
+
+
+def _procedure_radii(opts: RunOptions, grid_dataset: str) -> tuple[float, ...]:
+    """The grid a procedure is built with: --radii, a borrowed dataset grid, or () for the
+    run's own dataset grid (so the identity of existing sequential runs is unchanged)."""
+    if isinstance(opts.radii, tuple):
+        return tuple(opts.radii)
+    if opts.radii is None and grid_dataset != opts.dataset:
+        return tuple(loaders.radius_grid(grid_dataset))
+    return ()
+
+
+def radius_grid_fields(opts: RunOptions, procedure: Procedure,
+                       grid_dataset: str | None = None) -> dict[str, Any]:
+    """The card's ``radius_grid`` (and ``radius_grid_source`` when it is not the dataset's):
+    the dataset's grid (a class-folder tree: that of its model's dataset), ``--radii`` as
+    given, or ``auto``: 0 up to the run's maximum certifiable radius (a procedure's own bound
+    where it declares one, else Cohen's)."""
+    if opts.radii is None:
+        grid_dataset = grid_dataset or opts.dataset
+        fields: dict[str, Any] = {"radius_grid": list(loaders.radius_grid(grid_dataset))}
+        if grid_dataset != opts.dataset:
+            fields["radius_grid_source"] = f"{grid_dataset} (the model's dataset)"
+        return fields
+    radii = specs.check_radii(opts.radii)
+    if radii == specs.AUTO_RADII:
+        top = (procedure.card() or {}).get("max_certifiable_radius")
+        if top is None:
+            top = stats.max_radius(opts.sigma, procedure.budget.n, opts.alpha)
+        return {"radius_grid": list(specs.auto_grid(float(top))),
+                "radius_grid_source": "auto"}
+    return {"radius_grid": list(radii), "radius_grid_source": "--radii"}
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(dict(params), sort_keys=True))
+    except TypeError as exc:
+        raise ConfigError(f"method params must be plain values ({exc})") from None
