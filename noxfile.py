@@ -9,7 +9,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "imports", "tests"]
 
 
 @nox.session(python=False)
@@ -20,7 +20,15 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def lint(session: nox.Session) -> None:
-    session.run("ruff", "check", "bench", "methods", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "bench", "methods", "tests", "examples", "benchmarks", "scripts",
+                "noxfile.py")
+
+
+@nox.session(python=False)
+def imports(session: nox.Session) -> None:
+    """The import contracts of pyproject.toml: layers, no circle, methods/ import only the
+    adapter API, the reporting side never imports torch (tests/test_layers.py runs them too)."""
+    session.run("lint-imports", "--no-cache")
 
 
 @nox.session(python=False)
