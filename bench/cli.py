@@ -31,13 +31,14 @@ import textwrap
 from collections.abc import Iterable, Sequence
 
 from bench.commands import COMMANDS
+from bench.data.specs import dataset_names
 from bench.errors import CertbenchError
 
 LOGGER = "certbench"
 DESCRIPTION = """\
 certbench: certified L2 robustness by randomized smoothing, measured the same way for every
-method. It certifies test images with a registered method (or your own model) under a fixed
-protocol, keeps every per-image certificate in a results folder, and turns the results into
+method. It certifies test images with a registered method (or your own model) under one fixed
+contract, keeps every per-image certificate in a results folder, and turns the results into
 comparable tables, plots and leaderboards."""
 EPILOG = """\
 examples:
@@ -169,7 +170,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: the CLI starts without tqdm; only a log line needs it
 
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise
@@ -306,8 +307,6 @@ def hinted(message: str, args: argparse.Namespace | None = None) -> str:
             return f"{head} (did you mean {close!r}?){sep}{tail}"
     dataset = getattr(args, "dataset", None)
     if isinstance(dataset, str) and dataset:
-        from bench.data.specs import dataset_names
-
         if dataset not in dataset_names():
             close = closest(dataset, dataset_names())
             if close:

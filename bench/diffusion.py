@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.contract import Cost
 from bench.errors import ConfigError, ModelError
 from bench.registry.adapters import import_adapter_module
 
@@ -124,7 +125,6 @@ class DenoisedClassifier(nn.Module):
 
     def __init__(self, denoiser: Denoiser, classifier: nn.Module, num_classes: int):
         super().__init__()
-        from bench.contract import Cost
 
         self.denoiser, self.classifier = denoiser, classifier
         self.num_classes = num_classes
@@ -146,7 +146,7 @@ def load_diffusers(name: str, location: str, device: torch.device | str = "cpu")
 
     Folders may hold ``unet/`` + ``scheduler/`` (pipeline layout) or both configs at the top.
     """
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel  # lazy: diffusers takes seconds to import
 
     folder = Path(location).expanduser()
     if folder.is_dir():

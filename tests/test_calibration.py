@@ -19,8 +19,8 @@ from bench.nets import sha256_file
 from bench.registry.entries import load_registry
 from bench.running.train import _registered_model
 from bench.training.calibration import (
+    brier_loss,
     calibration_losses,
-    consistency_loss,
     denoise,
     diversity_loss,
     finetune_denoiser,
@@ -29,16 +29,16 @@ from bench.training.calibration import (
 TINY = {"epochs": 2, "batch": 8, "lr": 1e-3, "draws": 2, "eval_draws": 2}
 
 
-def test_brier_consistency_loss_by_hand():
+def test_brier_loss_by_hand():
     # one image, two draws, two classes, label 0
     probs = torch.tensor([[[0.8, 0.2], [0.6, 0.4]]])
     y = torch.tensor([0])
     # ||p - e_0||^2: draw 1: 0.2^2 + 0.2^2 = 0.08; draw 2: 0.4^2 + 0.4^2 = 0.32
-    both = consistency_loss(probs, y, torch.tensor([[True, True]]))
+    both = brier_loss(probs, y, torch.tensor([[True, True]]))
     assert both.item() == pytest.approx((0.08 + 0.32) / 2)
-    first = consistency_loss(probs, y, torch.tensor([[True, False]]))
+    first = brier_loss(probs, y, torch.tensor([[True, False]]))
     assert first.item() == pytest.approx(0.08 / 2)  # a wrong draw counts as zero in the mean
-    assert consistency_loss(probs, y, torch.tensor([[False, False]])).item() == 0
+    assert brier_loss(probs, y, torch.tensor([[False, False]])).item() == 0
 
 
 def test_anti_consistency_loss_by_hand():

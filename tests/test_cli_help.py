@@ -90,9 +90,11 @@ RUN = ("run", "--dataset", "digits", "--subset", "dev", "--n", "10", "--n0", "5"
     (("--subset", "deev"), "did you mean 'dev'?"),
     (("--model", "digits-cnn-gausian-0.25"), "did you mean 'digits-cnn-gaussian-0.25'?"),
     (("--procedure", "cohn"), "did you mean 'cohen'?"),
-    (("--protocol", "seq"), "did you mean 'sequential'?"),
+    (("--certification", "seq"), "did you mean 'sequential'?"),
+    (("--protocol", "seq"), "did you mean 'sequential'?"),  # --certification's first name
     (("--method", "dummy", "--param", "labl=1"), "did you mean 'label'?"),
-], ids=["method", "dataset", "subset", "model", "procedure", "protocol", "param"])
+], ids=["method", "dataset", "subset", "model", "procedure", "certification", "protocol",
+        "param"])
 def test_did_you_mean_on_run(cli, tmp_path, args, expected):
     code, out, err = cli(*RUN, "--results", tmp_path, *args)
     assert code == 2, out

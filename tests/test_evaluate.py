@@ -131,6 +131,9 @@ def test_evaluate_refuses_bad_requests(tmp_path):
         run(TinyNet(), tmp_path, method="clean")
     with pytest.raises(ConfigError, match="unknown option"):
         run(TinyNet(), tmp_path, epochs=3)
+    for name in ("certification", "protocol"):  # protocol=: certification's first name
+        with pytest.raises(ConfigError, match="unknown --certification 'bogus'"):
+            run(TinyNet(), tmp_path, **{name: "bogus"})
     assert not (tmp_path / "runs").exists()
 
 

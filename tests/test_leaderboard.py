@@ -85,18 +85,18 @@ def test_files_links_and_kinds(tmp_path):
     # Three kinds, visibly different (row classes and badges).
     for kind in ("reproduced", "claimed", "reported"):
         assert f'class="kind-{kind}"' in html
-    assert html.count("<svg") >= 3  # one plot per protocol group plus the envelope
+    assert html.count("<svg") >= 3  # one plot per comparison group plus the envelope
     assert "cdn" not in html.lower() and "<script src" not in html
 
 
-def test_same_compute_sections_and_rank_within_protocol(tmp_path):
+def test_same_compute_sections_and_rank_within_group(tmp_path):
     html = (make_board(tmp_path) / "digits.html").read_text()
     sections = re.findall(r"Same compute: ([\d,]+) predictions per image", html)
     assert sections == ["200", "1,000"]
-    # The N=200 run is alone in its protocol: rank 1 there, ranked against nothing else.
+    # The N=200 run is alone in its group: rank 1 there, ranked against nothing else.
     n200 = html.split("Same compute: 200")[1].split("Same compute: 1,000")[0]
     assert n200.count('class="kind-reproduced"') == 1 and '<td data-sort="1">1</td>' in n200
-    # In the N=1,000 protocol: two sigmas and the claimed run on the same six images; no
+    # In the N=1,000 group: two sigmas and the claimed run on the same six images; no
     # paired sign test on six images is significant, so all three share rank 1.
     n1000 = html.split("Same compute: 1,000")[1].split("Best over sigma")[0]
     ranks = re.findall(r'<td data-sort="(\d+)"[^>]*>(\d+=?)</td>', n1000)
@@ -367,5 +367,5 @@ def test_index_has_headlines_date_and_version(tmp_path):
         assert f'<table class="headline" data-dataset="{ds}">' in index
     digits = index.split('data-dataset="digits"')[1].split("</table>")[0]
     assert "<th>r=0.25</th><th>r=0.5</th><th>r=1</th><th>ACR</th>" in digits
-    assert 'href="digits.html#protocol-' in digits
+    assert 'href="digits.html#group-' in digits
     assert leaderboard.key_radii([0.0, 0.5, 1.0, 1.5, 2.0, 3.0]) == [0.5, 1.0, 2.0]

@@ -72,7 +72,7 @@ def test_page_renders_sorts_plots_without_errors_or_script_injection(driver, boa
     assert plots[0].find_elements("css selector", "path.curve")
     assert plots[0].size["width"] > 100
 
-    # Sorting: the N=1,000 protocol table: two reproduced sigmas and the claimed row.
+    # Sorting: the N=1,000 group's table: two reproduced sigmas and the claimed row.
     table = next(t for t in tables
                  if len(t.find_elements("css selector", "tbody tr")) >= 3)
     headers = table.find_elements("css selector", "thead th")
@@ -235,7 +235,7 @@ def test_greyed_cells_descriptions_and_index_headlines(viewport, board):
     assert heads[:3] == ["rank", "method", "sigma"] and heads[-1] == "ACR"
     assert digits.find_elements("css selector", "tbody tr.kind-reproduced")
     link = digits.find_element("css selector", "tr.group a")
-    assert "digits.html#protocol-" in link.get_attribute("href")
+    assert "digits.html#group-" in link.get_attribute("href")
 
 
 def test_print_stylesheet(viewport, board):

@@ -1,4 +1,4 @@
-"""``--protocol sequential`` through the CLI: its own run identity and card, the summary line,
+"""``--certification sequential`` through the CLI: its own run identity and card, the summary line,
 label-aware exits recorded as such, one-line refusals, and tables that never rank a
 sequential row against fixed-N rows."""
 
@@ -15,7 +15,8 @@ def card(results) -> dict:
 
 
 def test_sequential_run_has_its_own_identity_and_card(cli, tmp_path):
-    code, out, err = cli("run", *SMALL, "--protocol", "sequential", "--results", tmp_path / "s")
+    code, out, err = cli("run", *SMALL, "--certification", "sequential", "--results",
+                         tmp_path / "s")
     assert code == 0, err
     assert "sequential (GS-CP): looks at 200, 800, 2,400" in out and "mean samples" in out
     c = card(tmp_path / "s")
@@ -33,7 +34,7 @@ def test_sequential_run_has_its_own_identity_and_card(cli, tmp_path):
 def test_label_aware_exit_is_recorded(cli, tmp_path):
     code, _, err = cli("run", "--method", "gaussian", "--sigma", 1, "--n", 500, "--n0", 20,
                        "--max-images", 40,
-                       "--quiet", "--protocol", "sequential", "--label-aware",
+                       "--quiet", "--certification", "sequential", "--label-aware",
                        "--results", tmp_path)
     assert code == 0, err
     assert card(tmp_path)["identity"]["sequential"]["label_aware"] is True
@@ -49,27 +50,27 @@ def test_label_aware_exit_is_recorded(cli, tmp_path):
 
 
 def test_sequential_refusals_are_one_line(cli, tmp_path):
-    cases = [(("--label-aware",), "--protocol sequential only"),
-             (("--protocol", "sequential", "--radii", "auto"), "fixed grid"),
-             (("--protocol", "sequential", "--procedure", "cascade"), "replaces Cohen")]
+    cases = [(("--label-aware",), "--certification sequential only"),
+             (("--certification", "sequential", "--radii", "auto"), "fixed grid"),
+             (("--certification", "sequential", "--procedure", "cascade"), "replaces Cohen")]
     for extra, message in cases:
         code, _, err = cli("run", *SMALL, *extra, "--results", tmp_path)
         assert code == 2 and message in err and len(err.splitlines()) == 1, (extra, err)
-    code, _, err = cli("run", "--method", "multiscale", "--protocol", "sequential", "--n", 100,
+    code, _, err = cli("run", "--method", "multiscale", "--certification", "sequential", "--n", 100,
                        "--quiet", "--results", tmp_path)
     assert code == 2 and "cascade" in err and len(err.splitlines()) == 1, err
 
 
-def test_tables_keep_the_protocols_apart(cli, tmp_path):
-    for extra in ((), ("--protocol", "sequential")):
+def test_tables_keep_the_certifications_apart(cli, tmp_path):
+    for extra in ((), ("--certification", "sequential")):
         code, _, err = cli("run", *SMALL, *extra, "--results", tmp_path)
         assert code == 0, err
     code, out, err = cli("table", "--dataset", "digits", "--results", tmp_path, "--no-reported")
     assert code == 0, err
     assert "sequential certification" in out
     titles = [line for line in out.splitlines() if "digits, subset" in line]
-    assert len(titles) == 2, out  # one group per protocol: never ranked against each other
-    # Side by side: the same images under both protocols, samples per image and the saving.
+    assert len(titles) == 2, out  # one group per certification: never ranked against each other
+    # Side by side: the same images under both certifications, samples per image and the saving.
     code, out, err = cli("protocols", "--dataset", "digits", "--results", tmp_path)
     assert code == 0, err
     assert "fixed N = 2,000 vs sequential (looks at 200, 800, 2,400)" in out
@@ -82,7 +83,7 @@ def test_tables_keep_the_protocols_apart(cli, tmp_path):
 def test_label_aware_runs_are_labelled_wherever_they_show(cli, tmp_path):
     """A label-aware run's early exits use the test labels: its own table group, certification
     value and legend label, and a protocols pairing that says so (the plain one too)."""
-    for extra in ((), ("--protocol", "sequential"), ("--protocol", "sequential",
+    for extra in ((), ("--certification", "sequential"), ("--certification", "sequential",
                                                      "--label-aware")):
         code, _, err = cli("run", *SMALL, *extra, "--results", tmp_path)
         assert code == 0, err
@@ -121,7 +122,7 @@ def test_protocols_says_more_samples_when_sequential_used_more(cli, tmp_path):
     "0.84x fewer"."""
     args = ("run", "--method", "dummy", "--param", "kind=linear", "--n", 500, "--n0", 20,
             "--max-images", 6, "--subset", "dev", "--quiet", "--results", tmp_path)
-    for extra in ((), ("--protocol", "sequential")):
+    for extra in ((), ("--protocol", "sequential")):  # --certification's first name
         code, _, err = cli(*args, *extra)
         assert code == 0, err
     code, out, err = cli("protocols", "--dataset", "digits", "--results", tmp_path)

@@ -143,7 +143,7 @@ def test_open_run_refuses_a_stored_row_with_another_identity(tmp_path):
     store.open_run(card)
     store.db.execute("UPDATE runs SET card = ?", (json.dumps({"identity": {"x": 1}}),))
     store.db.commit()
-    with pytest.raises(StoreError, match="exists with a different protocol card"):
+    with pytest.raises(StoreError, match="exists with a different run card"):
         store.open_run(card)
     store.close()
 

@@ -77,7 +77,7 @@ def _certs(radii, correct, predict):
 @pytest.fixture
 def store(tmp_path):
     s = Store(tmp_path)
-    # Two sigmas of one method, same protocol; a third run at another alpha (another protocol).
+    # Two sigmas of one method, same group; a third run at another alpha (another group).
     s.open_run(_card("a", 0.25))
     s.add_certs("a", _certs(RADII, CORRECT, PREDICT))
     s.open_run(_card("b", 0.5))
@@ -96,17 +96,17 @@ def test_rows_from_store_carry_metrics_interval_and_cost(store):
     assert a.interval[0.5] == metrics.sample_interval(4, 10)
     assert a.abstain == pytest.approx(0.1)
     assert a.classifier_passes == 1100 and a.seconds == 0.5 and a.device == "cpu"
-    assert a.protocol == rows["b"].protocol != rows["c"].protocol
+    assert a.group == rows["b"].group != rows["c"].group
 
 
-def test_best_values_only_within_a_protocol_and_envelope(store):
+def test_groups_and_envelope(store):
     rows = table.rows_from_store(store)
-    groups = table.group_by_protocol(rows)
+    groups = table.group_rows(rows)
     assert sorted(len(g) for g in groups.values()) == [1, 2]
     pair = next(g for g in groups.values() if len(g) == 2)
-    best = table.best_values(pair, GRID)
     # sigma 0.5 doubles the radii: at r=1.0 it has 0.5 (x2: 1.0,1.6,2.4) -> 3/10 vs 1/10.
-    assert best[1.0] == pytest.approx(0.3) and best[0.0] == pytest.approx(0.7)
+    assert max(row.accuracy[1.0] for row in pair) == pytest.approx(0.3)
+    assert max(row.accuracy[0.0] for row in pair) == pytest.approx(0.7)
     env = table.envelopes(rows)
     assert len(env) == 1 and env[0].envelope_of == ("0.25", "0.5")
     b = next(r for r in rows if r.run_id == "b")
@@ -115,11 +115,11 @@ def test_best_values_only_within_a_protocol_and_envelope(store):
     assert env[0].interval == {} and env[0].acr is None  # no honest interval for a max
 
 
-def test_markdown_marks_best_per_protocol_and_shows_intervals(store):
+def test_markdown_marks_best_per_group_and_shows_intervals(store):
     text = table.render(table.rows_from_store(store), "markdown", GRID)
     lines = [ln for ln in text.splitlines() if ln.startswith("| toy")]
     assert len(lines) == 2 + 1 + 1  # the pair, the lone alpha=0.01 run, the envelope
-    # The alpha=0.01 run is best in its own protocol (it is alone), 100% everywhere.
+    # The alpha=0.01 run is best in its own group (it is alone), 100% everywhere.
     lone = next(ln for ln in lines if "0.01" in ln)
     assert lone.count("**100.0**") == len(GRID)
     first = next(ln for ln in lines if "| 0.25 " in ln and "0.001" in ln)
@@ -165,7 +165,7 @@ def test_partial_runs_are_not_ranked_against_complete_ones(tmp_path):
     s.add_certs("part", _certs(RADII[:4], CORRECT[:4], PREDICT[:4]))
     rows = table.rows_from_store(s)
     s.close()
-    assert len(table.group_by_protocol(rows)) == 2
+    assert len(table.group_rows(rows)) == 2
     part = next(r for r in rows if r.run_id == "part")
     assert part.subset_label == "dev (4/10)"
 
@@ -200,7 +200,7 @@ def _run_row(run_id, radii, correct, sigma=0.25, seed=0, n=1000, m=1, n0=100, re
 def test_ten_images_100_vs_90_is_a_tie_not_a_sole_winner():
     a = _run_row("a-run", [0.3] * 10, [1] * 10)
     b = _run_row("b-run", [0.3] * 9 + [0.1], [1] * 10)
-    assert a.accuracy[0.25] == 1.0 and b.accuracy[0.25] == 0.9 and a.protocol == b.protocol
+    assert a.accuracy[0.25] == 1.0 and b.accuracy[0.25] == 0.9 and a.group == b.group
     marks = table.cell_marks([a, b], GRID)
     assert marks[0][0.25] == table.Mark("best")
     assert marks[1][0.25].kind == "tied" and marks[1][0.25].p_value == 1.0
@@ -273,12 +273,12 @@ def test_requested_budget_groups_runs_of_the_same_compute():
     diffsmooth = _run_row("diffsmooth-run", [0.3] * 10, [1] * 10, n=3_333, m=3,
                           requested=10_000)
     assert diffsmooth.budget == 10_000 and dds.budget == 10_000
-    assert dds.protocol == diffsmooth.protocol
-    assert len(table.group_by_protocol([dds, diffsmooth])) == 1
+    assert dds.group == diffsmooth.group
+    assert len(table.group_rows([dds, diffsmooth])) == 1
     assert "budget 10,000 predictions/image" in table.render([dds, diffsmooth], "markdown", GRID)
     # Without a requested budget (N given directly), the tier is N x m.
     plain = _run_row("diffsmooth-n", [0.3] * 10, [1] * 10, n=3_333, m=3)
-    assert plain.budget == 9_999 and plain.protocol != dds.protocol
+    assert plain.budget == 9_999 and plain.group != dds.group
     card = {"identity": {"n": 3_333, "m": 3}, "budget": {"requested": 10_000}}
     assert tier(card) == 10_000
     assert tier({"identity": {"n": 3_333, "m": 3}, "budget": {"requested": None}}) == 9_999
@@ -360,7 +360,7 @@ def test_default_columns_are_the_table_of_before():
 def test_latex_right_aligns_numbers_and_left_aligns_text(store):
     text = table.render(table.rows_from_store(store), "latex", GRID)
     spec = "ll" + "rrrrr" + "l" + "r" * len(GRID) + "rrrr" + "l"
-    assert text.count(r"\begin{tabular}{" + spec + "}") == 3  # two protocols, one envelope
+    assert text.count(r"\begin{tabular}{" + spec + "}") == 3  # two groups, one envelope
     row = next(ln for ln in text.splitlines() if ln.startswith(" toy") and "0.01" in ln)
     cells = row.removesuffix(r" \\").split(" & ")
     assert cells[2] == " 0.25" and cells[0].startswith(" toy ")  # sigma padded on the left
@@ -383,14 +383,14 @@ def test_long_frame_has_one_line_per_row_and_radius(store):
     assert list(small.columns) == ["method", "sigma", *table.LONG_VALUES]
 
 
-def test_envelope_keeps_the_certification_protocol():
+def test_envelope_keeps_the_certification_group():
     from dataclasses import replace
 
     s25 = replace(_run_row("g-a", [0.3] * 10, [1] * 10, sigma=0.25), certification="sequential")
     s50 = replace(_run_row("g-b", [0.6] * 10, [1] * 10, sigma=0.5), certification="sequential")
     (env,), _ = table.envelope_groups([s25, s50])
-    assert env.certification == "sequential" and env.protocol == s25.protocol
-    assert "sequential certification" in table.protocol_title(env)
+    assert env.certification == "sequential" and env.group == s25.group
+    assert "sequential certification" in table.group_title(env)
 
 
 def replace_row(row, **changes):

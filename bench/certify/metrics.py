@@ -59,7 +59,7 @@ def sample_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     This is the uncertainty from *which* images were certified (the sample of the test set),
     not the per-image alpha of the certificates: a 500-image difference of 2 points is noise.
     """
-    from scipy.stats import beta
+    from scipy.stats import beta  # lazy: scipy.stats takes seconds to import
 
     if n <= 0:
         return float("nan"), float("nan")
@@ -97,7 +97,7 @@ def binomial_two_sided(k: int, n: int) -> float:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return 1.0
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # lazy: scipy.stats takes seconds to import
 
     return float(binomtest(k, n, 0.5).pvalue)
 
@@ -194,7 +194,7 @@ def _flip_p_integer(values: np.ndarray, observed: int) -> float:
     """Exact P(|sum s_i v_i| >= |observed|) for positive integers v_i: the signed sum is
     2T - V with T the sum of the v_i given a plus sign; T's law is the convolution, over
     each distinct value v of multiplicity c, of v times a Binomial(c, 1/2)."""
-    from scipy.signal import convolve
+    from scipy.signal import convolve  # lazy: scipy takes seconds to import
     from scipy.stats import binom
 
     total = int(values.sum())

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-CHUNK = 1024  # samples per noise draw (fewer for large images): part of the noise protocol
+CHUNK = 1024  # samples per noise draw (fewer for large images): part of the noise scheme
 CHUNK_FLOATS = 1 << 24  # at most 16M floats (64 MB) per draw, e.g. 111 ImageNet images
 PHASE_SELECT, PHASE_ESTIMATE, PHASE_PREDICT = 0, 1, 2
 
@@ -79,11 +79,11 @@ NOISE_SCHEME = ("torch.randn in whole chunks from a generator seeded by SeedSequ
 def noise_identity(shape, device: torch.device | str) -> dict[str, Any]:
     """The ``noise`` block of a run's identity: chunk size, scheme and generator device type.
 
-    torch's CPU and CUDA generators give different streams from the same seed, so the device
-    type is part of what a certificate's noise is. The CPU generator is protocol 1's implicit
-    one: its key is left out, so every run id written before the key existed stays valid; any
-    other device type (``"generator": "cuda"``, ...) is recorded, and a run resumed on another
-    device type is another run.
+    torch's CPU and CUDA generators give different streams from the same seed, so the device type is
+    part of what a certificate's noise is. The CPU generator is identity version 1's implicit one:
+    its key is left out, so every run id written before the key existed stays valid; any other
+    device type (``"generator": "cuda"``, ...) is recorded, and a run resumed on another device type
+    is another run.
     """
     block: dict[str, Any] = {"chunk": chunk_size(shape), "scheme": NOISE_SCHEME}
     kind = torch.device(device).type

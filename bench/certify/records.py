@@ -1,7 +1,7 @@
 """The records of a run, each computed in exactly one place (no torch).
 
 * :class:`Certificate`: what certifying one image produced (counts, bound, radius, cost).
-* :class:`RunCard`: the protocol card; the run id is the hash of its identity, here only.
+* :class:`RunCard`: the run card; the run id is the hash of its identity, here only.
 * :class:`RunSummary`: metrics over a run's certificates (certified accuracy with intervals
   over the image sample, ACR, abstain rate, cost), built by :meth:`RunSummary.from_certs`;
   it also keeps each image's (radius, correct) by index for paired tests (not serialized).
@@ -22,7 +22,7 @@ from typing import Any
 from bench.certify import metrics
 from bench.data.specs import grid_for, subset_hash
 
-PROTOCOL_VERSION = 1
+IDENTITY_VERSION = 1  # the run identity's version, under its first key "protocol"
 CI_LEVEL = 0.95  # the over-images interval shown next to certified accuracy
 ABSTAIN = -1
 
@@ -130,7 +130,7 @@ class Certificate:
 
 @dataclass
 class RunCard:
-    """The protocol card of a run: ``identity`` (what must match to resume or compare; its
+    """The card of a run: ``identity`` (what must match to resume or compare; its
     hash is the run id) plus descriptive fields (budget, cost, grid, paper, environment,
     procedure, model roles, a claimed run's source)."""
 
@@ -242,7 +242,7 @@ class RunSummary:
     @property
     def max_certifiable_radius(self) -> float:
         """The largest radius any image can reach at this sigma, N and alpha."""
-        from bench.certify import stats
+        from bench.certify import stats  # lazy: stats imports scipy, which takes seconds
 
         declared = (self.card.extra.get("procedure") or {}).get("max_certifiable_radius")
         if declared is not None:  # a procedure whose bound is not Cohen's (the cascade)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from scipy.stats import beta, binomtest, norm
 
 ABSTAIN = -1
@@ -36,8 +37,6 @@ def cp_upper(k: int, n: int, alpha: float) -> float:
 
 def cp_upper_each(counts, n: int, alpha: float) -> list[float]:
     """:func:`cp_upper` of every count in one vectorized call (the cascade's per-class bounds)."""
-    import numpy as np
-
     k = np.asarray(counts, dtype=float)
     with np.errstate(invalid="ignore"):
         upper = beta.ppf(1 - alpha, k + 1, n - k)

@@ -115,7 +115,7 @@ def common_registry(p: argparse.ArgumentParser) -> None:
 
 
 def certification_options(p: argparse.ArgumentParser) -> None:
-    """The protocol and I/O options of every command that certifies (run, compare)."""
+    """The certification and I/O options of every command that certifies (run, compare)."""
     p.add_argument("--sigma", type=float, default=None,
                    help="noise std in [0,1] pixel units (default 0.25; a cascade's noise levels "
                         "are its param scales)")
@@ -146,13 +146,16 @@ def certification_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--procedure", default=None,
                    help="certification procedure (default: the method's own; cohen = CERTIFY "
                         "with fixed N0 and N, cascade = multi-scale)")
-    p.add_argument("--protocol", choices=("fixed", "sequential"), default="fixed",
+    p.add_argument("--certification", choices=("fixed", "sequential"), default="fixed",
                    help="fixed: N estimation samples per image (default; what leaderboards "
                         "rank); sequential: group-sequential bounds over the radius grid, "
                         "stopping once the certified level is determined (same guarantee, "
                         "fewer samples; ranked separately)")
+    # --certification's first name, still accepted (not shown in --help)
+    p.add_argument("--protocol", choices=("fixed", "sequential"), dest="certification",
+                   help=argparse.SUPPRESS)
     p.add_argument("--label-aware", action="store_true",
-                   help="with --protocol sequential: stop after selection when the selected "
+                   help="with --certification sequential: stop after selection when the selected "
                         "class is wrong (it cannot add to certified accuracy; recorded)")
     p.add_argument("--radii", default=None, metavar="R1,R2,...|auto",
                    help="radii to report certified accuracy at: comma-separated non-negative "
@@ -173,6 +176,6 @@ def certification_fields(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": args.data_dir, "models_dir": args.models_dir, "registry": args.registry,
         "extra_registries": tuple(args.extra_registry), "params": params_dict(args.param),
         "progress": not args.quiet, "procedure": args.procedure,
-        "protocol": args.protocol, "label_aware": args.label_aware,
+        "certification": args.certification, "label_aware": args.label_aware,
         "radii": None if args.radii is None else parse_radii(args.radii),
     }

@@ -40,6 +40,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.running.compare import CompareOptions, compare, describe, format_table, save_markdown
     from bench.running.plan import RunOptions
 

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 from bench.commands.common import common_registry
+from bench.errors import ConfigError, ModelError
+from bench.registry.entries import load_registry
 
 HELP = "fetch registered model checkpoints (by url or Hub id) into the models folder"
 
@@ -35,10 +37,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.errors import ConfigError, ModelError
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.registry import download
     from bench.registry.download import models_dir
-    from bench.registry.entries import load_registry
 
     if bool(args.models) == bool(args.all):
         raise ConfigError("pass MODEL names or --all (not both); 'python -m bench list' "

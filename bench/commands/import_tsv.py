@@ -37,6 +37,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.store.tsv_import import ImportOptions, import_tsv
 
     result = import_tsv(ImportOptions(

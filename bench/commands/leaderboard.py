@@ -1,7 +1,7 @@
 """``python -m bench leaderboard``: Markdown and static HTML leaderboards from the store.
 
 Writes ``index.html``, ``<dataset>.html`` and ``<dataset>.md`` for every dataset with rows,
-and copies each run's protocol card and per-image TSV under ``runs/`` so the links work
+and copies each run's card and per-image TSV under ``runs/`` so the links work
 offline. Reported numbers come from the registry (``--registry``/``--extra-registry``).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.commands.common import common_registry, folder
+from bench.registry.entries import load_registry
 
 HELP = "write Markdown and static HTML leaderboards"
 
@@ -25,7 +26,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.registry.entries import load_registry
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.reports.leaderboard import build
     from bench.store.exports import open_results
 

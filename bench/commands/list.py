@@ -5,6 +5,8 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from bench.commands.common import common_registry
+from bench.data import specs  # torch-free: listing loads no data
+from bench.registry.entries import load_registry
 
 HELP = "show methods, datasets and models"
 
@@ -14,18 +16,15 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.data import specs as datasets  # torch-free: listing loads no data
-    from bench.registry.entries import load_registry
-
     reg = load_registry(args.registry, extra=args.extra_registry,
-                        datasets=datasets.DATASET_NAMES)
+                        datasets=specs.DATASET_NAMES)
     rows = [[m.name, ", ".join(m.datasets) or "-", m.description] for m in reg.methods.values()]
     print(tabulate(rows, headers=["method", "datasets", "description"]))
     print()
     rows = []
-    for name in datasets.DATASET_NAMES:
-        grid = datasets.radius_grid(name)
-        rows.append([name, ", ".join(datasets.subset_names(name)),
+    for name in specs.DATASET_NAMES:
+        grid = specs.radius_grid(name)
+        rows.append([name, ", ".join(specs.subset_names(name)),
                      f"{grid[0]:g}..{grid[-1]:g} step {grid[1] - grid[0]:g}"])
     print(tabulate(rows, headers=["dataset", "subsets", "radius grid"]))
     print()

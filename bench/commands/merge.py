@@ -25,6 +25,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.store.merge import format_result, merge
 
     print(format_result(merge(args.results, args.sources)))

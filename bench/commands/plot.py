@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.commands.common import common_registry
+from bench.errors import ConfigError
 
 HELP = "draw certified accuracy vs radius as step curves (pdf, png, svg)"
 
@@ -41,8 +42,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.errors import ConfigError
-
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     try:
         import matplotlib
     except ImportError:

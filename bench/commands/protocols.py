@@ -1,9 +1,12 @@
-"""``python -m bench protocols``: fixed-N and sequential runs side by side (samples saved,
+"""``python -m bench protocols``: fixed-N and sequential certification side by side (samples saved,
 certified accuracy per radius under each)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from bench.data import specs
+from bench.errors import ConfigError
 
 HELP = "fixed-N vs sequential certification side by side: samples per image and accuracy"
 
@@ -13,13 +16,12 @@ def add_arguments(p) -> None:
     p.add_argument("--methods", default=None,
                    help="comma-separated methods to include (default: every method with a pair)")
     p.add_argument("--results", type=Path, default=Path("results"),
-                   help="the results holding both protocols' runs: a --results folder (its "
+                   help="the results holding runs of both certifications: a --results folder (its "
                         "store, read-only) or a folder of exported runs")
 
 
 def run(args) -> int:
-    from bench.data import specs
-    from bench.errors import ConfigError
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.reports.fixed_vs_sequential import pairs, render
     from bench.store.exports import open_results
 

@@ -63,6 +63,7 @@ def positive(text: str) -> int:
 
 
 def run(args) -> int:
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.running.plan import RunOptions
     from bench.running.runner import EmptyShard, check_executor_options, run
 

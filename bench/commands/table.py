@@ -1,7 +1,7 @@
 """``python -m bench table``: the standardized certified-accuracy table of one dataset.
 
 One row per run in the store (reproduced and claimed) plus the registry's reported rows; the
-best value per radius is marked within each protocol (dataset, subset, alpha, budget), with
+best value per radius is marked within each comparison group (dataset, subset, alpha, budget), with
 the rows not significantly different from it (paired exact tests on the same images, level
 0.05), then the best-over-sigma envelope per configuration. Certified accuracy carries an
 exact 95% Clopper-Pearson interval over the image sample.
@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.commands.common import common_registry
+from bench.errors import ConfigError
+from bench.registry.entries import load_registry
 
 HELP = "print the standardized table of a dataset (markdown, latex, csv or long csv)"
 
@@ -53,8 +55,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from bench.errors import ConfigError
-    from bench.registry.entries import load_registry
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.reports.table import (
         collect_rows,
         grid_of,

@@ -56,6 +56,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.running.train import TrainOptions, train
 
     opts = TrainOptions(

@@ -33,6 +33,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.running.validate import validate
 
     report = validate(args.registry, extra=args.extra_registry, methods=args.method,

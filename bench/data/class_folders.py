@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.errors import ConfigError, DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -183,6 +185,7 @@ def label_map(folders: Sequence[str], root: Path, *,
 
 def scan(root: Path, mapping: Mapping[str, int], *, name: str = "imagefolder") -> list[Sample]:
     """Every image file under the class folders: bytes hashed, header read, in label order."""
+    # lazy: Pillow only where a class-folder tree is read
     from PIL import Image, UnidentifiedImageError
 
     out: list[Sample] = []
@@ -222,8 +225,7 @@ def read_pixels(img, channels: int):
     image (``F``) divided by 65535, and float images as they are, where ``convert("L")`` would
     clip them to white; an RGB model gets that channel three times (the caller expands it).
     32-bit integer images (refused by :func:`scan`) are a ``ValueError``."""
-    import numpy as np
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow only where a class-folder tree is read
 
     if img.mode not in DEEP_MODES:
         return img.convert("L" if channels == 1 else "RGB")

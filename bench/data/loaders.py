@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bench.data import class_folders as F
 from bench.data import specs
 from bench.data.class_folders import ModelFacts, Tree
 from bench.data.layout import standard_layout
@@ -158,7 +159,7 @@ class _FolderDataset(CertDataset):
         return len(self.folder)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from PIL import Image
+        from PIL import Image  # lazy: Pillow only where image files are read
 
         try:
             x, label = self.folder[index]
@@ -186,7 +187,7 @@ class TreeDataset(CertDataset):
 
     def __init__(self, info: DatasetInfo, split: str, tree: Tree):
         super().__init__(info, split)
-        from torchvision import transforms
+        from torchvision import transforms  # lazy: torchvision takes seconds to import
 
         self.tree = tree
         size = info.shape[-1]
@@ -197,9 +198,7 @@ class TreeDataset(CertDataset):
         return len(self.tree.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
-        from bench.data import class_folders as F
+        from PIL import Image  # lazy: Pillow only where image files are read
 
         sample = self.tree.samples[index]
         try:
@@ -308,6 +307,7 @@ def _loader(entry: DatasetSpec):
 
 def load_digits(info: DatasetInfo, split: str, root: Path) -> CertDataset:
     """scikit-learn's embedded digits; root is unused (nothing to download)."""
+    # lazy: scikit-learn takes seconds to import
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
@@ -379,7 +379,7 @@ def load_idx(info: DatasetInfo, split: str, root: Path) -> CertDataset:
         if raw.ndim != 3 or targets.ndim != 1:
             raise DataError(f"{pair[0]} / {pair[1]} do not hold images (N, H, W) and labels (N,)")
     else:
-        from torchvision import datasets
+        from torchvision import datasets  # lazy: torchvision takes seconds to import
 
         target = root / _TORCHVISION_NAMES[name]
         existed = {path for path in (root, target) if path.exists()}
@@ -404,7 +404,7 @@ def load_idx(info: DatasetInfo, split: str, root: Path) -> CertDataset:
 
 
 def load_cifar10(info: DatasetInfo, split: str, root: Path) -> CertDataset:
-    from torchvision import datasets
+    from torchvision import datasets  # lazy: torchvision takes seconds to import
 
     tree = _cifar10_tree(root, split)
     if tree is not None:
@@ -447,9 +447,7 @@ def load_cifar10_tree(info: DatasetInfo, split: str, root: Path) -> MemoryDatase
     original batches, and lossless files give the same fingerprint, hence the same run ids.
     Otherwise the order is class, then file name, and the card's fingerprint says it differs.
     """
-    from PIL import Image
-
-    from bench.data import class_folders as F
+    from PIL import Image  # lazy: Pillow only where image files are read
 
     spec_ = specs.spec("cifar10")
     folders = F.class_folders(root, "cifar10")
@@ -492,8 +490,6 @@ def load_tree(name: str, root: Path, *, model: ModelFacts | None = None,
     (:func:`bench.data.class_folders.label_map`), the model's class count, channels (else grayscale
     when every image is) and image size (else ``--image-size``, else the size of the dataset
     the model was trained on, else the images' own size when all share it)."""
-    from bench.data import class_folders as F
-
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
     model = model or ModelFacts()
@@ -549,6 +545,7 @@ def _folder_root(name: str, data_dir: PathLike | None) -> Path:
 
 
 def _folder_classes(name: str, root: Path) -> list[str]:
+    # lazy: torchvision takes seconds to import
     from torchvision.datasets.folder import find_classes
 
     try:
@@ -562,7 +559,7 @@ def _folder_classes(name: str, root: Path) -> list[str]:
 
 
 def _load_folder(info: DatasetInfo, root: Path, *, resize: int, crop: int) -> CertDataset:
-    from torchvision import datasets, transforms
+    from torchvision import datasets, transforms  # lazy: torchvision takes seconds to import
 
     classes = _folder_classes(info.name, root)
     if len(classes) != info.num_classes:

@@ -13,8 +13,8 @@ imagenet       3 x 224x224  1000     test   ILSVRC2012 val in class folders; Res
 imagefolder    3 x S x S    folders  test   any class-folder tree; Resize S, crop S (S = 224)
 =============  ===========  =======  =====  =================================================
 
-Frozen subsets are indices into the *test* split, defined by a rule so that every run of a
-protocol certifies exactly the same images (:func:`subset_hash` identifies them in results):
+Frozen subsets are indices into the *test* split, defined by a rule so that every run on a
+subset certifies exactly the same images (:func:`subset_hash` identifies them in results):
 
 ==========  ===============  ==================================  ==================================
 subset      datasets         rule                                used by
@@ -214,10 +214,6 @@ def spec(name: str) -> DatasetSpec:
     raise ConfigError(f"unknown dataset {name!r}{hint}; valid: {', '.join(names)}")
 
 
-def check_name(name: str) -> None:
-    spec(name)
-
-
 def subset_names(name: str) -> tuple[str, ...]:
     """The frozen subsets a dataset defines (see the module docstring for the rules)."""
     return tuple(spec(name).subsets)
@@ -234,7 +230,7 @@ def resolve_subset(name: str, subset: str, length: int) -> list[int]:
     """Indices into the test split (of ``length`` images) that ``subset`` selects.
 
     A rule that reaches past the split is an error rather than a silent truncation: a
-    truncated subset would no longer be the protocol its name promises.
+    truncated subset would no longer be the images its name promises.
     """
     check_subset(name, subset)
     rule = spec(name).subsets[subset]

@@ -44,7 +44,7 @@ class ResizeNormalize(nn.Module):
 def load_timm(name: str, entry: Mapping[str, Any], num_classes: int | None,
               path: Path | None, read_state) -> tuple[nn.Module, str | None]:
     """``timm.create_model(arch)``: Hub weights, or the local file at ``path``."""
-    import timm
+    import timm  # lazy: timm is optional and slow to import
 
     arch = _arch(name, entry)
     kwargs: dict[str, Any] = {}
@@ -73,7 +73,7 @@ def load_timm(name: str, entry: Mapping[str, Any], num_classes: int | None,
 def load_torchvision(name: str, entry: Mapping[str, Any], num_classes: int | None,
                      path: Path | None, read_state) -> tuple[nn.Module, str | None]:
     """``torchvision.models.get_model(arch)``: default weights, or a local state dict."""
-    import torchvision
+    import torchvision  # lazy: torchvision takes seconds to import
 
     arch = _arch(name, entry)
     try:

@@ -9,6 +9,7 @@ of a traceback. The returned model takes [0, 1] pixels: its input layer comes fi
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import pickle
@@ -24,11 +25,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.contract import DatasetInfo
+from bench.diffusion import load_diffusers, load_python
 from bench.errors import ConfigError, ModelError
+from bench.nets import external
 from bench.nets.archs import ARCHITECTURES, build_arch
 from bench.nets.normalize import InputCenterLayer, NormalizeLayer
+from bench.registry.download import download_command, is_page_url
 from bench.registry.entries import INPUT_LAYERS as REGISTRY_INPUT_LAYERS
-from bench.registry.entries import MODEL_SOURCES
+from bench.registry.entries import MODEL_SOURCES, default_registry_path
 
 # The package's own model folder; relative ``zoo`` paths resolve against it.
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -102,7 +106,7 @@ def load_network(
 
     layer = _input_layer(layer_kind, dataset, entry.get("mean"), entry.get("std"))
     model = net if layer is None else nn.Sequential(layer, net)
-    model.checkpoint_sha256 = sha256  # recorded in protocol cards
+    model.checkpoint_sha256 = sha256  # recorded in run cards
     return model.to(device).eval()
 
 
@@ -112,18 +116,12 @@ def _load_external(name: str, source: str, entry: Mapping[str, Any], num_classes
 
     Classifiers keep the library's class count unless the entry sets ``num_classes``.
     """
-    from bench.nets import external
-
     classes = entry.get("num_classes")
     if source == "python":
-        from bench.diffusion import load_python
-
         model = load_python(name, str(entry["path"]))
         model.checkpoint_sha256 = _source_sha256(type(model.net))
         return model
     if source == "diffusers":
-        from bench.diffusion import load_diffusers
-
         folder = _diffusers_folder(entry["path"], base_dir)
         model = load_diffusers(name, str(folder) if folder else str(entry["path"]))
         sha = None
@@ -150,8 +148,6 @@ def _load_external(name: str, source: str, entry: Mapping[str, Any], num_classes
 
 def _source_sha256(cls: type) -> str | None:
     """A code-defined denoiser is identified by its source file (its weights are its code)."""
-    import inspect
-
     try:
         return sha256_file(inspect.getsourcefile(cls) or "")
     except (OSError, TypeError):
@@ -230,9 +226,6 @@ def _resolve_path(name: str, entry: Mapping[str, Any], source: str, base_dir: Pa
             how = "set the entry's path, or pass --models-dir"
         fetch, url = "", entry.get("url")
         if url:  # where it comes from, and the command that fetches a linked file
-            from bench.registry.download import download_command, is_page_url
-            from bench.registry.entries import default_registry_path
-
             command = download_command(name)
             if Path(base_dir) != Path(os.environ.get("CERTBENCH_MODELS", "models")):
                 command += f" --models-dir {base_dir}"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ModelError
+from bench.progress import progress as progress_bar
 
 log = logging.getLogger("certbench.download")
 
@@ -36,7 +37,6 @@ ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"  # as bench.nets.loader
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 QUIET_BELOW = 10_000_000  # bytes: smaller downloads show no progress
-FILE_SOURCES = ("zoo", "cohen", "state_dict", "auto", "timm", "torchvision")
 
 
 def models_dir(given: Path | None = None) -> Path:
@@ -220,8 +220,6 @@ def download_file(url: str, target: Path, *, sha256: str | None = None, name: st
                   opener: Callable[..., Any] = urllib.request.urlopen) -> tuple[str, int]:
     """Stream ``url`` into a temporary file beside ``target``, check its sha256, rename it
     into place; returns (sha256, bytes). Nothing is left behind on any failure."""
-    from bench.progress import progress as progress_bar
-
     who = f"model {name}: " if name else ""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +280,7 @@ def _fetch_hub(p: Plan) -> str:
     if p.present is not None and _is_diffusers_folder(p.present):
         return f"{p.name}: already at {p.present}, skipped"
     try:
+        # lazy: huggingface_hub is needed only for Hub downloads
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ModelError(f"model {p.name}: downloading Hub repo {p.repo_id} needs "

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError
-from bench.params import check_sigma
+from bench.params import bind, check_sigma
+from bench.registry.adapters import import_adapter_module
 
 MODEL_SOURCES = ("zoo", "cohen", "state_dict", "auto", "timm", "torchvision", "diffusers",
                  "python")
@@ -104,7 +105,6 @@ class MethodEntry:
                 f"{where}: method {self.name!r} is reported-only (no adapter): the registry has "
                 "its paper's numbers but no code to certify it; add an adapter to run it"
             )
-        from bench.registry.adapters import import_adapter_module
 
         module_name, _, class_name = self.adapter.partition(":")
         try:
@@ -128,8 +128,8 @@ class MethodEntry:
                     overrides_from: str = "--param "):
         """The adapter built with its declared params, checked layer by layer: the entry's
         params, the dataset's params, then ``overrides`` (errors name where a value came from)."""
+        # lazy: torch side only (pyproject.toml's torch-free contract)
         from bench.contract import Method
-        from bench.params import bind
 
         cls = self.load_adapter()
         if not (isinstance(cls, type) and issubclass(cls, Method)):

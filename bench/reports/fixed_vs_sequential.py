@@ -3,8 +3,8 @@
 A sequential run and a fixed-N run are paired when everything but the procedure and its
 sample sizes is the same (method, dataset, sigma, alpha, seed, N0, params, models, data).
 For each pair, on the images both certified: certified accuracy at every grid radius under
-each protocol, the difference in points, and the mean noisy samples per image (N0 + the
-estimation samples actually drawn), whose ratio is the saving. Both protocols give every cell
+each certification, the difference in points, and the mean noisy samples per image (N0 + the
+estimation samples actually drawn), whose ratio is the saving. Both give every cell
 the same per-image 1 - alpha guarantee; they differ in power and cost only (efficiency.md 1.6).
 
 A label-aware sequential run (``--label-aware``) has no fixed-N counterpart of its own: it is
@@ -107,11 +107,11 @@ def _mean_samples(certs: Sequence[Certificate]) -> float:
 
 
 def render(found: Sequence[Pair]) -> str:
-    """One block per pair: both protocols' rows, the difference row, samples and ratio."""
+    """One block per pair: both certifications' rows, the difference row, samples and ratio."""
     if not found:
         raise ConfigError("no pair of a fixed-N and a sequential run with the same method, "
-                          "sigma, alpha, seed and images; certify both (--protocol fixed and "
-                          "--protocol sequential) into one store")
+                          "sigma, alpha, seed and images; certify both (--certification fixed and "
+                          "--certification sequential) into one store")
     blocks = []
     for p in found:
         ident = p.fixed.identity
@@ -127,7 +127,7 @@ def render(found: Sequence[Pair]) -> str:
                  *(100 * p.accuracy_sequential[r] for r in p.grid)],
                 ["difference (points)", _saving(p.ratio),
                  *(100 * (p.accuracy_sequential[r] - p.accuracy_fixed[r]) for r in p.grid)]]
-        table = tabulate(rows, headers=["protocol", "samples/image", *radii], floatfmt=".1f")
+        table = tabulate(rows, headers=["certification", "samples/image", *radii], floatfmt=".1f")
         blocks.append(f"{head}\n{table}\nlargest cell difference {p.largest_difference:.1f} "
                       f"points; {_saving(p.ratio)} samples per image" + _label_note(p))
     blocks.append(_overall(found))

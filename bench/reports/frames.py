@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.registry.entries import load_registry
 from bench.reports import table
 from bench.store.database import Store, StoredRun
 from bench.store.exports import ExportedRuns, open_results
@@ -135,8 +136,6 @@ def _runs(rows: list[table.Row], radii: Iterable[float] | None, long: bool,
     rows = table.with_radii(rows, grid)
     if registry is not None:
         if isinstance(registry, (str, Path)):
-            from bench.registry.entries import load_registry
-
             registry = load_registry(registry)
         cache: dict = {}
         rows = [replace(row, setting=table.non_default_params(row, registry, cache))

@@ -1,12 +1,12 @@
 """Leaderboards: Markdown per dataset and a static, offline HTML site (jinja2, no torch).
 
 The site is plain files: ``index.html``, one page per dataset, ``<dataset>.md`` and, under
-``runs/<run>/``, a copy of each run's protocol card and per-image TSV so every row's links work
+``runs/<run>/``, a copy of each run's card and per-image TSV so every row's links work
 when the folder is served or opened from disk. Nothing is loaded from a CDN: sorting is a few
 lines of inline JavaScript and the plots are inline SVG written here.
 
-Rows are ranked only against rows of the same protocol (dataset, subset, alpha, budget); the
-same-compute view groups protocols by budget (requested predictions per image, else N x m). Rank
+Rows are ranked only against rows of the same comparison group (dataset, subset, alpha, budget); the
+same-compute view gathers the groups by budget (requested predictions per image, else N x m). Rank
 order is the area under the certified-accuracy curve on the grid (the sum over the grid radii),
 which, unlike ACR, exists for reported rows too. Ranks are shared (:func:`shared_ranks`): rows
 sorted by that score, a row takes the rank of the row above it unless the exact paired sign-flip
@@ -42,7 +42,7 @@ from bench.store import database as store_mod
 from bench.version import __version__
 
 KIND_NOTES = {
-    "reproduced": "certified by this harness (protocol card and per-image TSV linked)",
+    "reproduced": "certified by this harness (run card and per-image TSV linked)",
     "claimed": "per-image TSV submitted by the authors and imported; not re-certified here",
     "reported": "numbers printed in the paper (source given); no per-image data",
 }
@@ -54,7 +54,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#8
 # One dash pattern per sigma (and m) within a plot, in sorted order.
 DASHES = ("", "8 4", "2 3", "10 3 2 3", "4 2", "1 2", "12 3 2 3 2 3", "6 2 1 2")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-HEADLINE_ROWS = 3  # top rows per protocol on the index page
+HEADLINE_ROWS = 3  # top rows per comparison group on the index page
 STEP_NOTE = ("Runs (reproduced, claimed): exact step curves from the per-image radii (certified "
              "accuracy at r counts the images certified correct with radius >= r), drawn up to "
              "the run's maximum certifiable radius (marked |: no image can be certified beyond "
@@ -113,7 +113,7 @@ class Curve:
 
 @dataclass
 class Group:
-    """One protocol: its rows (ranked), plot, legend and title."""
+    """One comparison group: its rows (ranked), plot, legend and title."""
 
     title: str
     rows: list[dict[str, Any]]
@@ -386,7 +386,7 @@ def build_group(rows: Sequence[Row], grid: Sequence[float], title: str,
                 colors: Mapping[str, str] | None = None,
                 max_radii: Mapping[str, float] | None = None, anchor: str = "",
                 method_anchors: Mapping[str, str] | None = None) -> Group:
-    """Rank rows of one protocol (shared ranks on ties) and draw their curves."""
+    """Rank rows of one comparison group (shared ranks on ties) and draw their curves."""
     ordered = sorted(rows, key=lambda r: -rank_score(r, grid))
     ranks = shared_ranks(ordered, grid)
     colors = colors if colors is not None else method_colors(r.method for r in ordered)
@@ -406,11 +406,6 @@ def build_group(rows: Sequence[Row], grid: Sequence[float], title: str,
               for c in curves]
     return Group(title=title, rows=views, plot=svg_plot(curves, grid, axes), grid=list(grid),
                  legend=legend, anchor=anchor)
-
-
-def _label(row: Row) -> str:
-    """Legend text of a row on its own (see :func:`legend_labels` for a plot's labels)."""
-    return legend_labels([row])[0]
 
 
 def run_curve(row: Row, until: float | None = None) -> tuple[list[float], list[float]]:
@@ -570,12 +565,12 @@ def _same_numbers(a: Row, b: Row) -> bool:
 
 
 def _merge_key(row: Row) -> tuple[Any, ...]:
-    return (row.method, row.dataset, row.sigma_label, row.protocol, row.n0, row.n, row.m,
+    return (row.method, row.dataset, row.sigma_label, row.group, row.n0, row.n, row.m,
             row.alpha, row.images)
 
 
 def merge_duplicates(rows: Sequence[Row]) -> list[Row]:
-    """Reported rows of one method, dataset, sigma and protocol (N0, N, m, alpha, images)
+    """Reported rows of one method, dataset, sigma and group (N0, N, m, alpha, images)
     with identical numbers (equal at every radius both give; ACR too) from different sources
     become one row citing every source (a :class:`MergedRow`; its accuracy is the union,
     its setting the first source's). Other rows pass unchanged, in their order."""
@@ -627,7 +622,7 @@ def key_radii(grid: Sequence[float], count: int = 3) -> list[float]:
 
 
 def headline(page: Mapping[str, Any], top: int = HEADLINE_ROWS) -> dict[str, Any]:
-    """The index page's summary of a dataset: the top rows (by rank) of each protocol, with
+    """The index page's summary of a dataset: the top rows (by rank) of each comparison group, with
     certified accuracy at a few key radii and ACR."""
     radii = key_radii(page["grid"])
     cols = [page["grid"].index(r) for r in radii]
@@ -663,22 +658,22 @@ def methods_section(rows: Sequence[Row], registry) -> list[dict[str, Any]]:
 def dataset_page(rows: Sequence[Row], dataset: str, *,
                  colors: Mapping[str, str] | None = None,
                  max_radii: Mapping[str, float] | None = None, registry=None) -> dict[str, Any]:
-    """The view model of one dataset: budgets -> protocol groups, plus envelopes."""
+    """The view model of one dataset: budgets -> comparison groups, plus envelopes."""
     rows = merge_duplicates(rows)
     grid = table.grid_of(rows, dataset)
     colors = colors if colors is not None else method_colors(r.method for r in rows)
     methods = methods_section(rows, registry)
     anchors = {m["name"]: m["anchor"] for m in methods}
     budgets: dict[Any, list[Group]] = {}
-    for k, members in enumerate(table.group_by_protocol(rows).values()):
+    for k, members in enumerate(table.group_rows(rows).values()):
         budgets.setdefault(members[0].budget, []).append(
-            build_group(members, grid, table.protocol_title(members[0]), colors, max_radii,
-                        f"protocol-{k + 1}", anchors))
+            build_group(members, grid, table.group_title(members[0]), colors, max_radii,
+                        f"group-{k + 1}", anchors))
     env_rows, env_notes = table.envelope_groups(rows)
     env_notes = list(dict.fromkeys(clean_source(n) for n in env_notes))  # once each
-    env_groups = [build_group(m, grid, "best over sigma: " + table.protocol_title(m[0]), colors,
+    env_groups = [build_group(m, grid, "best over sigma: " + table.group_title(m[0]), colors,
                               max_radii, f"envelope-{k + 1}", anchors)
-                  for k, m in enumerate(table.group_by_protocol(env_rows).values())]
+                  for k, m in enumerate(table.group_rows(env_rows).values())]
     ordered = sorted(budgets.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
     counts = {k: sum(1 for r in rows if r.kind == k) for k in table.KINDS}
     merged = sum(len(r.sources) - 1 for r in rows if isinstance(r, MergedRow))
@@ -745,9 +740,9 @@ def markdown_page(rows: Sequence[Row], dataset: str) -> str:
     """The dataset's leaderboard as Markdown: kinds explained, tables, links to run files."""
     lines = [f"# Certified L2 robustness leaderboard: {md(dataset)}", "",
              "Generated by `python -m bench leaderboard` from the results store and the "
-             "registry. Rows are compared only within one protocol (dataset, subset, alpha, "
-             "budget = requested predictions per image, else N x m). The HTML page ranks rows "
-             "by the area under the certified-accuracy curve; rows whose per-image scores do "
+             "registry. Rows are compared only within one comparison group (dataset, subset, "
+             "alpha, budget = requested predictions per image, else N x m). The HTML page ranks "
+             "rows by the area under the certified-accuracy curve; rows whose per-image scores do "
              "not differ significantly (exact paired sign-flip test of the mean score "
              "on the same images, level "
              f"{metrics.SIGNIFICANCE:g}) share a rank (1=, 2=, ...), and reported rows, which "

@@ -10,10 +10,10 @@ Style, the same in every figure:
   assigned by the method's rank in a fixed order of names (the registry's methods sorted, then
   any other method sorted), so a method keeps its colour whatever else a figure shows;
 * one line style per sigma (solid, dashed, dotted, dash-dot, ...), the same sigma the same style
-  across methods; where one method has several curves at one sigma (m, N, protocol), its
+  across methods; where one method has several curves at one sigma (m, N, certification), its
   curves take styles in order instead;
 * legend labels that tell every curve apart (``diffsmooth sigma=0.25 m=5 N=2,000``): N (and
-  m) when they differ, ``sequential`` for sequential-protocol runs, the image count when the
+  m) when they differ, ``sequential`` for sequentially certified runs, the image count when the
   curves are over different image sets, alpha when it differs, then seed/params, then the run
   id if still needed;
 * the legend below the axes (the figure grows downwards to hold it), with a note line for
@@ -38,7 +38,8 @@ import numpy as np
 
 from bench.certify.budget import tier
 from bench.certify.records import RunSummary
-from bench.errors import ConfigError
+from bench.errors import CertbenchError, ConfigError
+from bench.registry.entries import load_registry
 from bench.reports.curves import step_curve
 from bench.reports.table import LABEL_AWARE, certification_of, run_config, run_sigma
 
@@ -121,9 +122,6 @@ def registry_methods(path: str | Path | None = None, extra: Sequence[str | Path]
                      ) -> list[str]:
     """The registry's method names (the colour order); [] when the default registry cannot be
     read (an explicit ``path`` or ``extra`` that cannot be read is an error)."""
-    from bench.errors import CertbenchError
-    from bench.registry.entries import load_registry
-
     try:
         return sorted(load_registry(path, extra=extra).methods)
     except CertbenchError:
@@ -242,7 +240,7 @@ def figure(runs: Sequence[RunSummary], *, title: str | None = None,
     Line2D whose gid is ``curve:<run id>``, its data the step vertices (radius, 100 x
     accuracy); the cap ticks have gid ``max-radius:<run id>``.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib is the optional [plot] extra
     from matplotlib.lines import Line2D
 
     if not runs:
@@ -337,14 +335,6 @@ def _legend_layout(labels: Sequence[str], width: float) -> tuple[list[str], int,
     return shown, ncol, sum(rows)
 
 
-def curves_in(fig) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(run id, radii, accuracy in %) of each curve drawn by :func:`figure`."""
-    return [(line.get_gid().split(":", 1)[1], np.asarray(line.get_xdata(), dtype=float),
-             np.asarray(line.get_ydata(), dtype=float))
-            for ax in fig.axes for line in ax.get_lines()
-            if (line.get_gid() or "").startswith("curve:")]
-
-
 def check_outputs(paths: Iterable[str | Path]) -> list[Path]:
     """The output files, each ending in .pdf, .png or .svg."""
     out = [Path(p) for p in paths]
@@ -358,7 +348,7 @@ def check_outputs(paths: Iterable[str | Path]) -> list[Path]:
 def save(fig, paths: Iterable[str | Path]) -> list[Path]:
     """Write the figure to each path (format from the extension). Reproducible files: no
     creation date, fixed SVG ids; TrueType (Type 42) fonts in PDFs, as publishers ask."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is the optional [plot] extra
 
     written = []
     for path in check_outputs(paths):

@@ -6,14 +6,14 @@ Three kinds of rows, never mixed up:
 * ``claimed``: someone's per-image TSV imported with ``python -m bench import``;
 * ``reported``: numbers printed in a paper, from the registry's ``reported`` lists.
 
-Rows are compared (best value marked, ranks) only within one *protocol*: dataset, subset (the
-very images certified), alpha and budget (the requested predictions per image, else N x m:
+Rows are compared (best value marked, ranks) only within one *comparison group*: dataset, subset
+(the very images certified), alpha and budget (the requested predictions per image, else N x m:
 :func:`bench.certify.budget.tier`). The interval shown for certified accuracy is the exact two-sided
-95% Clopper-Pearson interval over the image sample (k certified of n images), which says how
-much a number could move on another sample of the test set; reported rows have no per-image
-data and so no interval.
+95% Clopper-Pearson interval over the image sample (k certified of n images), which says how much a
+number could move on another sample of the test set; reported rows have no per-image data and so no
+interval.
 
-Ties (:func:`cell_marks`): at each radius (and for ACR) the best value of a protocol is marked,
+Ties (:func:`cell_marks`): at each radius (and for ACR) the best value of a group is marked,
 and so is every row *not significantly different* from it by a paired test on the same
 images, a test of the very mean the cell shows (McNemar on certified-at-r, the paired sign-flip
 permutation test of the mean radius * correct for ACR; two-sided, level
@@ -88,8 +88,8 @@ class Row:
     # A run reported on its own grid (--radii, auto) rather than the dataset's: its radii alone
     # then make the table's columns (see grid_of).
     own_grid: bool = False
-    # "sequential" for a run certified with --protocol sequential, "sequential label-aware" with
-    # --label-aware ("" for fixed N; see certification_of): another protocol each, never
+    # "sequential" for a run certified with --certification sequential, "sequential label-aware"
+    # with --label-aware ("" for fixed N; see certification_of): another group each, never
     # ranked against each other
     certification: str = ""
     # idx -> (radius, correct) of each certified image (runs only): for the paired tests
@@ -115,8 +115,9 @@ class Row:
         return self.subset
 
     @property
-    def protocol(self) -> tuple[Any, ...]:
-        """What must be equal for two rows to be ranked against each other."""
+    def group(self) -> tuple[Any, ...]:
+        """The comparison group: what must be equal for two rows to be ranked against each
+        other."""
         return (self.dataset, self.subset_label, self.sample_key, self.alpha, self.budget,
                 self.certification)
 
@@ -273,11 +274,11 @@ def _jsonable(value: Any) -> Any:
 
 
 # ----- grouping, best values and envelopes -------------------------------------------------------
-def group_by_protocol(rows: Iterable[Row]) -> dict[tuple[Any, ...], list[Row]]:
-    """Rows grouped by protocol: runs first, then claims, then reported; sigma ascending."""
+def group_rows(rows: Iterable[Row]) -> dict[tuple[Any, ...], list[Row]]:
+    """Rows by comparison group: runs first, then claims, then reported; sigma ascending."""
     groups: dict[tuple[Any, ...], list[Row]] = {}
     for row in sorted(rows, key=_row_order):
-        groups.setdefault(row.protocol, []).append(row)
+        groups.setdefault(row.group, []).append(row)
     return dict(sorted(groups.items(), key=lambda kv: _group_order(kv[1][0])))
 
 
@@ -343,29 +344,16 @@ def with_radii(rows: Iterable[Row], radii: Iterable[float]) -> list[Row]:
     return out
 
 
-def best_values(rows: Sequence[Row], grid: Sequence[float]) -> dict[Any, float]:
-    """Best certified accuracy per radius (and best ACR under key 'acr') within one group."""
-    best: dict[Any, float] = {}
-    for r in grid:
-        vals = [row.accuracy[r] for row in rows if _finite(row.accuracy.get(r))]
-        if vals and max(vals) > 0:  # a column of zeros has no winner
-            best[r] = max(vals)
-    acrs = [row.acr for row in rows if _finite(row.acr)]
-    if acrs and max(acrs) > 0:
-        best["acr"] = max(acrs)
-    return best
-
-
 def envelopes(rows: Iterable[Row]) -> list[Row]:
     """Best over sigma per radius, one row per configuration (see :func:`envelope_groups`)."""
     return envelope_groups(rows)[0]
 
 
 def envelope_groups(rows: Iterable[Row]) -> tuple[list[Row], list[str]]:
-    """Best over sigma per radius for each configuration within a protocol, as the papers
+    """Best over sigma per radius for each configuration within a group, as the papers
     report it, and notes on the rows left out.
 
-    A configuration is everything but sigma that identifies a run: kind, method, protocol and
+    A configuration is everything but sigma that identifies a run: kind, method, group and
     :attr:`Row.config` (seed, params, procedure; a reported row's model). Models are not
     compared, since a noise-trained classifier is named per sigma; instead a configuration
     with two rows at one sigma (another model, N0, ...) gets no envelope, and a note says so.
@@ -376,20 +364,20 @@ def envelope_groups(rows: Iterable[Row]) -> tuple[list[Row], list[str]]:
     rows = [row for row in rows if isinstance(row.sigma, (int, float))]
     buckets: dict[tuple[Any, ...], list[Row]] = {}
     for row in rows:
-        buckets.setdefault((row.kind, row.method, row.protocol, row.config), []).append(row)
+        buckets.setdefault((row.kind, row.method, row.group, row.config), []).append(row)
     out, notes = [], []
-    for (kind, method, protocol, _), members in buckets.items():
+    for (kind, method, group, _), members in buckets.items():
         sigmas = sorted({float(m.sigma) for m in members})
         if len(sigmas) < len(members):
             twice = sorted({f"{float(m.sigma):g}" for m in members
                             if sum(float(o.sigma) == float(m.sigma) for o in members) > 1})
-            notes.append(f"no envelope for {kind} {method} ({protocol_title(members[0])}): "
+            notes.append(f"no envelope for {kind} {method} ({group_title(members[0])}): "
                          f"{len(members)} rows over {len(sigmas)} sigmas; sigma "
                          f"{', '.join(twice)} has more than one row with the same seed and "
                          f"params ({_ids(members)}), so a maximum would mix configurations")
             continue
         if len(sigmas) < 2:
-            others = [o for o in rows if (o.kind, o.method, o.protocol) == (kind, method, protocol)
+            others = [o for o in rows if (o.kind, o.method, o.group) == (kind, method, group)
                       and o.config != members[0].config]
             if others:
                 notes.append(f"{kind} {method} sigma {sigmas[0]:g} ({_ids(members)}) left out "
@@ -404,7 +392,7 @@ def envelope_groups(rows: Iterable[Row]) -> tuple[list[Row], list[str]]:
             description=first.description, sample_key=first.sample_key,
             envelope_of=tuple(f"{s:g}" for s in sigmas), tier=first.tier, config=first.config,
             setting=first.config if kind == "reported" else first.setting,  # not a model name
-            certification=first.certification,  # part of the protocol the members share
+            certification=first.certification,  # part of the group the members share
         ))
     return sorted(out, key=_row_order), notes
 
@@ -416,7 +404,7 @@ def _ids(rows: Sequence[Row]) -> str:
 # ----- ties: paired exact tests on the same images -----------------------------------------------
 @dataclass(frozen=True)
 class Mark:
-    """How a cell stands against its protocol's best: ``best`` (the highest value) or ``tied``
+    """How a cell stands against its group's best: ``best`` (the highest value) or ``tied``
     (not significantly different from every best row; ``p_value``: the smallest of those
     paired tests)."""
 
@@ -462,7 +450,7 @@ def _value(row: Row, key: Any) -> float | None:
 
 def cell_marks(rows: Sequence[Row], grid: Sequence[float],
                level: float = metrics.SIGNIFICANCE) -> list[dict[Any, Mark]]:
-    """Per row of one protocol, radius (or ``"acr"``) -> its :class:`Mark`, if any.
+    """Per row of one group, radius (or ``"acr"``) -> its :class:`Mark`, if any.
 
     The best value is marked (a column of zeros has no winner); a row is tied when it can be
     paired with every best row and none of those tests finds the best row significantly
@@ -489,9 +477,9 @@ def cell_marks(rows: Sequence[Row], grid: Sequence[float],
 
 
 def marks_by_row(rows: Sequence[Row], grid: Sequence[float]) -> dict[int, dict[Any, Mark]]:
-    """:func:`cell_marks` of every protocol group, keyed by ``id(row)``."""
+    """:func:`cell_marks` of every comparison group, keyed by ``id(row)``."""
     out: dict[int, dict[Any, Mark]] = {}
-    for members in group_by_protocol(rows).values():
+    for members in group_rows(rows).values():
         for row, marks in zip(members, cell_marks(members, grid), strict=True):
             out[id(row)] = marks
     return out
@@ -589,7 +577,7 @@ def _certification(row: Row) -> str:
 
 
 # ----- pandas frame and rendering ----------------------------------------------------------------
-def protocol_title(row: Row) -> str:
+def group_title(row: Row) -> str:
     parts = [row.dataset, f"subset {row.subset_label}"]
     parts.append(f"alpha {row.alpha:g}" if row.alpha is not None else "alpha n/a")
     if row.sequential:
@@ -718,7 +706,7 @@ def format_cost(row: Row) -> str:
 
 TIE_MARK = "="  # after a bold value: not significantly different from the best
 TABLE_NOTE = (
-    f"Certified accuracy (%) at L2 radius r; bold: best of the protocol; bold with "
+    f"Certified accuracy (%) at L2 radius r; bold: best of the group; bold with "
     f"'{TIE_MARK}': not significantly different from the best (paired "
     f"test on the same images, two-sided, level {metrics.SIGNIFICANCE:g}: exact McNemar at "
     f"each radius, sign-flip permutation test of the mean for ACR, exact or "
@@ -828,10 +816,10 @@ def alignment(grid: Sequence[float], columns: Sequence[str] | None = None) -> st
 def render(rows: Sequence[Row], fmt: str = "markdown", grid: Sequence[float] | None = None,
            ci: bool = True, envelope: bool = True, columns: Sequence[str] | None = None,
            missing: str = "-") -> str:
-    """The standardized table: one block per protocol, then the best-over-sigma envelopes.
+    """The standardized table: one block per comparison group, then the best-over-sigma envelopes.
 
     markdown and latex (booktabs, ready to paste; numbers right-aligned, text left-aligned)
-    mark the best value per radius in bold within each protocol, and the rows statistically
+    mark the best value per radius in bold within each group, and the rows statistically
     tied with it in bold followed by ``=`` (:func:`cell_marks`); notes on rows left out of the
     envelopes follow the tables. csv is one flat numeric table with interval bounds, marks and
     p-values in their own columns; long is the tidy CSV of :func:`long_frame` (envelopes with
@@ -905,10 +893,10 @@ def _booktabs(header: Sequence[str], body: Sequence[Sequence[str]],
 
 
 def _titled_groups(rows: Sequence[Row], env: Sequence[Row]):
-    for members in group_by_protocol(rows).values():
-        yield protocol_title(members[0]), members
-    for members in group_by_protocol(env).values():
-        yield "best over sigma: " + protocol_title(members[0]), members
+    for members in group_rows(rows).values():
+        yield group_title(members[0]), members
+    for members in group_rows(env).values():
+        yield "best over sigma: " + group_title(members[0]), members
 
 
 def _markup(text: str, bold: tuple[str, str], ci: tuple[str, str]) -> str:

@@ -18,7 +18,9 @@ from tabulate import tabulate
 
 from bench.certify.budget import n_for_budget
 from bench.certify.records import RunSummary
+from bench.data import loaders
 from bench.errors import ConfigError
+from bench.registry.entries import load_registry
 from bench.running.plan import RunOptions
 from bench.running.runner import run
 
@@ -47,9 +49,6 @@ def configurations(opts: CompareOptions) -> list[tuple[str, dict[str, Any]]]:
     declared params include one that sets its predictions per sample (``Param(sets_m=True)``,
     e.g. DiffSmooth's m), else one row. A training-only m (SmoothAdv, consistency) does not
     change the certification cost, so expanding it would only repeat the same run."""
-    from bench.data import loaders
-    from bench.registry.entries import load_registry
-
     if opts.budget < 1:
         raise ConfigError(f"--budget must be a positive number of predictions, got {opts.budget}")
     if not opts.methods:
@@ -93,9 +92,6 @@ def compare(opts: CompareOptions) -> list[Row]:
 
 def cascades(opts: CompareOptions, name: str) -> bool:
     """Whether method ``name`` is certified by a multi-scale procedure (e.g. multiscale)."""
-    from bench.data import loaders
-    from bench.registry.entries import load_registry
-
     registry = load_registry(opts.base.registry, extra=opts.base.extra_registries,
                              datasets=loaders.DATASET_NAMES)
     method = registry.method(name).instantiate(opts.dataset)

@@ -33,7 +33,7 @@ from bench.running.runner import RunResult, run
 DEFAULT_METHOD = "gaussian"  # its base classifier is the classifier's argmax: Cohen's
 # RunOptions fields evaluate sets itself (its arguments) or that would bypass the model given
 _OWN = frozenset({"method", "dataset", "sigma", "n", "n0", "alpha", "subset", "max_images",
-                  "batch", "seed", "results", "device", "data_dir", "radii", "protocol",
+                  "batch", "seed", "results", "device", "data_dir", "radii", "certification",
                   "python_models", "model", "progress"})
 
 
@@ -43,9 +43,9 @@ def evaluate(model, dataset: str = "cifar10", *, sigma: float = 0.25, n: int = 1
              results: str | Path = "results", device: str = "auto",
              num_classes: int | None = None, method_name: str | None = None,
              data_dir: str | Path | None = None,
-             radii: Sequence[float] | str | None = None, protocol: str = "fixed",
+             radii: Sequence[float] | str | None = None, certification: str = "fixed",
              progress: bool = True, **options: Any) -> pd.DataFrame:
-    """Certify ``model`` on ``dataset`` (Cohen's CERTIFY, or ``protocol="sequential"``) and
+    """Certify ``model`` on ``dataset`` (Cohen's CERTIFY, or ``certification="sequential"``) and
     return the run's table row.
 
     ``model``: an ``nn.Module`` returning logits (B, K), or any callable returning labels
@@ -55,8 +55,9 @@ def evaluate(model, dataset: str = "cifar10", *, sigma: float = 0.25, n: int = 1
 
     The arguments are the CLI's (``--n``, ``--n0``, ``--alpha``, ``--subset``,
     ``--max-images``, ``--batch``, ``--seed``, ``--results``, ``--device``, ``--data-dir``,
-    ``--radii``, ``--protocol``); any other :class:`bench.running.plan.RunOptions` field may be
-    given by name in ``options`` (e.g. ``image_size=``, ``label_aware=``, ``params=``).
+    ``--radii``, ``--certification``, whose first name ``protocol=`` still works); any other
+    :class:`bench.running.plan.RunOptions` field may be given by name in ``options`` (e.g.
+    ``image_size=``, ``label_aware=``, ``params=``).
     ``num_classes``: the classes the model predicts (None: the dataset's; a class-folder tree
     is read to fit it). ``method_name``: the registry method whose base classifier wraps the
     model and whose name the run is filed under (default ``gaussian``: the classifier's
@@ -66,9 +67,11 @@ def evaluate(model, dataset: str = "cifar10", *, sigma: float = 0.25, n: int = 1
     subset_size, ``acc@R`` (certified accuracy, a fraction, per radius of the run's grid),
     ACR, abstain (a fraction) and run_id. ``df.attrs`` holds ``run_id``, ``folder`` (the
     export folder), ``new_images``, ``summary`` (:class:`bench.certify.records.RunSummary`) and
-    ``result`` (:class:`bench.running.runner.RunResult`). Calling it again with the same model and
-    arguments resumes the run (nothing is certified twice).
+    ``result`` (:class:`bench.running.runner.RunResult`). Calling it again with the same model
+    and arguments resumes the run (nothing is certified twice).
     """
+    if "protocol" in options:  # certification's first name
+        certification = options.pop("protocol")
     if not callable(model):
         raise ConfigError(f"model must be an nn.Module or a callable, got "
                           f"{type(model).__name__}")
@@ -91,7 +94,7 @@ def evaluate(model, dataset: str = "cifar10", *, sigma: float = 0.25, n: int = 1
         results=Path(results), device=device,
         data_dir=Path(data_dir) if data_dir is not None else None,
         radii=radii if radii is None or isinstance(radii, str) else tuple(map(float, radii)),
-        protocol=protocol, progress=progress,
+        certification=certification, progress=progress,
         python_models={"classifier": PythonModel(model, num_classes=num_classes)}, **options)
     if not _asks_classifier(opts):
         raise ConfigError(f"method {opts.method!r} does not use a classifier model on "

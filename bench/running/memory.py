@@ -77,7 +77,7 @@ def available_memory(device: torch.device | str) -> int | None:
         except (AttributeError, ValueError, OSError):
             avail = None
     try:
-        import resource
+        import resource  # lazy: POSIX only
 
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
         if soft != resource.RLIM_INFINITY:

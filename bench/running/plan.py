@@ -21,7 +21,7 @@ import torch
 from bench.certify import budget, procedures, stats
 from bench.certify.noise import noise_identity
 from bench.certify.procedures import Procedure, ProcedureSpec
-from bench.certify.records import PROTOCOL_VERSION, RunCard
+from bench.certify.records import IDENTITY_VERSION, RunCard
 from bench.certify.smoothing import checked_output
 from bench.contract import Context
 from bench.data import loaders, specs
@@ -34,7 +34,7 @@ from bench.running.devices import environment, resolve_device
 from bench.running.memory import fit_batch, is_out_of_memory
 from bench.running.roles import RoleResolver, parse_overrides
 
-PROTOCOLS = ("fixed", "sequential")
+CERTIFICATIONS = ("fixed", "sequential")  # --certification (first name: --protocol)
 SEQUENTIAL_IDENTITY = ("checkpoints", "checkpoint_alphas", "alpha_f", "grid", "label_aware")
 PROBE_BATCH = 2  # the model probe's batch: an answer of one row per batch shows
 
@@ -67,9 +67,9 @@ class RunOptions:
     # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
     budget: int | None = None
     procedure: str | None = None  # None: the method's own (Method.PROCEDURE, else cohen)
-    # fixed: the method's procedure at a fixed N (the leaderboards' protocol); sequential:
+    # fixed: the method's procedure at a fixed N (what leaderboards rank); sequential:
     # group-sequential bounds over the radius grid, stopping once the answer is determined
-    protocol: str = "fixed"
+    certification: str = "fixed"
     label_aware: bool = False  # sequential: stop after selection when the class is wrong
     # The reporting grid: radii, "auto" (0 up to the run's maximum certifiable radius) or None
     # (the dataset's grid). Recorded in the card's extra, never part of the run id.
@@ -99,7 +99,7 @@ class Prepared:
     device: torch.device
 
 
-def check_protocol(opts: RunOptions) -> None:
+def check_options(opts: RunOptions) -> None:
     """The run's scalar options (sizes are checked by :mod:`bench.certify.budget`)."""
     if opts.sigma is not None:
         check_sigma(opts.sigma)
@@ -119,23 +119,24 @@ def check_protocol(opts: RunOptions) -> None:
         procedures.get(opts.procedure)
     if opts.radii is not None:
         specs.check_radii(opts.radii)
-    if opts.protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown --protocol {opts.protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    if opts.protocol == "sequential" and opts.radii == specs.AUTO_RADII:
-        raise ConfigError("--protocol sequential stops at the levels of a fixed grid; pass "
+    if opts.certification not in CERTIFICATIONS:
+        raise ConfigError(f"unknown --certification {opts.certification!r}; valid: "
+                          f"{', '.join(CERTIFICATIONS)}")
+    if opts.certification == "sequential" and opts.radii == specs.AUTO_RADII:
+        raise ConfigError("--certification sequential stops at the levels of a fixed grid; pass "
                           "--radii R1,R2,... or leave the dataset's grid")
-    if opts.label_aware and opts.protocol != "sequential":
-        raise ConfigError("--label-aware applies to --protocol sequential only")
+    if opts.label_aware and opts.certification != "sequential":
+        raise ConfigError("--label-aware applies to --certification sequential only")
 
 
 def procedure_name(opts: RunOptions, method) -> str:
     """The procedure of the run: --procedure, the method's own, or ``sequential`` for
-    ``--protocol sequential`` (which replaces Cohen's fixed N, never another procedure)."""
+    ``--certification sequential`` (which replaces Cohen's fixed N, never another procedure)."""
     name = opts.procedure or getattr(method, "PROCEDURE", procedures.DEFAULT)
-    if opts.protocol != "sequential":
+    if opts.certification != "sequential":
         return name
     if name not in (procedures.DEFAULT, "sequential"):
-        raise ConfigError(f"--protocol sequential replaces Cohen's fixed-N CERTIFY; method "
+        raise ConfigError(f"--certification sequential replaces Cohen's fixed-N CERTIFY; method "
                           f"{opts.method!r} is certified with the {name} procedure")
     return "sequential"
 
@@ -146,7 +147,7 @@ def prepare(opts: RunOptions) -> Prepared:
                              datasets=loaders.DATASET_NAMES)
     entry = registry.method(opts.method)
     loaders.check_subset(opts.dataset, opts.subset)
-    check_protocol(opts)
+    check_options(opts)
     device = resolve_device(opts.device)
     method = entry.instantiate(opts.dataset, opts.params)
     name = procedure_name(opts, method)
@@ -242,7 +243,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
              procedure: Procedure, models: RoleResolver, ds: loaders.CertDataset,
              indices: list[int], device: torch.device, *,
              grid_dataset: str | None = None) -> RunCard:
-    """The protocol card: the identity (hashed into the run id) and what describes the run.
+    """The run card: the identity (hashed into the run id) and what describes the run.
 
     The default procedure is left out of the identity, so run ids of stores written before
     procedures existed stay valid; any other procedure is part of it. Likewise the noise
@@ -250,7 +251,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
     """
     b = procedure.budget
     identity = {
-        "protocol": PROTOCOL_VERSION,
+        "protocol": IDENTITY_VERSION,
         "method": opts.method,
         "adapter": entry.adapter,
         "params": _jsonable(params),

@@ -67,7 +67,7 @@ class WorkerError(CertbenchError):
 def import_ray():
     """The ray module, or one line saying how to install it."""
     try:
-        import ray
+        import ray  # lazy: Ray is the optional [ray] extra; the core never imports it
     except ImportError:
         raise ConfigError(f"--executor ray needs Ray, which is not installed: {RAY_HINT}"
                           ) from None

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bench.contract import DatasetInfo, ModelRef
+from bench.data import loaders
 from bench.data.class_folders import ModelFacts
 from bench.errors import ConfigError, ModelError
 from bench.nets import load_network
@@ -206,8 +207,6 @@ class RoleResolver:
     def _trained_on(self, entry: Mapping[str, Any]) -> DatasetInfo:
         """The dataset whose statistics the model's input layer uses (a CIFAR-10 model keeps
         CIFAR-10's mean/std when certified on an imagefolder of CIFAR-like images)."""
-        from bench.data import loaders
-
         own = entry.get("dataset")
         if own and own != self.info.name and own in loaders.DATASET_NAMES \
                 and own != "imagefolder":

@@ -13,8 +13,10 @@ from typing import Any
 from bench.contract import TrainContext
 from bench.data import loaders, specs
 from bench.errors import ConfigError
+from bench.nets import load_network
 from bench.nets.loaders import ZOO_DIR
 from bench.params import check_sigma
+from bench.registry.download import models_dir
 from bench.registry.entries import Registry, load_registry
 from bench.running.devices import resolve_device
 
@@ -98,9 +100,6 @@ def registry_entry(card: dict[str, Any], opts: TrainOptions) -> dict[str, Any]:
 
 def _registered_model(registry: Registry, name: str, info, device):
     """A registered model by name, hash-checked (e.g. the classifier judging a denoiser)."""
-    from bench.nets import load_network
-    from bench.registry.download import models_dir
-
     return load_network(name, registry.model(name).fields, dataset=info, device=device,
                         base_dir=models_dir())
 

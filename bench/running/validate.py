@@ -21,7 +21,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.errors import CertbenchError
+import torch
+
+from bench.data import loaders
+from bench.errors import CertbenchError, ConfigError, DataError, ModelError
+from bench.nets.loaders import ZOO_DIR, sha256_file
+from bench.registry.download import models_dir as default_models_dir
+from bench.registry.entries import load_registry
+from bench.running.plan import RunOptions
+from bench.running.runner import run
+from bench.store.database import Store
 
 SMOKE_IMAGES = 2
 SMOKE_N0 = 10
@@ -71,9 +80,6 @@ def _model_refs(entry) -> list[tuple[str, str, str]]:
 
 def check_models(registry, entry, models_dir: Path) -> tuple[int, list[str]]:
     """Resolve and hash-check the entry's models; (checked, notes). Raises on a bad hash."""
-    from bench.errors import ConfigError
-    from bench.nets.loaders import ZOO_DIR, sha256_file
-
     checked, notes = 0, []
     for dataset, role, name in _model_refs(entry):
         model = registry.model(name)
@@ -117,12 +123,6 @@ def _smoke_run(entry, registry_path, extra, ds: str, sigma: float | None, data_d
                image_size: int | None, results: Path, *, batch: int, torch_seed: int):
     """One smoke certification at this batch size and global torch seed (the caller's global
     RNG state is restored afterwards); the run's result and its certificates' counts."""
-    import torch
-
-    from bench.running.plan import RunOptions
-    from bench.running.runner import run
-    from bench.store.database import Store
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(torch_seed)
         result = run(RunOptions(
@@ -144,8 +144,6 @@ def smoke(entry, registry_path, extra, dataset: str | None, data_dir, models_dir
           image_size: int | None = None) -> str:
     """Certify two images with a tiny N through the real runner, again after another global
     torch seed and at another batch size (same counts required); describe what came out."""
-    from bench.errors import ConfigError, DataError, ModelError
-
     ds, sigma = smoke_target(entry, dataset)
     where = f"methods.{entry.name}"
     with tempfile.TemporaryDirectory(prefix="certbench-validate-") as tmp:
@@ -192,7 +190,6 @@ def validate_method(registry, name: str, registry_path, extra, dataset, smoke_ru
     if entry.reported_only:
         return MethodReport(name, True, f"reported-only, no adapter (cannot be run or smoke "
                                         f"tested); {len(entry.reported)} reported rows valid")
-    from bench.registry.download import models_dir as default_models_dir
 
     try:
         entry.instantiate()  # the adapter imports and accepts the entry's params
@@ -223,9 +220,6 @@ def validate(registry_path: str | Path | None = None, *, extra: Iterable[str | P
              data_dir: Path | None = None, models_dir: Path | None = None,
              image_size: int | None = None) -> Report:
     """Validate the chosen methods (default: those of the extra files, else all)."""
-    from bench.data import loaders
-    from bench.registry.entries import load_registry
-
     extra = [Path(p) for p in extra]
     try:
         registry = load_registry(registry_path, extra=extra, datasets=loaders.DATASET_NAMES)

@@ -1,6 +1,6 @@
 """The results store: SQLite (WAL) with one durable transaction per certificate, plus exports.
 
-A run is keyed by the hash of its protocol card, so re-running the same command finds the
+A run is keyed by the hash of its run card, so re-running the same command finds the
 same run and skips images already certified. Exports (``certs.tsv``, ``summary.json``) are
 derived from the store and can be rebuilt at any time (no torch needed).
 
@@ -353,7 +353,7 @@ class Store:
         """Replace a stored run's card by one with the same identity (its descriptive fields,
         e.g. the radius grid a resumed run asked for, change; the run id never does)."""
         if self.run_card(run_id).identity != card.identity:
-            raise StoreError(f"run {run_id} exists with a different protocol card")
+            raise StoreError(f"run {run_id} exists with a different run card")
         with self._write() as db:
             db.execute("UPDATE runs SET card = ? WHERE run_id = ?",
                        (json.dumps(card.to_json(), sort_keys=True), run_id))
@@ -671,7 +671,7 @@ def _unescape_char(match: re.Match) -> str:
 
 def _check_identity(run_id: str, stored_card: str, card: RunCard) -> None:
     if json.loads(stored_card).get("identity") != card.identity:
-        raise StoreError(f"run {run_id} exists with a different protocol card")
+        raise StoreError(f"run {run_id} exists with a different run card")
 
 
 def _schema_is_current(db: sqlite3.Connection) -> bool:

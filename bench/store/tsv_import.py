@@ -10,7 +10,7 @@ recomputes ``correct = (predict == label)``, saying so; any other disagreement b
 are never correct.
 
 The rows go into the store as a run of kind ``claimed``: its card records the file's sha256,
-the protocol the submitter states (N0, N, m, alpha, sigma, subset) and the repair, and the run
+the settings the submitter states (N0, N, m, alpha, sigma, subset) and the repair, and the run
 id is the hash of that card, so importing the same file twice is a no-op.
 
 Radii are printed rounded (certify.py's ``{:.3}``: 0.4996 prints as 0.5), and a rounded-up

@@ -73,6 +73,7 @@ from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError, ModelError
 from bench.nets import sha256_file
 from bench.progress import progress
+from bench.training.ddpm import SCHEDULE
 from bench.training.loop import load_training_checkpoint
 
 SCALES = (0.25, 0.5, 1.0)
@@ -91,7 +92,7 @@ OBJECTIVE = ("L_eps + lam * mean_sigma mean_batch(L_Brier + alpha * L_AC); "
 # Losses
 
 
-def consistency_loss(probs: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+def brier_loss(probs: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """Brier score on the correctly classified draws: ``mean_{b,i} c_bi ||p_bi - e_{y_b}||^2``.
 
     ``probs`` (B, M, K) class probabilities of M denoised noise draws per image, ``y`` (B,)
@@ -119,7 +120,7 @@ def calibration_losses(probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
     """(L_Brier, L_AC) of (B, M, K) probabilities, splitting draws by the frozen classifier's
     argmax (no gradient through the split)."""
     correct = (probs.detach().argmax(-1) == y.unsqueeze(1))
-    return consistency_loss(probs, y, correct), diversity_loss(probs, ~correct)
+    return brier_loss(probs, y, correct), diversity_loss(probs, ~correct)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
     arguments win over options, options over the defaults). Returns the card with ``sha256``
     (of ``unet/diffusion_pytorch_model.safetensors``) and ``weights`` (the folder).
     """
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # lazy: diffusers takes seconds to import
 
     if ctx.registered_model is None:
         raise ConfigError("fine-tuning a denoiser needs the registry (a registered base DDPM "
@@ -214,7 +215,8 @@ def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
         state = saved["state"]
         state["resumed_from"] = state["epoch"]
     if "before" not in state:
-        state["before"] = evaluate(model, clf, ctx.test, scales, draws=eval_draws, seed=ctx.seed)
+        state["before"] = measure_denoising(model, clf, ctx.test, scales, draws=eval_draws,
+                                            seed=ctx.seed)
 
     bar = progress(range(state["epoch"], opts["epochs"]), desc=f"multiscale {info.name}",
                    unit="epoch", disable=not ctx.progress, dynamic_ncols=True,
@@ -249,15 +251,15 @@ def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
         tmp.replace(ckpt_path)
 
     model.net.eval().requires_grad_(False)
-    after = evaluate(model, clf, ctx.test, scales, draws=eval_draws, seed=ctx.seed)
+    after = measure_denoising(model, clf, ctx.test, scales, draws=eval_draws, seed=ctx.seed)
     x_test, y_test = ctx.test
     with torch.inference_mode():
         clean = (clf(x_test.to(device)).argmax(1).cpu() == y_test).float().mean().item()
     if ctx.sigma in scales:
         noisy = after["scales"][f"{ctx.sigma:g}"]["accuracy"]
     else:
-        noisy = evaluate(model, clf, ctx.test, (ctx.sigma,), draws=1,
-                         seed=ctx.seed)["scales"][f"{ctx.sigma:g}"]["accuracy"]
+        noisy = measure_denoising(model, clf, ctx.test, (ctx.sigma,), draws=1,
+                                  seed=ctx.seed)["scales"][f"{ctx.sigma:g}"]["accuracy"]
 
     unet = _fresh_copy(model.net.to("cpu"))
     tmp_out = out.with_name(out.name + ".tmp")
@@ -323,8 +325,9 @@ def _step_losses(model: DiffusionModel, clf, dens: Sequence[Denoiser], abar: tor
 
 
 @torch.no_grad()
-def evaluate(model: DiffusionModel, clf, test: tuple[torch.Tensor, torch.Tensor],
-             scales: Sequence[float], *, draws: int, seed: int, batch: int = 2048) -> dict:
+def measure_denoising(model: DiffusionModel, clf, test: tuple[torch.Tensor, torch.Tensor],
+                      scales: Sequence[float], *, draws: int, seed: int,
+                      batch: int = 2048) -> dict:
     """What the fine-tuning should move, per scale, on the test split: with ``draws`` seeded
     noise draws per image (the same draws for every model evaluated with the same seed), the
     frozen classifier's accuracy on the one-shot-denoised draws, the majority vote's accuracy,
@@ -377,7 +380,7 @@ def evaluate(model: DiffusionModel, clf, test: tuple[torch.Tensor, torch.Tensor]
 def _fresh_copy(unet):
     """The UNet rebuilt from its config without the base folder's ``_name_or_path`` (a local
     path that would otherwise land in the saved config.json); same weights."""
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # lazy: diffusers takes seconds to import
 
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     fresh = UNet2DModel.from_config(config)
@@ -392,9 +395,7 @@ def _mean_or_nan(v: torch.Tensor) -> float:
 def _scheduler_of(model: DiffusionModel):
     """The base model's DDPMScheduler (from its diffusers folder; else the project's DDPM
     schedule), checked against the alphas_cumprod the model was loaded with."""
-    from diffusers import DDPMScheduler
-
-    from bench.training.ddpm import SCHEDULE
+    from diffusers import DDPMScheduler  # lazy: diffusers takes seconds to import
 
     sched = None
     desc = getattr(model, "description", "")

@@ -35,7 +35,7 @@ CHECK_TIMESTEPS = (50, 150, 300, 500)
 
 def build_conditional_unet(shape: tuple[int, int, int], num_classes: int):
     """The unconditional digits UNet plus a class embedding (``class_labels=y``)."""
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # lazy: diffusers takes seconds to import
 
     c, h, _ = shape
     return UNet2DModel(sample_size=h, in_channels=c, out_channels=c,
@@ -60,7 +60,7 @@ def train_conditional_ddpm(ctx: TrainContext) -> dict[str, Any]:
     return fit_ddpm(ctx, unet, name=ctx.name or f"{info.name}-ddpm-cond",
                     defaults=TRAIN_DEFAULTS, desc=f"ddpm-cond {info.name}", card=card,
                     labels=y_train, identity=conditioning,
-                    evaluate=lambda ema, abar: label_check(ema, ctx.test, abar, k,
+                    measure=lambda ema, abar: label_check(ema, ctx.test, abar, k,
                                                            seed=ctx.seed))
 
 

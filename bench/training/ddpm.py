@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from bench.contract import TrainContext
+from bench.diffusion import Denoiser
 from bench.errors import CertbenchError, ConfigError
 from bench.nets import sha256_file
 from bench.progress import progress
@@ -48,7 +49,7 @@ EVAL_CLASSIFIERS = {"digits": "digits-cnn-gaussian-0.25",
 
 
 def build_unet(shape: tuple[int, int, int]):
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # lazy: diffusers takes seconds to import
 
     c, h, _ = shape
     return UNet2DModel(sample_size=h, in_channels=c, out_channels=c, **UNET_CONFIG)
@@ -64,20 +65,20 @@ def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
             "objective": "epsilon MSE, t ~ U{0..T-1}"}
     return fit_ddpm(ctx, unet, name=ctx.name or f"{info.name}-ddpm", defaults=TRAIN_DEFAULTS,
                     desc=f"ddpm {info.name}", card=card,
-                    evaluate=lambda ema, abar: _denoised_accuracy(ema, ctx))
+                    measure=lambda ema, abar: _denoised_accuracy(ema, ctx))
 
 
 def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], desc: str,
              card: dict[str, Any], labels: torch.Tensor | None = None,
              identity: dict[str, Any] | None = None,
-             evaluate: Callable[[Any, torch.Tensor], dict[str, Any]] | None = None
+             measure: Callable[[Any, torch.Tensor], dict[str, Any]] | None = None
              ) -> dict[str, Any]:
     """The DDPM training loop every diffusion trainer shares: epsilon MSE with t ~ U{0..T-1}
     on ``ctx.train`` (``class_labels=labels[batch]`` when given: a class-conditional UNet),
     AdamW with a one-cycle schedule, an EMA of the weights, a per-epoch checkpoint in
     ``<out>/<name>.partial/`` (resumed when ``identity`` matches), then the EMA saved as a
-    diffusers folder with ``card`` (plus the training record and ``evaluate(ema, abar)``)."""
-    from diffusers import DDPMScheduler
+    diffusers folder with ``card`` (plus the training record and ``measure(ema, abar)``)."""
+    from diffusers import DDPMScheduler  # lazy: diffusers takes seconds to import
 
     opts = {k: ctx.options.get(k) or v for k, v in defaults.items()}
     out = Path(ctx.out_dir) / name
@@ -167,8 +168,8 @@ def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], de
         "torch": torch.__version__, "python": platform.python_version(),
         "command": ctx.command,
     }
-    if evaluate is not None:
-        card.update(evaluate(ema, abar.cpu()))
+    if measure is not None:
+        card.update(measure(ema, abar.cpu()))
     (tmp_out / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp_out.replace(out)
@@ -182,9 +183,7 @@ def _denoised_accuracy(unet, ctx: TrainContext) -> dict[str, Any]:
     one-shot-denoised test images at ``ctx.sigma`` (what ``bench train`` prints as clean/noisy
     accuracy for this method). NaN when there is no reference: none for this dataset, no
     registry at hand, or it does not load (the card is still useful without the numbers)."""
-    from diffusers import DDPMScheduler
-
-    from bench.diffusion import Denoiser
+    from diffusers import DDPMScheduler  # lazy: diffusers takes seconds to import
 
     missing = {"clean_accuracy": float("nan"), "noisy_accuracy": float("nan")}
     name = EVAL_CLASSIFIERS.get(ctx.dataset.name)

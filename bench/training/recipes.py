@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench.contract import TrainContext
+from bench.data.specs import DATASETS
 from bench.errors import ConfigError
 from bench.training.loop import TrainSettings
 
@@ -28,8 +29,6 @@ RECIPES = ("auto", "project", "reference")
 
 def reference_augment(ctx: TrainContext) -> str:
     """The augmentation the dataset's reference recipes use (its spec says; none if unknown)."""
-    from bench.data.specs import DATASETS
-
     entry = DATASETS.get(ctx.dataset.name)
     return entry.reference_augment if entry else "none"
 

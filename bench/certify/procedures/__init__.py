@@ -1,7 +1,7 @@
 """Certification procedures: how one image becomes a :class:`bench.certify.records.Certificate`.
 
 A procedure owns every bound it uses (and records how alpha is spent in the run's card);
-methods never compute a bound. The run's protocol picks one by name (``--procedure``):
+methods never compute a bound. A run picks one by name (``--procedure``):
 
 ==========  ==================================================================================
 cohen       Cohen et al.'s CERTIFY: N0 selection samples pick the class, N independent samples
@@ -28,6 +28,7 @@ from bench.certify.procedures.base import Procedure, ProcedureSpec
 from bench.certify.procedures.cascade import Cascade
 from bench.certify.procedures.cohen import CohenFixedN
 from bench.certify.procedures.sequential import Sequential
+from bench.errors import ConfigError
 
 DEFAULT = "cohen"
 PROCEDURES: dict[str, type] = {CohenFixedN.name: CohenFixedN, Cascade.name: Cascade,
@@ -39,8 +40,6 @@ __all__ = ["DEFAULT", "PROCEDURES", "Cascade", "CohenFixedN", "Procedure", "Proc
 
 def get(name: str) -> type:
     """The procedure class registered as ``name`` (checked before any model is loaded)."""
-    from bench.errors import ConfigError
-
     cls = PROCEDURES.get(name)
     if cls is None:
         raise ConfigError(f"unknown procedure {name!r}; valid: {', '.join(PROCEDURES)}")

@@ -1,4 +1,4 @@
-"""The procedure interface and the protocol values every procedure is given."""
+"""The procedure interface and the run values every procedure is given."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from bench.certify.budget import Budget
 from bench.certify.records import Certificate
 from bench.contract import Cost
+from bench.errors import ConfigError
 
 DEFAULT_SIGMA = 0.25  # --sigma when not given, for a single-scale procedure
 # The harness phase at which the runner's one-forward model probe restarts a base classifier's
@@ -21,8 +22,6 @@ def single_scale_sigma(name: str, accepted: tuple[str, ...], method,
                        requested: float | None) -> float:
     """--sigma, or the default, for a single-scale procedure ``name``; a method certified by
     a procedure outside ``accepted`` (the cascade) is refused."""
-    from bench.errors import ConfigError
-
     own = getattr(method, "PROCEDURE", name)  # a method that names none takes this one
     if own not in accepted:
         raise ConfigError(f"method {method.id!r} is certified with the {own} procedure, not "
@@ -34,7 +33,7 @@ def noise_streams(phases: dict[int, str], base) -> list[dict[str, Any]]:
     """Every noise stream one image draws from, for the card: the harness's delta stream of
     each phase (``phases``: phase -> what it is for), then the base classifier's own streams
     for those phases where it has any (``base.noise_streams(phases)``: NDC's eps, DiffSmooth's
-    local draws). The identity's ``noise.scheme`` text is fixed by protocol 1 (it is hashed
+    local draws). The identity's ``noise.scheme`` text is fixed by identity version 1 (it is hashed
     into every run id) and names Cohen's two phases only; this list is the complete record."""
     streams = [{"phase": p, "seed": "SeedSequence([run seed, image index, phase])",
                 "draws": f"harness noise delta: {use}"} for p, use in phases.items()]
@@ -49,7 +48,7 @@ def noise_streams(phases: dict[int, str], base) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class ProcedureSpec:
-    """What the run's protocol fixes for a procedure: sample sizes as requested (N or a
+    """What the run fixes for a procedure: sample sizes as requested (N or a
     budget B of N x m predictions, resolved by the procedure once its base classifiers declare
     m), alpha, sigma, seed and the batch size (which never changes a certificate); the last
     four fields only matter to :class:`bench.certify.procedures.sequential.Sequential`."""
