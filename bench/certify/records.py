@@ -242,13 +242,7 @@ class RunSummary:
     @property
     def max_certifiable_radius(self) -> float:
         """The largest radius any image can reach at this sigma, N and alpha."""
-        from bench.certify import stats  # lazy: stats imports scipy, which takes seconds
-
-        declared = (self.card.extra.get("procedure") or {}).get("max_certifiable_radius")
-        if declared is not None:  # a procedure whose bound is not Cohen's (the cascade)
-            return float(declared)
-        ident = self.card.identity
-        return stats.max_radius(ident["sigma"], ident["n"], ident["alpha"])
+        return card_max_certifiable_radius(self.card)
 
     @property
     def samples_per_second(self) -> float:
@@ -328,3 +322,22 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def max_certifiable_radius(procedure: Mapping[str, Any] | None, sigma: float, n: int,
+                           alpha: float) -> float:
+    """The one maximum certifiable radius: the bound a procedure declares in its card block
+    (``procedure``: the cascade's, the sequential grid's top), else Cohen's
+    sigma * PhiInv(alpha^(1/N)) (:func:`bench.certify.stats.max_radius`)."""
+    declared = (procedure or {}).get("max_certifiable_radius")
+    if declared is not None:  # a procedure whose bound is not Cohen's
+        return float(declared)
+    from bench.certify import stats  # lazy: stats imports scipy, which takes seconds
+
+    return stats.max_radius(sigma, n, alpha)
+
+
+def card_max_certifiable_radius(card: RunCard) -> float:
+    """A run card's maximum certifiable radius (:func:`max_certifiable_radius` of its procedure
+    block and its identity's sigma, N and alpha)."""
+    ident = card.identity
+    return max_certifiable_radius(card.extra.get("procedure"), ident["sigma"], ident["n"],
+                                  ident["alpha"])

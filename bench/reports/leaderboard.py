@@ -32,7 +32,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
-from bench.certify import metrics, stats
+from bench.certify import metrics, records
 from bench.errors import ConfigError
 from bench.reports import table
 from bench.reports.curves import step_curve
@@ -215,26 +215,24 @@ def _cell(value: float | None, mark: table.Mark | None, lo=None, hi=None,
 
 def max_radius_of(row: Row, known: Mapping[str, float] | None = None) -> float | None:
     """The row's N-capped maximum certifiable radius: a run's from its card (``known``, by run
-    id), else Cohen's bound sigma * PhiInv(alpha^(1/N)) where sigma, N and alpha are known;
-    None otherwise (envelopes, reported rows without alpha, cascades without a card)."""
+    id), else Cohen's bound sigma * PhiInv(alpha^(1/N)) where sigma, N and alpha are known
+    (:func:`bench.certify.records.max_certifiable_radius`); None otherwise (envelopes, reported
+    rows without alpha, cascades without a card)."""
     if row.run_id and known and row.run_id in known:
         return known[row.run_id]
     if row.envelope_of or not isinstance(row.sigma, (int, float)) or isinstance(row.sigma, bool):
         return None
     if not row.n or row.alpha is None or not 0 < row.alpha < 1 or row.sigma <= 0:
         return None
-    return stats.max_radius(float(row.sigma), int(row.n), float(row.alpha))
+    return records.max_certifiable_radius(None, float(row.sigma), int(row.n), float(row.alpha))
 
 
 def card_max_radius(card) -> float | None:
-    """A stored run's maximum certifiable radius, as its summary computes it (a procedure's
-    declared bound, e.g. the cascade's or the sequential grid's, else Cohen's)."""
-    declared = (card.extra.get("procedure") or {}).get("max_certifiable_radius")
-    if declared is not None:
-        return float(declared)
-    ident = card.identity
+    """A stored run's maximum certifiable radius, as its summary computes it
+    (:func:`bench.certify.records.card_max_certifiable_radius`); None where its identity lacks
+    sigma, N or alpha."""
     try:
-        return stats.max_radius(float(ident["sigma"]), int(ident["n"]), float(ident["alpha"]))
+        return records.card_max_certifiable_radius(card)
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bench.certify import budget, procedures, stats
+from bench.certify import budget, procedures, records
 from bench.certify.noise import noise_identity
 from bench.certify.procedures import Procedure, ProcedureSpec
 from bench.certify.records import IDENTITY_VERSION, RunCard
@@ -331,10 +331,9 @@ def radius_grid_fields(opts: RunOptions, procedure: Procedure,
         return fields
     radii = specs.check_radii(opts.radii)
     if radii == specs.AUTO_RADII:
-        top = (procedure.card() or {}).get("max_certifiable_radius")
-        if top is None:
-            top = stats.max_radius(opts.sigma, procedure.budget.n, opts.alpha)
-        return {"radius_grid": list(specs.auto_grid(float(top))),
+        top = records.max_certifiable_radius(procedure.card(), opts.sigma, procedure.budget.n,
+                                             opts.alpha)
+        return {"radius_grid": list(specs.auto_grid(top)),
                 "radius_grid_source": "auto"}
     return {"radius_grid": list(radii), "radius_grid_source": "--radii"}
 
