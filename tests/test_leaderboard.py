@@ -11,7 +11,7 @@ from markupsafe import escape as escape_html
 from bench.certify import metrics, stats
 from bench.certify.records import Certificate, RunCard
 from bench.registry.entries import load_registry
-from bench.reports import leaderboard
+from bench.reports import leaderboard, style
 from bench.reports.curves import step_curve
 from bench.reports.table import Row
 from bench.store.database import Store
@@ -328,10 +328,19 @@ def test_legend_labels_are_unique_and_colours_fixed_per_method():
     assert labels == ["ndc sigma=0.25", "ndc sigma=0.25 variant=ap"]
     dashes = leaderboard.dash_patterns(same)
     assert dashes[0] != dashes[1]  # same colour (method), so another dash
-    colors = leaderboard.method_colors(f"m{i:02d}" for i in range(len(leaderboard.PALETTE)))
-    assert len(set(colors.values())) == len(leaderboard.PALETTE) >= 16
-    assert leaderboard.method_colors(["b", "a"]) == {"a": leaderboard.PALETTE[0],
-                                                      "b": leaderboard.PALETTE[1]}
+    colors = style.method_colors(f"m{i:02d}" for i in range(len(style.PALETTE)))
+    assert len(set(colors.values())) == len(style.PALETTE) >= 16
+    assert style.method_colors(["b", "a"]) == {"a": style.PALETTE[0], "b": style.PALETTE[1]}
+
+
+def test_a_method_has_its_plot_colour_on_the_leaderboard():
+    """One colour rule (bench.reports.style): the registry's methods first, as bench plot."""
+    registry = load_registry(ROOT / "registry.yaml")
+    rows = [_run_row("gaussian-a", [0.3, 0.1], [1, 1])]
+    page = leaderboard.dataset_page(rows, "digits", registry=registry)
+    want = style.method_colors(["gaussian"], sorted(registry.methods))["gaussian"]
+    assert want != style.PALETTE[0]  # not merely the first colour of a one-method page
+    assert f"'color': '{want}'" in str(page)
 
 
 def test_descriptions_once_per_method_and_sources_in_the_repository(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from bench.cli import main  # noqa: E402
-from bench.reports import plot  # noqa: E402
+from bench.reports import plot, style  # noqa: E402
 from bench.reports.curves import step_curve  # noqa: E402
 from bench.store.database import Store  # noqa: E402
 
@@ -97,10 +97,10 @@ def test_a_method_keeps_its_colour_across_figures(store):
     (only,) = _lines(alone).values()
     assert only.get_color() == colour["gaussian"]
     assert colour["clean"] != colour["gaussian"]
-    assert set(colour.values()) <= set(plot.PALETTE)
+    assert set(colour.values()) <= set(style.PALETTE)
     # The order is the registry's, not the figure's: stable whatever a figure holds.
-    order = plot.color_order(["gaussian"], plot.registry_methods())
-    assert colour["gaussian"] == plot.PALETTE[order.index("gaussian") % len(plot.PALETTE)]
+    order = style.color_order(["gaussian"], plot.registry_methods())
+    assert colour["gaussian"] == style.PALETTE[order.index("gaussian") % len(style.PALETTE)]
 
 
 def test_sigmas_get_line_styles_and_every_label_is_unique(store):

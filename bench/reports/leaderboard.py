@@ -23,7 +23,7 @@ import datetime as dt
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from bench.errors import ConfigError
 from bench.reports import table
 from bench.reports.curves import step_curve
 from bench.reports.escape import markdown as md
+from bench.reports.style import PALETTE, method_colors
 from bench.reports.table import Row
 from bench.store import database as store_mod
 from bench.version import __version__
@@ -46,11 +47,6 @@ KIND_NOTES = {
     "claimed": "per-image TSV submitted by the authors and imported; not re-certified here",
     "reported": "numbers printed in the paper (source given); no per-image data",
 }
-# Enough distinct colours for every method of the registry; a method's colour is fixed by its
-# position among the sorted method names of the whole site (method_colors).
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#8c564b",
-           "#e377c2", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939", "#8c6d31",
-           "#7b4173", "#3182bd", "#e6550d", "#31a354", "#843c39", "#000000")
 # One dash pattern per sigma (and m) within a plot, in sorted order.
 DASHES = ("", "8 4", "2 3", "10 3 2 3", "4 2", "1 2", "12 3 2 3 2 3", "6 2 1 2")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -318,11 +314,6 @@ def _row_view(row: Row, grid: Sequence[float], marks: Mapping[Any, table.Mark], 
         "max_radius": _fmt_radius(max_radius) if max_radius is not None else "",
         "sequential": row.sequential, "certification": row.certification,
     }
-
-
-def method_colors(methods: Iterable[str]) -> dict[str, str]:
-    """A colour per method, fixed by the sorted method names."""
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(set(methods)))}
 
 
 def _dash_key(row: Row) -> tuple[Any, ...]:
@@ -659,7 +650,9 @@ def dataset_page(rows: Sequence[Row], dataset: str, *,
     """The view model of one dataset: budgets -> comparison groups, plus envelopes."""
     rows = merge_duplicates(rows)
     grid = table.grid_of(rows, dataset)
-    colors = colors if colors is not None else method_colors(r.method for r in rows)
+    if colors is None:
+        colors = method_colors((r.method for r in rows),
+                               sorted(registry.methods) if registry is not None else ())
     methods = methods_section(rows, registry)
     anchors = {m["name"]: m["anchor"] for m in methods}
     budgets: dict[Any, list[Group]] = {}
@@ -718,7 +711,9 @@ def build(store: store_mod.Store | None, registry, out: str | Path) -> list[Path
                 top = card_max_radius(store.run_card(row.run_id))
                 if top is not None:
                     max_radii[row.run_id] = top
-    colors = method_colors(r.method for r in rows)  # one colour per method on every page
+    # one colour per method on every page, and the same as in bench plot's figures
+    colors = method_colors((r.method for r in rows),
+                           sorted(registry.methods) if registry is not None else ())
     info = generated_info()
     pages = []
     for ds in datasets:

@@ -8,7 +8,8 @@ Style, the same in every figure:
 
 * one colour per method, from a fixed palette (Tableau 10, then the light half of Tableau 20),
   assigned by the method's rank in a fixed order of names (the registry's methods sorted, then
-  any other method sorted), so a method keeps its colour whatever else a figure shows;
+  any other method sorted), so a method keeps its colour whatever else a figure shows, and has
+  the same colour on the leaderboard (:mod:`bench.reports.style`);
 * one line style per sigma (solid, dashed, dotted, dash-dot, ...), the same sigma the same style
   across methods; where one method has several curves at one sigma (m, N, certification), its
   curves take styles in order instead;
@@ -41,6 +42,7 @@ from bench.certify.records import RunSummary
 from bench.errors import CertbenchError, ConfigError
 from bench.registry.entries import load_registry
 from bench.reports.curves import step_curve
+from bench.reports.style import method_colors
 from bench.reports.table import LABEL_AWARE, certification_of, run_config, run_sigma
 
 FORMATS = (".pdf", ".png", ".svg")
@@ -52,14 +54,6 @@ PNG_DPI = 300
 MAX_INCHES = 100.0  # a plot side (a poster); matplotlib refuses far larger images
 FONT_PT, SMALL_PT = 8.0, 7.0
 CHAR_EM = 0.6  # mean character width of DejaVu Sans, in em
-# Tableau 10 (matplotlib's tab10), then the light colours of Tableau 20 (the dark ones are
-# tab10's): 20 distinct colours.
-PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
-    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
-)
 LINESTYLES: tuple[Any, ...] = (
     "-", "--", ":", "-.",
     (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1, 1, 1)),
@@ -105,19 +99,6 @@ def curve_of(summary: RunSummary) -> Curve:
 
 
 # ----- style ------------------------------------------------------------------------------------
-def color_order(methods: Iterable[str], known: Sequence[str] = ()) -> list[str]:
-    """The fixed order colours are taken in: ``known`` names (the registry's) sorted, then the
-    other ``methods`` sorted. A method's colour is ``PALETTE[rank % len(PALETTE)]``."""
-    first = sorted(set(known))
-    return first + sorted(set(methods) - set(first))
-
-
-def method_colors(methods: Iterable[str], known: Sequence[str] = ()) -> dict[str, str]:
-    methods = list(methods)
-    order = color_order(methods, known)
-    return {m: PALETTE[order.index(m) % len(PALETTE)] for m in methods}
-
-
 def registry_methods(path: str | Path | None = None, extra: Sequence[str | Path] = ()
                      ) -> list[str]:
     """The registry's method names (the colour order); [] when the default registry cannot be
@@ -236,7 +217,8 @@ def figure(runs: Sequence[RunSummary], *, title: str | None = None,
     ``width`` x ``height`` (inches) is the plot's own area; the figure is taller by the
     legend below it. ``max_radius`` is the right end of the radius axis (default:
     :func:`default_max_radius`). ``known_methods`` fixes the colour order
-    (:func:`method_colors`); default: the default registry's method names. Each curve is a
+    (:func:`bench.reports.style.method_colors`); default: the default registry's method
+    names. Each curve is a
     Line2D whose gid is ``curve:<run id>``, its data the step vertices (radius, 100 x
     accuracy); the cap ticks have gid ``max-radius:<run id>``.
     """
