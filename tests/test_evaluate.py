@@ -137,6 +137,27 @@ def test_evaluate_refuses_bad_requests(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_evaluate_prepares_its_run_once(tmp_path, monkeypatch):
+    from bench.running import evaluate as evaluate_mod
+    from bench.running import runner
+
+    calls = []
+
+    def counting(opts):
+        calls.append(opts.method)
+        return prepare(opts)
+
+    prepare = evaluate_mod.prepare
+    monkeypatch.setattr(evaluate_mod, "prepare", counting)
+    monkeypatch.setattr(runner, "prepare", counting)
+    with pytest.raises(ConfigError, match="would not be certified"):
+        run(TinyNet(), tmp_path, method_name="dummy")
+    assert calls == ["dummy"]
+    df = bench.evaluate(TinyNet(), dataset="digits", sigma=0.25, n=N, n0=N0, max_images=1,
+                        batch=BATCH, results=tmp_path, progress=False, device="cpu")
+    assert calls == ["dummy", "gaussian"] and df.attrs["new_images"] == 1
+
+
 def one_row(x):  # one row of logits per batch: would count 1 sample a batch (all abstain)
     return torch.zeros(1, 10)
 

@@ -1,8 +1,9 @@
 """One call from Python: certify your own model through the harness the CLI uses.
 
 :func:`evaluate` is ``python -m bench run`` for an in-memory model: the same
-:class:`bench.running.plan.RunOptions`, :func:`bench.running.runner.run` (validation, the store,
-resume by run id, exports under ``<results>/runs/<folder>/``), with the model given to the run's
+:class:`bench.running.plan.RunOptions`, :func:`bench.running.plan.prepare` (validation, once)
+and :func:`bench.running.runner.run_prepared` (the store, resume by run id, exports under
+``<results>/runs/<folder>/``), with the model given to the run's
 ``classifier`` role (``RunOptions.python_models``). The card names it ``python:<ClassName>`` with
 the sha256 of its parameters and buffers (:func:`bench.running.roles.python_model_sha256`), and that
 hash is part of the run id: another set of weights is another run, the same weights resume.
@@ -26,9 +27,9 @@ from bench.contract import ClassifierMethod
 from bench.data import loaders
 from bench.errors import ConfigError
 from bench.registry.entries import load_registry
-from bench.running.plan import RunOptions, prepare
+from bench.running.plan import Prepared, RunOptions, prepare
 from bench.running.roles import PYTHON_PREFIX, PythonModel
-from bench.running.runner import RunResult, run
+from bench.running.runner import RunResult, run_prepared
 
 DEFAULT_METHOD = "gaussian"  # its base classifier is the classifier's argmax: Cohen's
 # RunOptions fields evaluate sets itself (its arguments) or that would bypass the model given
@@ -96,26 +97,28 @@ def evaluate(model, dataset: str = "cifar10", *, sigma: float = 0.25, n: int = 1
         radii=radii if radii is None or isinstance(radii, str) else tuple(map(float, radii)),
         certification=certification, progress=progress,
         python_models={"classifier": PythonModel(model, num_classes=num_classes)}, **options)
-    if not _asks_classifier(opts):
-        raise ConfigError(f"method {opts.method!r} does not use a classifier model on "
-                          f"{dataset}: the model given would not be certified")
     training = model.training if isinstance(model, torch.nn.Module) else None
     try:
-        result = run(opts)
+        prep = prepare(opts)  # once: its card says whether the model given is certified
+        if not _asks_classifier(prep):
+            raise ConfigError(f"method {opts.method!r} does not use a classifier model on "
+                              f"{dataset}: the model given would not be certified")
+        result = run_prepared(prep)
     finally:
         if training is not None:
             model.train(training)
     return _frame(result)
 
 
-def _asks_classifier(opts: RunOptions) -> bool:
-    """Whether the run certifies the model given: any ClassifierMethod does; another method
-    is prepared (validated, nothing certified) to see whether it loads a classifier."""
+def _asks_classifier(prep: Prepared) -> bool:
+    """Whether the prepared run certifies the model given: any ClassifierMethod does; another
+    method does where its card records the model given in the classifier role."""
+    opts = prep.opts
     entry = load_registry(opts.registry, extra=opts.extra_registries,
                           datasets=loaders.DATASET_NAMES).method(opts.method)
     if isinstance(cls := entry.load_adapter(), type) and issubclass(cls, ClassifierMethod):
         return True
-    roles = prepare(opts).card.extra.get("model_roles", {})
+    roles = prep.card.extra.get("model_roles", {})
     return str(roles.get("classifier", {}).get("name", "")).startswith(PYTHON_PREFIX)
 
 

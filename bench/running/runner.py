@@ -82,7 +82,13 @@ def run(opts: RunOptions) -> RunResult:
     """Certify the requested images (skipping finished ones, sharing them with other processes
     on the same run) and export the run's files. Raises :class:`EmptyShard` for a shard
     without images, before anything is written."""
-    prep = prepare(opts)
+    return run_prepared(prepare(opts))
+
+
+def run_prepared(prep: Prepared) -> RunResult:
+    """:func:`run` of a run already prepared (:func:`bench.running.plan.prepare`), e.g. by a
+    caller that reads its card first (``bench.evaluate``): a run is prepared once."""
+    opts = prep.opts
     check_shard_has_images(prep)
     store = Store(opts.results)
     try:
