@@ -55,7 +55,7 @@ def test_evaluate_is_the_harness_run(tmp_path):
     assert [c for c in df.columns if c.startswith("acc@")] == [f"acc@{r:g}" for r in grid]
     for r in grid:
         assert df.loc[0, f"acc@{r:g}"] == summary.accuracy[r]
-    assert df.loc[0, "ACR"] == summary.acr and df.loc[0, "abstain"] == summary.abstain
+    assert df.loc[0, "acr"] == summary.acr and df.loc[0, "abstain"] == summary.abstain
     exported = json.loads((df.attrs["folder"] / "summary.json").read_text())
     assert exported["run_id"] == run_id
     assert exported["metrics"]["acr"] == pytest.approx(summary.acr)
@@ -68,7 +68,10 @@ def test_evaluate_is_the_harness_run(tmp_path):
     assert role == {"name": "python:TinyNet", "sha256": sha, "hash_of": "state_dict"}
     assert summary.card.identity["models"] == {"python:TinyNet": sha}
     assert summary.card.identity["method"] == "gaussian"
-    assert df.loc[0, "model"] == "python:TinyNet"
+    # One run-to-DataFrame path: the row load_results gives for the run, column for column.
+    loaded = bench.load_results(tmp_path)
+    assert list(df.columns) == list(loaded.columns)
+    assert df.iloc[0].equals(loaded[loaded.run_id == run_id].iloc[0])
 
     # Same certificates as Smooth on the digits test images, with index = the image's index.
     ds = load_split("digits")

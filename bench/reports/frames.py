@@ -95,7 +95,7 @@ def load_results(path: str | Path = "results", dataset: str | None = None, *,
         rows = [table.row_from_summary(store.summary(run.run_id)) for run in runs]
     finally:
         store.close()
-    return _runs(rows, radii, long, registry)
+    return runs_frame(rows, radii, long, registry)
 
 
 # ----- filters -----------------------------------------------------------------------------------
@@ -129,8 +129,11 @@ def _same_sigma(own: float | str, label: str, wanted: Any) -> bool:
 
 
 # ----- level="runs" ------------------------------------------------------------------------------
-def _runs(rows: list[table.Row], radii: Iterable[float] | None, long: bool,
-          registry: Any) -> pd.DataFrame:
+def runs_frame(rows: list[table.Row], radii: Iterable[float] | None = None, long: bool = False,
+               registry: Any = None) -> pd.DataFrame:
+    """The one run-to-DataFrame path and column naming (:data:`RUN_COLUMNS`, then ``acc@<r>``
+    or the long form's): ``load_results(level="runs")`` and ``bench.evaluate`` both return it.
+    ``rows``: :func:`bench.reports.table.row_from_summary` of stored runs."""
     grid = sorted({float(r) for r in radii} if radii is not None
                   else {r for row in rows for r in row.accuracy})
     rows = table.with_radii(rows, grid)

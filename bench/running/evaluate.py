@@ -27,6 +27,8 @@ from bench.contract import ClassifierMethod
 from bench.data import loaders
 from bench.errors import ConfigError
 from bench.registry.entries import load_registry
+from bench.reports.frames import runs_frame
+from bench.reports.table import row_from_summary
 from bench.running.plan import Prepared, RunOptions, prepare
 from bench.running.roles import PYTHON_PREFIX, PythonModel
 from bench.running.runner import RunResult, run_prepared
@@ -64,9 +66,11 @@ def evaluate(model, dataset: str = "cifar10", *, sigma: float = 0.25, n: int = 1
     model and whose name the run is filed under (default ``gaussian``: the classifier's
     argmax; e.g. ``dds`` puts the model behind the registry's denoiser).
 
-    Returns a one-row DataFrame: model, method, dataset, sigma, N0, N, alpha, subset, images,
-    subset_size, ``acc@R`` (certified accuracy, a fraction, per radius of the run's grid),
-    ACR, abstain (a fraction) and run_id. ``df.attrs`` holds ``run_id``, ``folder`` (the
+    Returns a one-row DataFrame with the columns of ``bench.load_results(level="runs")``
+    (:func:`bench.reports.frames.runs_frame`: run_id, kind, method, dataset, sigma, ..., n0, n,
+    alpha, subset, subset_size, images, ..., acr, abstain (a fraction), ..., then ``acc@R``,
+    certified accuracy as a fraction per radius of the run's grid; the model's name and hash
+    are in the card's ``model_roles``). ``df.attrs`` holds ``run_id``, ``folder`` (the
     export folder), ``new_images``, ``summary`` (:class:`bench.certify.records.RunSummary`) and
     ``result`` (:class:`bench.running.runner.RunResult`). Calling it again with the same model
     and arguments resumes the run (nothing is certified twice).
@@ -123,20 +127,10 @@ def _asks_classifier(prep: Prepared) -> bool:
 
 
 def _frame(result: RunResult) -> pd.DataFrame:
-    """The run's one-row table (numbers straight from its stored summary)."""
+    """The run's one row: :func:`bench.reports.frames.runs_frame` of its stored summary (the
+    columns of ``load_results``), with the run and its summary in ``df.attrs``."""
     s = result.summary
-    ident = s.card.identity
-    roles = s.card.extra.get("model_roles", {})
-    row: dict[str, Any] = {
-        "model": roles.get("classifier", {}).get("name"), "method": ident["method"],
-        "dataset": ident["dataset"], "sigma": ident["sigma"], "N0": ident["n0"],
-        "N": ident["n"], "alpha": ident["alpha"], "subset": ident["subset"],
-        "images": s.images, "subset_size": s.subset_size,
-    }
-    row.update({f"acc@{r:g}": s.accuracy[r] for r in s.card.radius_grid})
-    row.update({"ACR": s.acr, "abstain": s.abstain, "run_id": result.run_id})
-    df = pd.DataFrame([row])
+    df = runs_frame([row_from_summary(s)], s.card.radius_grid)
     df.attrs.update(run_id=result.run_id, folder=result.folder, new_images=result.new_images,
                     summary=s, result=result)
     return df
-
