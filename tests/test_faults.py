@@ -122,6 +122,7 @@ def _check_same_as_uninterrupted(a, b, images: int):
         assert idx == [r[0] for r in con.execute("SELECT idx FROM certs ORDER BY idx")]
 
 
+@pytest.mark.heavy
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     images = 24
     a, b, log, rest = _kill_loop(tmp_path, kills=8, images=images, seed=20240601,

@@ -199,6 +199,7 @@ def _kill_two_workers(ray, results: Path, killed: list) -> None:
 
 
 # First (before the module's cluster exists): a run that starts, and stops, its own cluster.
+@pytest.mark.heavy
 def test_a_ray_run_with_killed_workers_gives_the_serial_certificates(serial, tmp_path,
                                                                      monkeypatch):
     """--executor ray without a cluster starts a local one (2 workers), loses and
@@ -227,6 +228,7 @@ def test_a_ray_run_with_killed_workers_gives_the_serial_certificates(serial, tmp
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.heavy
 def test_a_killed_driver_resumes_to_the_same_certificates(serial, ray_cluster, tmp_path):
     """A driver on an existing cluster (--address) killed with SIGKILL mid-run: the rerun
     takes over its claims and certifies only what is missing."""
