@@ -74,7 +74,7 @@ from bench.errors import ConfigError, ModelError
 from bench.nets import sha256_file
 from bench.progress import progress
 from bench.training.ddpm import SCHEDULE
-from bench.training.loop import load_training_checkpoint
+from bench.training.loop import Resumable, training_generators
 
 SCALES = (0.25, 0.5, 1.0)
 TRAIN_DEFAULTS = {"epochs": 8, "batch": 64, "lr": 1e-4}
@@ -195,23 +195,17 @@ def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
     steps_per_epoch = -(-len(x_train) // opts["batch"])
     opt = torch.optim.AdamW(model.net.parameters(), lr=opts["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts["epochs"] * steps_per_epoch)
-    shuffle = torch.Generator().manual_seed(ctx.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(ctx.seed + 1)
+    gens = training_generators(ctx.seed, device)
     identity = {"seed": ctx.seed, **opts, **loss_opts, "scales": list(scales), "base": base,
                 "base_sha256": base_sha, "classifier": classifier, "eval_draws": eval_draws,
                 "train_images": len(x_train)}
     state: dict[str, Any] = {"epoch": 0, "seconds": 0.0, "history": [], "resumed_from": None}
-    ckpt_path = partial / "checkpoint.pt"
-    if ckpt_path.is_file():
-        saved = load_training_checkpoint(ckpt_path, device)
-        if saved["identity"] != identity:
-            raise ConfigError(f"{ckpt_path} is from a different configuration; delete "
-                              f"{partial} to start over")
-        model.net.load_state_dict(saved["unet"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        shuffle.set_state(saved["shuffle"])
-        noise_gen.set_state(saved["noise"])
+    resumable = Resumable(partial / "checkpoint.pt", identity,
+                          {"unet": model.net, "opt": opt, "sched": sched}, gens, device,
+                          mismatch=f"{{path}} is from a different configuration; delete "
+                                   f"{partial} to start over")
+    saved = resumable.resume()
+    if saved is not None:
         state = saved["state"]
         state["resumed_from"] = state["epoch"]
     if "before" not in state:
@@ -224,12 +218,12 @@ def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
     for epoch in bar:
         start = time.perf_counter()
         model.net.train()
-        order = torch.randperm(len(x_train), generator=shuffle).to(device)
+        order = torch.randperm(len(x_train), generator=gens["shuffle"]).to(device)
         totals = torch.zeros(4, device=device)  # eps, brier, ac, total; summed over images
         for i in range(0, len(x_train), opts["batch"]):
             idx = order[i : i + opts["batch"]]
             x, y = x_train[idx], y_train[idx]
-            parts = _step_losses(model, clf, dens, abar, x, y, m, noise_gen)
+            parts = _step_losses(model, clf, dens, abar, x, y, m, gens["noise"])
             l_eps, l_brier, l_ac = parts
             loss = l_eps + lam_ * (l_brier + alpha_ * l_ac)
             opt.zero_grad(set_to_none=True)
@@ -243,12 +237,7 @@ def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
         state["epoch"] = epoch + 1
         state["seconds"] += time.perf_counter() - start
         bar.set_postfix(loss=f"{means[3]:.4f}", brier=f"{means[1]:.3f}", ac=f"{means[2]:.3f}")
-        partial.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"identity": identity, "unet": model.net.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "shuffle": shuffle.get_state(),
-                    "noise": noise_gen.get_state(), "state": state}, tmp)
-        tmp.replace(ckpt_path)
+        resumable.save(state=state)
 
     model.net.eval().requires_grad_(False)
     after = measure_denoising(model, clf, ctx.test, scales, draws=eval_draws, seed=ctx.seed)

@@ -26,10 +26,10 @@ import torch
 
 from bench.contract import TrainContext
 from bench.diffusion import Denoiser
-from bench.errors import CertbenchError, ConfigError
+from bench.errors import CertbenchError
 from bench.nets import sha256_file
 from bench.progress import progress
-from bench.training.loop import load_training_checkpoint
+from bench.training.loop import Resumable, training_generators
 
 # Sized for 8x8 digits on a CPU: ~0.7M parameters, a few thousand one-shot denoisings/s.
 UNET_CONFIG = {
@@ -96,23 +96,16 @@ def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], de
     opt = torch.optim.AdamW(unet.parameters(), lr=opts["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts["lr"], pct_start=0.05,
                                                 total_steps=opts["epochs"] * steps_per_epoch)
-    shuffle = torch.Generator().manual_seed(ctx.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(ctx.seed + 1)
+    gens = training_generators(ctx.seed, device)
     state: dict[str, Any] = {"epoch": 0, "seconds": 0.0, "losses": []}
     unet_config = {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()}
     identity = {"seed": ctx.seed, **opts, **(identity or {}), "unet": unet_config}
-    ckpt_path = partial / "checkpoint.pt"
-    if ckpt_path.is_file():
-        saved = load_training_checkpoint(ckpt_path, device)
-        if saved["identity"] != identity:
-            raise ConfigError(f"{ckpt_path} is from a different configuration; delete "
-                              f"{partial} to start over")
-        unet.load_state_dict(saved["unet"])
-        ema.load_state_dict(saved["ema"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        shuffle.set_state(saved["shuffle"])
-        noise_gen.set_state(saved["noise"])
+    resumable = Resumable(partial / "checkpoint.pt", identity,
+                          {"unet": unet, "ema": ema, "opt": opt, "sched": sched}, gens, device,
+                          mismatch=f"{{path}} is from a different configuration; delete "
+                                   f"{partial} to start over")
+    saved = resumable.resume()
+    if saved is not None:
         state = saved["state"]
 
     bar = progress(range(state["epoch"], opts["epochs"]), desc=desc, unit="epoch",
@@ -121,13 +114,13 @@ def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], de
     for epoch in bar:
         start = time.perf_counter()
         unet.train()
-        order = torch.randperm(len(x_train), generator=shuffle).to(device)
+        order = torch.randperm(len(x_train), generator=gens["shuffle"]).to(device)
         total = torch.zeros((), device=device)
         for i in range(0, len(x_train), opts["batch"]):
             idx = order[i : i + opts["batch"]]
             x0 = x_train[idx]
-            t = torch.randint(0, len(abar), (len(x0),), generator=noise_gen, device=device)
-            eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+            t = torch.randint(0, len(abar), (len(x0),), generator=gens["noise"], device=device)
+            eps = torch.randn(x0.shape, generator=gens["noise"], device=device)
             a = abar[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
             cond = {} if labels is None else {"class_labels": labels[idx]}
@@ -144,13 +137,7 @@ def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], de
         state["epoch"] = epoch + 1
         state["seconds"] += time.perf_counter() - start
         bar.set_postfix(loss=f"{state['losses'][-1]:.4f}")
-        partial.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"identity": identity, "unet": unet.state_dict(), "ema": ema.state_dict(),
-                    "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "shuffle": shuffle.get_state(), "noise": noise_gen.get_state(),
-                    "state": state}, tmp)
-        tmp.replace(ckpt_path)
+        resumable.save(state=state)
 
     ema = ema.to("cpu")
     tmp_out = out.with_name(out.name + ".tmp")

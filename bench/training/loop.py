@@ -6,7 +6,9 @@ random draw comes from generators seeded by the run seed) and crash recovery: wi
 path it saves model, optimizer, schedule and every RNG state after each epoch, and a rerun with
 the same settings resumes there and ends with the same weights, bit for bit, as an
 uninterrupted run. Keeping it in one place is what lets the zoo models retrain bit for bit
-whichever method trained them.
+whichever method trained them. Its resumable skeleton (:func:`training_generators`,
+:class:`Resumable`: identity check, resume, atomic save) is also the DDPM trainers' and the
+denoiser calibration's.
 """
 
 from __future__ import annotations
@@ -78,16 +80,18 @@ def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     else:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(settings.milestones),
                                                      gamma=settings.gamma)
-    gens = {
-        "shuffle": torch.Generator().manual_seed(settings.seed),
-        "noise": torch.Generator(device=device).manual_seed(settings.seed + 1),
-        "augment": torch.Generator().manual_seed(settings.seed + 2),
-    }
+    gens = training_generators(settings.seed, device, augment=True)
     fingerprint = _canonical({"settings": asdict(settings), "samples": len(x),
                               **(fingerprint or {})})
+    resumable = Resumable(
+        Path(checkpoint) if checkpoint is not None else None, fingerprint,
+        {"net": net, "opt": opt, "sched": sched}, gens, device, key="fingerprint",
+        mismatch="{path} was written by a different training configuration; rerun the "
+                 "original command to resume it, or delete the file to start over")
     state = {"epoch": 0, "seconds": 0.0, "final_loss": float("nan")}
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = _resume(Path(checkpoint), fingerprint, net, opt, sched, gens, device)
+    saved = resumable.resume()
+    if saved is not None:
+        state = {k: saved[k] for k in state}
     start = time.perf_counter() - state["seconds"]
     bar = progress_bar(range(state["epoch"], settings.epochs), desc=desc, unit="epoch",
                        disable=not progress, dynamic_ncols=True, initial=state["epoch"],
@@ -115,17 +119,68 @@ def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
         last_loss = float(total) / len(x)  # one host sync per epoch
         bar.set_postfix(loss=f"{last_loss:.4f}")
         if checkpoint is not None:
-            save_checkpoint(Path(checkpoint), {
-                "fingerprint": fingerprint, "epoch": epoch + 1, "final_loss": last_loss,
-                "seconds": time.perf_counter() - start, "net": net.state_dict(),
-                "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gens": {k: g.get_state() for k, g in gens.items()},
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-            })
+            resumable.save(epoch=epoch + 1, final_loss=last_loss,
+                           seconds=time.perf_counter() - start)
     net.eval()
     return {"final_loss": last_loss, "seconds": time.perf_counter() - start,
             "resumed_from_epoch": state["epoch"]}
+
+
+# ----- the resumable-training skeleton (this loop, the DDPM trainers, the calibration) ---------
+def training_generators(seed: int, device: torch.device, *,
+                        augment: bool = False) -> dict[str, torch.Generator]:
+    """A training run's seeded generators: ``shuffle`` (CPU, ``seed``), ``noise`` (on
+    ``device``, ``seed + 1``) and, with ``augment``, ``augment`` (CPU, ``seed + 2``)."""
+    gens = {"shuffle": torch.Generator().manual_seed(seed),
+            "noise": torch.Generator(device=device).manual_seed(seed + 1)}
+    if augment:
+        gens["augment"] = torch.Generator().manual_seed(seed + 2)
+    return gens
+
+
+class Resumable:
+    """The one resumable-training skeleton: a checkpoint file that holds the run's ``identity``
+    (under ``key``), the state of every ``stateful`` object (``state_dict``/``load_state_dict``:
+    weights, EMA, optimizer, schedule), every generator and the global RNGs, plus the trainer's
+    own progress; :meth:`resume` checks the identity (``mismatch``: the one-line error, with
+    ``{path}``) and restores it all, :meth:`save` writes it atomically after each epoch. With
+    ``path`` None nothing is saved or resumed."""
+
+    def __init__(self, path: Path | None, identity: Any, stateful: Mapping[str, Any],
+                 gens: Mapping[str, torch.Generator], device: torch.device, *,
+                 key: str = "identity", mismatch: str):
+        self.path, self.identity, self.key, self.mismatch = path, identity, key, mismatch
+        self.stateful, self.gens, self.device = dict(stateful), dict(gens), device
+
+    def resume(self) -> dict[str, Any] | None:
+        """The saved checkpoint with everything restored; None where there is none."""
+        if self.path is None or not self.path.is_file():
+            return None
+        saved = load_training_checkpoint(self.path)  # on the CPU: RNG states must be there
+        if saved.get(self.key) != self.identity:
+            raise ConfigError(self.mismatch.format(path=self.path))
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(saved[name])
+        gen_states = saved.get("gens") or {k: saved[k] for k in self.gens}  # or a first layout
+        for name, gen in self.gens.items():
+            gen.set_state(gen_states[name])
+        if saved.get("torch_rng") is not None:
+            torch.set_rng_state(saved["torch_rng"])
+        if self.device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        return saved
+
+    def save(self, **progress: Any) -> None:
+        """Checkpoint now (atomically): identity, states, generators, RNGs and ``progress``."""
+        if self.path is None:
+            return
+        save_checkpoint(self.path, {
+            self.key: self.identity, **progress,
+            **{name: obj.state_dict() for name, obj in self.stateful.items()},
+            "gens": {k: g.get_state() for k, g in self.gens.items()},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+        })
 
 
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
@@ -151,24 +206,6 @@ def load_training_checkpoint(path: Path, device="cpu") -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"training checkpoint {path} cannot be read ({first}): it is "
                           f"truncated or damaged; delete {path} to start over") from exc
-
-
-def _resume(path: Path, fingerprint: str, net, opt, sched, gens, device) -> dict:
-    ckpt = load_training_checkpoint(path)
-    if ckpt.get("fingerprint") != fingerprint:
-        raise ConfigError(
-            f"checkpoint {path} was written by a different training configuration; "
-            "rerun the original command to resume it, or delete the file to start over"
-        )
-    net.load_state_dict(ckpt["net"])
-    opt.load_state_dict(ckpt["opt"])
-    sched.load_state_dict(ckpt["sched"])
-    for key, gen in gens.items():
-        gen.set_state(ckpt["gens"][key])
-    torch.set_rng_state(ckpt["torch_rng"])
-    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    return {"epoch": ckpt["epoch"], "seconds": ckpt["seconds"], "final_loss": ckpt["final_loss"]}
 
 
 def _canonical(obj: Mapping[str, Any]) -> str:
