@@ -32,7 +32,7 @@ from bench.registry.download import models_dir
 from bench.registry.entries import MethodEntry, load_registry
 from bench.running.devices import environment, resolve_device
 from bench.running.memory import fit_batch, is_out_of_memory
-from bench.running.roles import RoleResolver, parse_overrides
+from bench.running.roles import ModelChoice, RoleResolver, parse_overrides
 
 CERTIFICATIONS = ("fixed", "sequential")  # --certification (first name: --protocol)
 SEQUENTIAL_IDENTITY = ("checkpoints", "checkpoint_alphas", "alpha_f", "grid", "label_aware")
@@ -153,17 +153,18 @@ def prepare(opts: RunOptions) -> Prepared:
     name = procedure_name(opts, method)
     sigma = procedures.get(name).run_sigma(method, opts.sigma)
     opts = replace(opts, procedure=name, sigma=sigma)  # resolved: the card records these
-    models = RoleResolver(registry, opts.method, entry.model_roles(opts.dataset),
-                          info=loaders.placeholder_info(opts.dataset), sigma=opts.sigma,
-                          device=device, base_dir=models_dir(opts.models_dir),
-                          overrides=parse_overrides(opts.model), arch=opts.arch,
-                          python_models=opts.python_models)
+    choice = ModelChoice(registry, opts.method, entry.model_roles(opts.dataset),
+                         dataset=opts.dataset, sigma=opts.sigma,
+                         overrides=parse_overrides(opts.model), arch=opts.arch,
+                         python_models=opts.python_models)
     ds = loaders.load_split(opts.dataset, "test", data_dir=opts.data_dir,
                              image_size=opts.image_size, allow_resize=opts.allow_resize,
-                             model=models.facts() if loaders.reads_tree(opts.dataset) else None)
-    models.info = ds.info  # a class-folder tree is read to fit the model: now its info is known
+                             model=choice.facts() if loaders.reads_tree(opts.dataset) else None)
+    # a class-folder tree is read to fit the model: the resolver is built with the data's info
+    models = RoleResolver.for_data(choice, ds.info, device=device,
+                                   base_dir=models_dir(opts.models_dir))
     indices = loaders.resolve_subset(opts.dataset, opts.subset, len(ds))
-    grid_dataset = default_grid_dataset(opts, models)
+    grid_dataset = default_grid_dataset(opts, choice)
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
                   models=models)
     spec = ProcedureSpec(name=opts.procedure, dataset=opts.dataset, method=opts.method,
@@ -294,7 +295,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
     return RunCard(identity=identity, extra=extra)
 
 
-def default_grid_dataset(opts: RunOptions, models: RoleResolver) -> str:
+def default_grid_dataset(opts: RunOptions, models: ModelChoice) -> str:
     """The dataset whose radius grid a run reports without --radii: its own, except that a
     class-folder tree borrows the grid of the dataset its classifier was trained on (a CIFAR-10
     model on 32 px images is not reported on ImageNet's 0.5-3.0)."""

@@ -57,25 +57,111 @@ def _is_path(value: str) -> bool:
         return False
 
 
-class RoleResolver:
-    """Resolves and loads the models of one run (:class:`bench.contract.ModelSource`).
+class ModelChoice:
+    """Which model each role of a run gets, by name and registry fields; nothing is loaded and
+    no data is needed, so a class-folder tree can be read to fit the classifier
+    (:meth:`facts`) before the run's :class:`RoleResolver` is built with the data's info.
 
     ``python_models`` (role -> an in-memory model, or a :class:`PythonModel`) come first: such
     a role is never looked up in the registry nor in ``overrides`` (see :class:`PythonModel`).
     """
 
     def __init__(self, registry: Registry, method: str, config: Mapping[str, Any], *,
-                 info: DatasetInfo, sigma: float, device: torch.device, base_dir: Path,
-                 overrides: Mapping[str, str] | None = None, arch: str | None = None,
-                 python_models: Mapping[str, Any] | None = None):
+                 dataset: str, sigma: float, overrides: Mapping[str, str] | None = None,
+                 arch: str | None = None, python_models: Mapping[str, Any] | None = None):
         self.registry, self.method, self.config = registry, method, dict(config)
-        self.info, self.sigma, self.device = info, sigma, device
-        self.base_dir, self.arch = base_dir, arch
+        self.dataset, self.sigma, self.arch = dataset, sigma, arch
         self.overrides = dict(overrides or {})
         self.python = {role: m if isinstance(m, PythonModel) else PythonModel(m)
                        for role, m in (python_models or {}).items()}
+
+    def facts(self) -> ModelFacts | None:
+        """What the classifier's entry says about its input (classes, channels, image size):
+        a class-folder tree is read to fit it. None for a method without a classifier."""
+        if PRIMARY_ROLE in self.python:
+            model = self.python[PRIMARY_ROLE]
+            return ModelFacts(num_classes=model.num_classes, name=model.name)
+        if PRIMARY_ROLE not in self.overrides and PRIMARY_ROLE not in self.config:
+            return None
+        name = self.name_for(PRIMARY_ROLE)
+        return ModelFacts.from_entry(name, self.entry(name))
+
+    # ----- resolution -----------------------------------------------------------------------
+    def name_for(self, role: str, override: str | None = None) -> str:
+        """The model name for ``role``: --model, then the adapter's override, then the
+        registry's choice for this dataset (matched to the run's sigma)."""
+        chosen = self.overrides.get(role) or override
+        if chosen:
+            return str(chosen)
+        choice = self.config.get(role)
+        ds = self.dataset
+        if choice is None:
+            raise ConfigError(
+                f"method {self.method!r} has no {role!r} model for dataset {ds!r}; add one "
+                f"under methods.{self.method}.datasets.{ds}.{role} in the registry or pass "
+                f"--model {'' if role == PRIMARY_ROLE else role + '='}NAME_OR_PATH")
+        if isinstance(choice, str):
+            return choice
+        for sig, name in choice.items():
+            if abs(float(sig) - self.sigma) < 1e-9:
+                return name
+        have = ", ".join(str(s) for s in sorted(float(s) for s in choice))
+        raise ConfigError(
+            f"method {self.method!r} has no {role} model for {ds} at sigma {self.sigma:g} "
+            f"(registered sigmas: {have}); pick one of those, train one with "
+            f"'python -m bench train --method {self.method} --dataset {ds} "
+            f"--sigma {self.sigma:g}', or pass --model NAME_OR_PATH")
+
+    def entry(self, name: str, role: str = PRIMARY_ROLE) -> dict[str, Any]:
+        """The registry fields of ``name``, or fields inferred for a path, folder, Hub id or
+        ``module:Class``."""
+        if name in self.registry.models:
+            model = self.registry.models[name]
+            entry = dict(model.fields)
+            # A module:callable arch is imported from beside the registry file naming it.
+            entry["registry_dir"] = str(Path(model.origin).expanduser().resolve().parent)
+            if self.arch and entry.get("arch") and entry["arch"] != self.arch:
+                raise ConfigError(f"--arch {self.arch} contradicts model {name!r}'s arch "
+                                  f"{entry['arch']}; drop --arch")
+            return entry
+        path = Path(name).expanduser()
+        if path.is_file():
+            entry = {"source": "auto", "path": str(path.resolve())}
+            return {**entry, "arch": self.arch} if self.arch else entry
+        if path.is_dir():
+            return {"source": "diffusers", "path": str(path.resolve())}
+        if ":" in name and not name.startswith((".", "/", "~")):
+            return {"source": "python", "path": name}
+        if role != PRIMARY_ROLE and name.count("/") == 1 and not name.startswith((".", "~")):
+            return {"source": "diffusers", "path": name}  # a Hub repo id
+        close = difflib.get_close_matches(name, list(self.registry.models), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{role} model {name!r} is neither a registered model{hint} nor an existing file "
+            "or folder; pass a registered name ('python -m bench list') or a path")
+
+
+class RoleResolver(ModelChoice):
+    """Resolves and loads the models of one run (:class:`bench.contract.ModelSource`): the
+    :class:`ModelChoice` of its roles, on the run's data (``info``) and device."""
+
+    def __init__(self, registry: Registry, method: str, config: Mapping[str, Any], *,
+                 info: DatasetInfo, sigma: float, device: torch.device, base_dir: Path,
+                 overrides: Mapping[str, str] | None = None, arch: str | None = None,
+                 python_models: Mapping[str, Any] | None = None):
+        super().__init__(registry, method, config, dataset=info.name, sigma=sigma,
+                         overrides=overrides, arch=arch, python_models=python_models)
+        self.info, self.device, self.base_dir = info, device, base_dir
         self.loaded: dict[str, ModelRef] = {}
         self._nets: dict[str, torch.nn.Module] = {}
+
+    @classmethod
+    def for_data(cls, choice: ModelChoice, info: DatasetInfo, *, device: torch.device,
+                 base_dir: Path) -> RoleResolver:
+        """The resolver of ``choice`` on the run's data, built once its info is known."""
+        return cls(choice.registry, choice.method, choice.config, info=info,
+                   sigma=choice.sigma, device=device, base_dir=base_dir,
+                   overrides=choice.overrides, arch=choice.arch, python_models=choice.python)
 
     # ----- the ModelSource interface ---------------------------------------------------------
     def load(self, role: str, override: str | None = None) -> torch.nn.Module:
@@ -126,17 +212,6 @@ class RoleResolver:
             raise ConfigError(f"no {role} model has been loaded for this run")
         return self.loaded[role]
 
-    def facts(self) -> ModelFacts | None:
-        """What the classifier's entry says about its input (classes, channels, image size):
-        a class-folder tree is read to fit it. None for a method without a classifier."""
-        if PRIMARY_ROLE in self.python:
-            model = self.python[PRIMARY_ROLE]
-            return ModelFacts(num_classes=model.num_classes, name=model.name)
-        if PRIMARY_ROLE not in self.overrides and PRIMARY_ROLE not in self.config:
-            return None
-        name = self.name_for(PRIMARY_ROLE)
-        return ModelFacts.from_entry(name, self.entry(name))
-
     # ----- card records ---------------------------------------------------------------------
     def hashes(self) -> dict[str, str | None]:
         """name -> sha256 of every model loaded (part of the run identity)."""
@@ -149,60 +224,6 @@ class RoleResolver:
                        **({"hash_of": ref.fields["hash_of"]} if "hash_of" in ref.fields
                           else {})}
                 for role, ref in self.loaded.items()}
-
-    # ----- resolution -----------------------------------------------------------------------
-    def name_for(self, role: str, override: str | None = None) -> str:
-        """The model name for ``role``: --model, then the adapter's override, then the
-        registry's choice for this dataset (matched to the run's sigma)."""
-        chosen = self.overrides.get(role) or override
-        if chosen:
-            return str(chosen)
-        choice = self.config.get(role)
-        ds = self.info.name
-        if choice is None:
-            raise ConfigError(
-                f"method {self.method!r} has no {role!r} model for dataset {ds!r}; add one "
-                f"under methods.{self.method}.datasets.{ds}.{role} in the registry or pass "
-                f"--model {'' if role == PRIMARY_ROLE else role + '='}NAME_OR_PATH")
-        if isinstance(choice, str):
-            return choice
-        for sig, name in choice.items():
-            if abs(float(sig) - self.sigma) < 1e-9:
-                return name
-        have = ", ".join(str(s) for s in sorted(float(s) for s in choice))
-        raise ConfigError(
-            f"method {self.method!r} has no {role} model for {ds} at sigma {self.sigma:g} "
-            f"(registered sigmas: {have}); pick one of those, train one with "
-            f"'python -m bench train --method {self.method} --dataset {ds} "
-            f"--sigma {self.sigma:g}', or pass --model NAME_OR_PATH")
-
-    def entry(self, name: str, role: str = PRIMARY_ROLE) -> dict[str, Any]:
-        """The registry fields of ``name``, or fields inferred for a path, folder, Hub id or
-        ``module:Class``."""
-        if name in self.registry.models:
-            model = self.registry.models[name]
-            entry = dict(model.fields)
-            # A module:callable arch is imported from beside the registry file naming it.
-            entry["registry_dir"] = str(Path(model.origin).expanduser().resolve().parent)
-            if self.arch and entry.get("arch") and entry["arch"] != self.arch:
-                raise ConfigError(f"--arch {self.arch} contradicts model {name!r}'s arch "
-                                  f"{entry['arch']}; drop --arch")
-            return entry
-        path = Path(name).expanduser()
-        if path.is_file():
-            entry = {"source": "auto", "path": str(path.resolve())}
-            return {**entry, "arch": self.arch} if self.arch else entry
-        if path.is_dir():
-            return {"source": "diffusers", "path": str(path.resolve())}
-        if ":" in name and not name.startswith((".", "/", "~")):
-            return {"source": "python", "path": name}
-        if role != PRIMARY_ROLE and name.count("/") == 1 and not name.startswith((".", "~")):
-            return {"source": "diffusers", "path": name}  # a Hub repo id
-        close = difflib.get_close_matches(name, list(self.registry.models), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"{role} model {name!r} is neither a registered model{hint} nor an existing file "
-            "or folder; pass a registered name ('python -m bench list') or a path")
 
     def _trained_on(self, entry: Mapping[str, Any]) -> DatasetInfo:
         """The dataset whose statistics the model's input layer uses (a CIFAR-10 model keeps
