@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+# Under pytest-xdist each worker (and every process it starts) computes on one thread: two
+# workers with torch's default of one thread per core would oversubscribe the cores and spin.
+# Results never depend on it (tests that retrain bit for bit set the thread count the card says).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+from bench.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
