@@ -38,4 +38,10 @@ class MultiScale(Method):
     def train(self, ctx: TrainContext) -> dict[str, Any]:
         from bench.training.calibration import finetune_denoiser
 
-        return finetune_denoiser(ctx, scales=tuple(self.params["scales"]))
+        # The base DDPM: --param denoiser=NAME, else the dataset's unconditional zoo DDPM (the
+        # registry's multiscale denoiser is the fine-tuned result itself); the frozen classifier
+        # is the dataset's clean zoo classifier (digits-ddpm / digits-cnn-clean on digits).
+        data = ctx.dataset.name
+        return finetune_denoiser(ctx, base=self.params["denoiser"] or f"{data}-ddpm",
+                                 classifier=f"{data}-cnn-clean",
+                                 scales=tuple(self.params["scales"]))

@@ -26,12 +26,19 @@ train() {  # train NAME ARGS...: skip when bench/zoo/NAME.safetensors (or NAME/)
 }
 
 D="--dataset fashion-mnist"
+# Order: what the certification tables need first (Gaussian at every sigma, the clean classifier
+# and the unconditional DDPM for DDS/DiffSmooth/multi-scale), then the fine-tuned variants.
 # 1. Gaussian augmentation (Cohen et al.), the project recipe at 30 epochs (the starting point
 #    of every fine-tuned model below).
 for s in 0.25 0.5 1; do
     train "fashion-mnist-cnn-gaussian-$s" --method gaussian $D --sigma $s --epochs 30
 done
-# 2. Consistency regularization (Jeong & Shin): the paper's MNIST lambda 16/16/6, m = 2, eta 0.5;
+# 2. The clean classifier DDS and multi-scale denoise for.
+train fashion-mnist-cnn-clean --method clean $D --epochs 30
+# 3. The unconditional DDPM (UNet2DModel, 0.7M parameters, linear betas, T = 1000) for DDS,
+#    DiffSmooth and multi-scale; scaled: 6 epochs (not the digits recipe's 150), ~10 min/epoch here.
+train fashion-mnist-ddpm --method ddpm $D --epochs 6
+# 4. Consistency regularization (Jeong & Shin): the paper's MNIST lambda 16/16/6, m = 2, eta 0.5;
 #    scaled: 10 epochs fine-tuned from the Gaussian model instead of 90 from scratch.
 declare -A CONS_LBD=([0.25]=16 [0.5]=16 [1]=6)
 for s in 0.25 0.5 1; do
@@ -39,14 +46,14 @@ for s in 0.25 0.5 1; do
         --lr 0.01 --init "fashion-mnist-cnn-gaussian-$s" \
         --param m=2 --param "lbd=${CONS_LBD[$s]}" --param eta=0.5
 done
-# 3. MACER (Zhai et al.): lambda 12/4/4 (the paper's per-sigma values), gamma 8, beta 16;
+# 5. MACER (Zhai et al.): lambda 12/4/4 (the paper's per-sigma values), gamma 8, beta 16;
 #    scaled: k = 8 draws (not 16), 4 epochs fine-tuned from the Gaussian model (not 440).
 declare -A MACER_LBD=([0.25]=12 [0.5]=4 [1]=4)
 for s in 0.25 0.5 1; do
     train "fashion-mnist-cnn-macer-$s" --method macer $D --sigma $s --epochs 4 --lr 0.01 \
         --init "fashion-mnist-cnn-gaussian-$s" --param k=8 --param "lbd=${MACER_LBD[$s]}"
 done
-# 4. SmoothAdv-PGD (Salman et al.), fine-tuned from the Gaussian model as the paper's
+# 6. SmoothAdv-PGD (Salman et al.), fine-tuned from the Gaussian model as the paper's
 #    pre-trained variants are; scaled: 2 PGD steps (not 10), m = 2, 5 epochs, 2-epoch warm-up.
 declare -A EPS=([0.25]=0.5 [0.5]=1.0 [1]=1.0)
 for s in 0.25 0.5 1; do
@@ -54,5 +61,9 @@ for s in 0.25 0.5 1; do
         --lr 0.01 --init "fashion-mnist-cnn-gaussian-$s" \
         --param "epsilon=${EPS[$s]}" --param steps=2 --param m=2 --param warmup=2
 done
-# 5. The clean classifier DDS and multi-scale denoise for.
-train fashion-mnist-cnn-clean --method clean $D --epochs 30
+# 7. The multi-scale fine-tuned DDPM (Jeong & Shin): fashion-mnist-ddpm fine-tuned with
+#    fashion-mnist-cnn-clean frozen at sigma 0.25/0.5/1; scaled: 1 epoch on 12,000 images.
+train fashion-mnist-ddpm-multiscale --method multiscale $D --epochs 1 --train-images 12000 \
+    --param denoiser=fashion-mnist-ddpm
+# 8. The class-conditional DDPM for NDC (same UNet plus a class embedding); scaled: 6 epochs.
+train fashion-mnist-ddpm-cond --method ndc $D --epochs 6

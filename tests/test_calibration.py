@@ -28,6 +28,8 @@ from bench.training.calibration import (
 
 TINY = {"epochs": 2, "batch": 8, "lr": 1e-3, "draws": 2, "eval_draws": 2}
 
+DIGITS = {"base": "digits-ddpm", "classifier": "digits-cnn-clean"}
+
 
 def test_brier_loss_by_hand():
     # one image, two draws, two classes, label 0
@@ -120,7 +122,7 @@ def test_gradients_reach_the_unet_and_not_the_classifier(zoo, tmp_path):
             handed["before"] = {k: v.clone() for k, v in handed[name].state_dict().items()}
         return handed[name]
 
-    finetune_denoiser(_ctx(zoo, tmp_path, spy, epochs=1))
+    finetune_denoiser(_ctx(zoo, tmp_path, spy, epochs=1), **DIGITS)
     frozen = handed["digits-cnn-clean"]
     assert not any(p.requires_grad or p.grad is not None for p in frozen.parameters())
     assert all(torch.equal(v, handed["before"][k]) for k, v in frozen.state_dict().items())
@@ -129,7 +131,7 @@ def test_gradients_reach_the_unet_and_not_the_classifier(zoo, tmp_path):
 @pytest.fixture(scope="module")
 def straight(zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    return finetune_denoiser(_ctx(zoo, out))
+    return finetune_denoiser(_ctx(zoo, out), **DIGITS)
 
 
 def test_a_tiny_fine_tuning_writes_a_denoiser_and_reruns_bit_for_bit(zoo, straight, tmp_path):
@@ -151,7 +153,7 @@ def test_a_tiny_fine_tuning_writes_a_denoiser_and_reruns_bit_for_bit(zoo, straig
         out = Denoiser(model, sigma=0.5)(torch.rand(3, 1, 8, 8))
     assert out.shape == (3, 1, 8, 8) and 0 <= float(out.min()) <= float(out.max()) <= 1
 
-    again = finetune_denoiser(_ctx(zoo, tmp_path))
+    again = finetune_denoiser(_ctx(zoo, tmp_path), **DIGITS)
     assert again["sha256"] == straight["sha256"]
 
 
@@ -167,15 +169,15 @@ def test_a_crashed_fine_tuning_resumes_bit_for_bit(zoo, straight, tmp_path, monk
 
     monkeypatch.setattr(torch.optim.AdamW, "step", failing_step)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        finetune_denoiser(_ctx(zoo, tmp_path))
+        finetune_denoiser(_ctx(zoo, tmp_path), **DIGITS)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     ckpt = tmp_path / "digits-ddpm-multiscale.partial" / "checkpoint.pt"
     assert ckpt.is_file() and not (tmp_path / "digits-ddpm-multiscale").exists()
 
     with pytest.raises(ConfigError, match="different configuration"):
-        finetune_denoiser(_ctx(zoo, tmp_path, alpha=2.0))
+        finetune_denoiser(_ctx(zoo, tmp_path, alpha=2.0), **DIGITS)
 
-    card = finetune_denoiser(_ctx(zoo, tmp_path))
+    card = finetune_denoiser(_ctx(zoo, tmp_path), **DIGITS)
     assert card["resumed_from_epoch"] == 1 and not ckpt.exists()
     assert card["sha256"] == straight["sha256"]
     assert sha256_file(tmp_path / "digits-ddpm-multiscale" / "unet"

@@ -145,8 +145,7 @@ def denoise(den: Denoiser, x: torch.Tensor) -> torch.Tensor:
 # Fine-tuning
 
 
-def finetune_denoiser(ctx: TrainContext, *, base: str = "digits-ddpm",
-                      classifier: str = "digits-cnn-clean",
+def finetune_denoiser(ctx: TrainContext, *, base: str, classifier: str,
                       scales: Sequence[float] = SCALES, draws: int | None = None,
                       lam: float | None = None, alpha: float | None = None) -> dict[str, Any]:
     """Fine-tune the registered DDPM ``base`` against the frozen registered ``classifier`` at
