@@ -11,7 +11,9 @@ is clipped to [-1, 1] and mapped back to [0, 1].
 Denoisers are a :class:`DiffusionModel`: an eps-network called as ``net(x_t, t)`` plus its
 ``alphas_cumprod``. They come from a diffusers folder (``UNet2DModel`` + ``DDPMScheduler``, local
 or on the Hub) or from any ``module:Class`` whose instances have ``alphas_cumprod`` and are
-callable like that (registry ``source: python``).
+callable like that (registry ``source: python``). A folder whose ``card.json`` says
+``space_to_depth: f`` holds a UNet trained on f x f space-to-depth images
+(:class:`SpaceToDepthUNet`, certbench's own small denoisers for 28x28 data).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.contract import Cost
@@ -79,6 +83,42 @@ class DiffusionModel(nn.Module):
         elif isinstance(out, (tuple, list)):
             out = out[0]
         return out
+
+
+class SpaceToDepthUNet(nn.Module):
+    """A UNet2DModel that sees f x f space-to-depth images: (C, H, W) becomes (f*f*C, H/f, W/f)
+    by ``pixel_unshuffle`` and back by ``pixel_shuffle``. The same map of x_t to eps at a
+    fraction of the cost (on 28x28 Fashion-MNIST, f = 2 makes a 0.65M-parameter UNet about ten
+    times faster on a CPU than at full resolution). Called like a UNet2DModel (``.sample``);
+    ``save_pretrained`` and ``config`` are the inner UNet's (the factor lives in the folder's
+    card.json, key ``space_to_depth``)."""
+
+    def __init__(self, unet: nn.Module, factor: int):
+        super().__init__()
+        if factor < 2:
+            raise ModelError(f"space_to_depth must be at least 2, got {factor}")
+        self.unet, self.factor = unet, int(factor)
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    def forward(self, x_t: torch.Tensor, t, class_labels=None) -> SimpleNamespace:
+        f = self.factor
+        if x_t.shape[-1] % f or x_t.shape[-2] % f:
+            raise ModelError(f"a space-to-depth (factor {f}) denoiser needs image sides "
+                             f"divisible by {f}, got {tuple(x_t.shape[-2:])}")
+        cond = {} if class_labels is None else {"class_labels": class_labels}
+        out = self.unet(F.pixel_unshuffle(x_t, f), t, **cond).sample
+        return SimpleNamespace(sample=F.pixel_shuffle(out, f))
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        self.unet.save_pretrained(path, **kwargs)
+
+
+def inner_unet(net: nn.Module) -> nn.Module:
+    """The diffusers UNet of a (possibly space-to-depth) denoiser network."""
+    return net.unet if isinstance(net, SpaceToDepthUNet) else net
 
 
 class Denoiser(nn.Module):
@@ -161,6 +201,9 @@ def load_diffusers(name: str, location: str, device: torch.device | str = "cpu")
         except (OSError, ValueError) as exc:
             raise ModelError(f"model {name}: cannot load the diffusers model in {folder} "
                              f"({_first_line(exc)})") from exc
+        factor = int(card_of(folder).get("space_to_depth", 1))
+        if factor > 1:
+            unet = SpaceToDepthUNet(unet, factor)
         return _wrap(name, unet, sched, device, str(folder))
     if location.startswith((".", "/", "~")) or location.count("/") != 1:
         raise ModelError(f"model {name}: diffusers folder {folder} not found; set the entry's "

@@ -231,3 +231,35 @@ def test_timm_local_weights_get_resize_and_normalization(tmp_path):
         up = torch.nn.functional.interpolate(x, size=(32, 32), mode="bicubic", antialias=True)
         want = net.eval()((up.expand(-1, 3, -1, -1) - 0.5) / 0.25)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_space_to_depth_unet_is_its_inner_unet_on_unshuffled_images(tmp_path):
+    """Fashion-MNIST's denoisers run at half resolution on 4x the channels: the wrapper must be
+    exactly pixel_unshuffle -> UNet -> pixel_shuffle, survive a save/load through the folder's
+    card, and refuse sides it cannot split."""
+    import json
+
+    import torch.nn.functional as F
+
+    from bench.diffusion import SpaceToDepthUNet, load_diffusers
+    from bench.training.ddpm import SCHEDULE, build_unet, space_to_depth_factor
+
+    assert space_to_depth_factor((1, 28, 28)) == 2 and space_to_depth_factor((1, 8, 8)) == 1
+    assert space_to_depth_factor((3, 25, 25)) == 1
+    torch.manual_seed(0)
+    net = build_unet((1, 28, 28)).eval()
+    assert isinstance(net, SpaceToDepthUNet) and net.unet.config.in_channels == 4
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor(40)
+    with torch.no_grad():
+        inner = net.unet(F.pixel_unshuffle(x, 2), t).sample
+        assert torch.equal(net(x, t).sample, F.pixel_shuffle(inner, 2))
+    from diffusers import DDPMScheduler
+
+    net.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    DDPMScheduler(**SCHEDULE).save_config(tmp_path / "scheduler")
+    (tmp_path / "card.json").write_text(json.dumps({"space_to_depth": 2}))
+    loaded = load_diffusers("s2d", str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(loaded(x, 40), net(x, t).sample)
+    with pytest.raises(ModelError, match="divisible by 2"):
+        loaded(torch.randn(1, 1, 27, 27), 40)

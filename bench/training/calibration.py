@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.contract import TrainContext
-from bench.diffusion import Denoiser, DiffusionModel
+from bench.diffusion import Denoiser, DiffusionModel, inner_unet
 from bench.errors import ConfigError, ModelError
 from bench.nets import sha256_file
 from bench.progress import progress
@@ -178,7 +178,8 @@ def finetune_denoiser(ctx: TrainContext, *, base: str, classifier: str,
     device = ctx.device
 
     base_model = ctx.registered_model(base)
-    if not isinstance(base_model, DiffusionModel) or not isinstance(base_model.net, UNet2DModel):
+    if not isinstance(base_model, DiffusionModel) or not isinstance(inner_unet(base_model.net),
+                                                                    UNet2DModel):
         raise ConfigError(f"model {base!r} is not a diffusers UNet2DModel denoiser")
     base_sha = getattr(base_model, "checkpoint_sha256", None)
     scheduler = _scheduler_of(base_model)
@@ -249,7 +250,8 @@ def finetune_denoiser(ctx: TrainContext, *, base: str, classifier: str,
         noisy = measure_denoising(model, clf, ctx.test, (ctx.sigma,), draws=1,
                                   seed=ctx.seed)["scales"][f"{ctx.sigma:g}"]["accuracy"]
 
-    unet = _fresh_copy(model.net.to("cpu"))
+    unet = _fresh_copy(inner_unet(model.net.to("cpu")))
+    factor = getattr(model.net, "factor", 1)  # a space-to-depth base stays one
     tmp_out = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
     unet.save_pretrained(tmp_out / "unet", safe_serialization=True)
@@ -257,6 +259,7 @@ def finetune_denoiser(ctx: TrainContext, *, base: str, classifier: str,
     hist = state["history"]
     card = {
         "name": name, "method": "multiscale", "arch": "diffusers-unet2d", "dataset": info.name,
+        **({"space_to_depth": factor} if factor > 1 else {}),
         "sigma": ctx.sigma,  # only the noise level of the card's noisy_accuracy
         "objective": OBJECTIVE,
         "paper": "Jeong & Shin, Multi-scale Diffusion Denoised Smoothing, NeurIPS 2023 "

@@ -26,7 +26,7 @@ import torch
 
 from bench.contract import TrainContext
 from bench.errors import ConfigError
-from bench.training.ddpm import UNET_CONFIG, fit_ddpm
+from bench.training.ddpm import build_unet, fit_ddpm
 
 TRAIN_DEFAULTS = {"epochs": 200, "batch": 128, "lr": 2e-3}
 # The card's label check: test-set eps MSE at these timesteps, true vs wrong label.
@@ -35,11 +35,7 @@ CHECK_TIMESTEPS = (50, 150, 300, 500)
 
 def build_conditional_unet(shape: tuple[int, int, int], num_classes: int):
     """The unconditional digits UNet plus a class embedding (``class_labels=y``)."""
-    from diffusers import UNet2DModel  # lazy: diffusers takes seconds to import
-
-    c, h, _ = shape
-    return UNet2DModel(sample_size=h, in_channels=c, out_channels=c,
-                       num_class_embeds=num_classes, **UNET_CONFIG)
+    return build_unet(shape, num_class_embeds=num_classes)
 
 
 def train_conditional_ddpm(ctx: TrainContext) -> dict[str, Any]:

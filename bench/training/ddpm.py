@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench.contract import TrainContext
-from bench.diffusion import Denoiser
+from bench.diffusion import Denoiser, SpaceToDepthUNet
 from bench.errors import CertbenchError
 from bench.nets import sha256_file
 from bench.progress import progress
@@ -45,14 +45,29 @@ TRAIN_DEFAULTS = {"epochs": 150, "batch": 128, "lr": 2e-3}
 EMA_DECAY = 0.999
 # The registered classifier that judges a denoiser in its model card, per dataset.
 EVAL_CLASSIFIERS = {"digits": "digits-cnn-gaussian-0.25",
-                    "fashion-mnist": "fashion-mnist-cnn-gaussian-0.25"}
+                    "fashion-mnist": "fashion-mnist-cnn-clean"}  # DDS's own classifier
 
 
-def build_unet(shape: tuple[int, int, int]):
+def space_to_depth_factor(shape: tuple[int, int, int]) -> int:
+    """2 for images of at least 24 pixels a side (even sides), else 1: the UNet then runs at
+    half resolution on 4x the channels (:class:`bench.diffusion.SpaceToDepthUNet`). Measured on
+    28x28 with this UNet on 2 CPU cores: 144 one-shot denoisings/s at full resolution, 1,417/s
+    space-to-depth (94 instead of 372 MFLOPs a pass): what makes B = 10,000 predictions per
+    image affordable on a CPU. 8x8 digits keep the plain UNet (their zoo is unchanged)."""
+    _, h, w = shape
+    return 2 if min(h, w) >= 24 and h % 2 == 0 and w % 2 == 0 else 1
+
+
+def build_unet(shape: tuple[int, int, int], **extra):
+    """The project's small UNet2DModel for ``shape`` (C, H, W), space-to-depth where
+    :func:`space_to_depth_factor` says so; ``extra`` goes to UNet2DModel (class embeddings)."""
     from diffusers import UNet2DModel  # lazy: diffusers takes seconds to import
 
     c, h, _ = shape
-    return UNet2DModel(sample_size=h, in_channels=c, out_channels=c, **UNET_CONFIG)
+    f = space_to_depth_factor(shape)
+    unet = UNet2DModel(sample_size=h // f, in_channels=c * f * f, out_channels=c * f * f,
+                       **UNET_CONFIG, **extra)
+    return SpaceToDepthUNet(unet, f) if f > 1 else unet
 
 
 def train_ddpm(ctx: TrainContext) -> dict[str, Any]:
@@ -99,6 +114,8 @@ def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], de
     gens = training_generators(ctx.seed, device)
     state: dict[str, Any] = {"epoch": 0, "seconds": 0.0, "losses": []}
     unet_config = {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()}
+    if isinstance(unet, SpaceToDepthUNet):  # only then: digits checkpoints resume as before
+        unet_config["space_to_depth"] = unet.factor
     identity = {"seed": ctx.seed, **opts, **(identity or {}), "unet": unet_config}
     resumable = Resumable(partial / "checkpoint.pt", identity,
                           {"unet": unet, "ema": ema, "opt": opt, "sched": sched}, gens, device,
@@ -146,6 +163,7 @@ def fit_ddpm(ctx: TrainContext, unet, *, name: str, defaults: dict[str, Any], de
     scheduler.save_config(tmp_out / "scheduler")
     card = {
         "name": name, **card, "schedule": SCHEDULE, "unet": unet_config,
+        **({"space_to_depth": unet.factor} if isinstance(unet, SpaceToDepthUNet) else {}),
         "parameters": sum(p.numel() for p in ema.parameters()), "ema_decay": EMA_DECAY,
         "epochs": opts["epochs"], "batch": opts["batch"], "lr": opts["lr"],
         "optimizer": "AdamW, one-cycle schedule", "seed": ctx.seed,
