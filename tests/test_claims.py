@@ -1,4 +1,4 @@
-"""`bench claims`: papers' claims checked by paired tests on the same images (bench.reports.claims)."""
+"""`bench claims`: claims checked by paired tests on the same images (bench.reports.claims)."""
 
 from __future__ import annotations
 
