@@ -176,6 +176,7 @@ class TrainContext:
     progress: bool = True
     command: str = ""  # the command line, recorded in the model card
     default_arch: str | None = None  # the dataset spec's architecture for training from scratch
+    reference_augment: str = "none"  # the dataset spec's augmentation of reference recipes
     # Loads a registered model by name (hash-checked), e.g. a reference classifier to evaluate
     # a trained denoiser; None when no registry is at hand.
     registered_model: Callable[[str], torch.nn.Module] | None = None

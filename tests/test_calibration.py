@@ -43,7 +43,7 @@ def test_brier_loss_by_hand():
     assert brier_loss(probs, y, torch.tensor([[False, False]])).item() == 0
 
 
-def test_anti_consistency_loss_by_hand():
+def test_diversity_loss_by_hand():  # the anti-consistency term
     probs = torch.tensor([[[0.8, 0.2], [0.6, 0.4]]])
     # only draw 2 wrong: ||(0.6, 0.4)||^2 / M^2 = 0.52 / 4
     assert diversity_loss(probs, torch.tensor([[False, True]])).item() == pytest.approx(0.13)

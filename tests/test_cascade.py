@@ -19,6 +19,7 @@ from bench.certify.budget import Budget
 from bench.certify.noise import PHASE_PREDICT, NoiseStream
 from bench.certify.procedures import Cascade, CohenFixedN, ProcedureSpec
 from bench.certify.procedures.cascade import StageLevels, alpha_split, spent, stage_phases
+from bench.data.specs import DATASETS
 
 X = torch.full((1, 1, 2), 0.5)  # one tiny "image"; only pixel 0's noise matters
 
@@ -39,7 +40,7 @@ class Slab(torch.nn.Module):
 
 
 def spec(alpha=0.001, n=1000, n0=100, batch=4096, seed=0) -> ProcedureSpec:
-    return ProcedureSpec(name="cascade", dataset="digits", method="test", n0=n0, n=n,
+    return ProcedureSpec(name="cascade", dataset=DATASETS["digits"], method="test", n0=n0, n=n,
                          budget=None, alpha=alpha, sigma=1.0, seed=seed, batch=batch)
 
 
@@ -217,7 +218,7 @@ def test_one_scale_with_p0_half_is_exactly_cohen():
     base = Linear()
     image = torch.rand((3, 4, 4), generator=torch.Generator().manual_seed(2))
     for sigma in (0.25, 1.0):
-        s = ProcedureSpec(name="cohen", dataset="digits", method="test", n0=100, n=3000,
+        s = ProcedureSpec(name="cohen", dataset=DATASETS["digits"], method="test", n0=100, n=3000,
                           budget=None, alpha=0.001, sigma=sigma, seed=5, batch=512)
         cohen = CohenFixedN(base, 5, s)
         one = Cascade([base], [sigma], 0.5, 5, s, Budget(n0=100, n=3000))

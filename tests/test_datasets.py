@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -275,6 +276,22 @@ def test_everything_reads_the_spec(spec_table, cli):
         grid = s.radii
         assert rows[name] == (f"{', '.join(s.subsets)} {grid[0]:g}..{grid[-1]:g} "
                               f"step {s.grid[0]:g}")
+
+
+def test_a_spec_travels_by_pickle_and_is_what_the_loaders_read(spec_table):
+    """The run passes the spec object (a Ray worker gets the driver's by pickle): a spec that
+    no name resolves to loads, certifies subsets and tells its grid as the registered one."""
+    toy = _toy("digits-unregistered")
+    copy = pickle.loads(pickle.dumps(toy))
+    assert copy == toy and copy.subsets == toy.subsets and "digits-unregistered" not in DATASETS
+    with pytest.raises(TypeError):
+        copy.subsets["full"] = range(3)  # still read-only after the trip
+    ds = D.load_split(copy)  # the object, not a name: nothing to look up
+    assert len(ds) == 360 and ds.info.name == "digits-unregistered"
+    assert copy.subset_indices("first7", len(ds)) == list(range(7))
+    assert D.reads_tree(copy) is False and D.dataset_info(copy) == ds.info
+    with pytest.raises(ConfigError, match=r"no subset 'cohen500'; valid: full, dev, first7$"):
+        copy.check_subset("cohen500")
 
 
 def test_register_rejects_duplicates_and_bad_specs(spec_table):

@@ -12,6 +12,7 @@ from torch import nn
 
 from bench.certify.noise import PHASE_ESTIMATE, PHASE_PREDICT, PHASE_SELECT
 from bench.certify.smoothing import Smooth
+from bench.data.specs import DATASETS
 from bench.diffusion import Denoiser, DiffusionModel
 from bench.errors import ConfigError
 from methods.diffsmooth import DiffSmooth, DiffSmoothClassifier
@@ -162,7 +163,7 @@ def test_the_card_lists_the_local_noise_streams(local_noise):
 
     base = DiffSmoothClassifier(identity_denoiser(), Recorder(), 3, shape=SHAPE, m=2,
                                 local_sigma=0.5, local_noise=local_noise, local_seed=7)
-    spec = ProcedureSpec(name="cohen", dataset="digits", method="diffsmooth", n0=10, n=20,
+    spec = ProcedureSpec(name="cohen", dataset=DATASETS["digits"], method="diffsmooth", n0=10, n=20,
                          budget=None, alpha=0.001, sigma=0.25, seed=0, batch=8)
     streams = CohenFixedN(base, 3, spec).card()["noise_streams"]
     phases = [s["phase"] for s in streams]

@@ -176,7 +176,7 @@ def test_csv_has_no_cell_a_spreadsheet_reads_as_a_formula(cli, hostile):
         for cell in line:
             assert not cell.startswith(FORMULA_START) or NUMBER.fullmatch(cell), cell
     cells = {cell for line in body for cell in line}
-    for field in ("method", "subset", "source", "setting", "device", "sigma"):
+    for field in ("method", "subset", "source", "setting", "device", "sigma_label"):
         column = {line[header.index(field)] for line in body}
         assert any(c.startswith("'") and c[1:2] in "=+-@\t\r" for c in column), field
     assert "'" + HOSTILE[0] in cells  # the text itself is kept, after the quote
@@ -184,7 +184,7 @@ def test_csv_has_no_cell_a_spreadsheet_reads_as_a_formula(cli, hostile):
     import pandas as pd
 
     df = pd.read_csv(io.StringIO(text))
-    assert pd.api.types.is_float_dtype(df["r=0.5"]) and df["r=0.5"].notna().all()
+    assert pd.api.types.is_float_dtype(df["acc@0.5"]) and df["acc@0.5"].notna().all()
 
 
 # ----- Markdown ---------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_helpers():
     lines = list(csv.reader(io.StringIO(table.render([row], "csv", [0.0]))))
     rec = dict(zip(lines[0], lines[1], strict=True))
     assert rec["method"] == "'=evil" and rec["subset"] == "'-x"
-    assert rec["sigma"] == "-0.5" and rec["ACR"] == "-0.25"
+    assert rec["sigma"] == "-0.5" and rec["acr"] == "-0.25"
 
 
 def test_markdown_page_helper_escapes_the_run_list():

@@ -146,9 +146,9 @@ def test_evaluate_prepares_its_run_once(tmp_path, monkeypatch):
 
     calls = []
 
-    def counting(opts):
+    def counting(opts, data=None):
         calls.append(opts.method)
-        return prepare(opts)
+        return prepare(opts, data)
 
     prepare = evaluate_mod.prepare
     monkeypatch.setattr(evaluate_mod, "prepare", counting)

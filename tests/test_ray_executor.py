@@ -287,6 +287,28 @@ def test_a_worker_building_another_run_is_refused(ray_cluster, tmp_path):
                 if a["namespace"] == "certbench"]
 
 
+def test_a_dataset_registered_only_in_the_driver_reaches_the_workers(ray_cluster, tmp_path):
+    """The workers prepare from the driver's dataset spec, not its name: a dataset registered
+    in the driver's process alone (register_dataset) is certified on Ray as serially."""
+    from bench.data.specs import DATASETS, DatasetSpec, register_dataset
+    from bench.running import plan
+    from bench.running.executors import SerialExecutor
+    from bench.running.ray_executor import RayExecutor
+
+    register_dataset(DatasetSpec("digits-driver-only", (1, 8, 8), 10, (0.3054,), (0.3761,),
+                                 (0.25, 2.0), "bench.data.loaders:load_digits"))
+    try:
+        prep = plan.prepare(RunOptions(method="dummy", dataset="digits-driver-only", n=200,
+                                       results=tmp_path, progress=False))
+        serial = {c.idx: c for c in SerialExecutor(prep.procedure, prep.dataset,
+                                                   prep.device).certify([0, 1])}
+        certs = list(RayExecutor(prep, workers=1).certify(iter([0, 1])))
+    finally:
+        DATASETS.pop("digits-driver-only")
+    assert {c.idx: dataclasses.replace(c, seconds=0.0, device="") for c in certs} == {
+        i: dataclasses.replace(c, seconds=0.0, device="") for i, c in serial.items()}
+
+
 @pytest.mark.slow
 def test_a_killed_driver_with_its_own_cluster_leaves_no_ray_process(serial, tmp_path):
     """SIGKILL to a driver that started its local cluster: the cluster dies with it, and the

@@ -91,18 +91,19 @@ def test_radii_gives_those_columns_with_exact_values_off_the_grid(cli, store_dir
     df = pd.read_csv(io.StringIO(_table(cli, store_dir, "--radii", f"0,{OFF_GRID}",
                                         "--columns", "method,sigma,run,acr", "--format", "csv")))
     assert list(df.columns) == [
-        "method", "sigma", "run_id", *(f"r={r:g}{s}" for r in (0, OFF_GRID) for s in
-                                       ("", " ci_low", " ci_high", " mark", " p_vs_best")),
-        "ACR", "ACR mark", "ACR p_vs_best"]
+        "method", "sigma", "sigma_label", "run_id",
+        *(f"{v}@{r:g}" for v in ("acc", "ci_low", "ci_high", "mark", "p_vs_best")
+          for r in (0, OFF_GRID)),
+        "acr", "acr_mark", "acr_p_vs_best"]
     for run_id, (_, summary, certs) in stored.items():
         line = df[df["run_id"] == run_id].iloc[0]
-        assert line[f"r={OFF_GRID:g}"] == pytest.approx(100 * _exact(certs, OFF_GRID), abs=1e-6)
-        assert line["r=0"] == pytest.approx(100 * summary.accuracy[0.0], abs=1e-6)
-        assert line["ACR"] == pytest.approx(summary.acr)
+        assert line[f"acc@{OFF_GRID:g}"] == pytest.approx(_exact(certs, OFF_GRID))
+        assert line["acc@0"] == pytest.approx(summary.accuracy[0.0])
+        assert line["acr"] == pytest.approx(summary.acr)
     # The envelope is taken over the exact values too.
-    env = df[df["sigma"].str.startswith("best of")].iloc[0]
-    assert env[f"r={OFF_GRID:g}"] == pytest.approx(
-        100 * max(_exact(c, OFF_GRID) for _, _, c in stored.values()), abs=1e-6)
+    env = df[df["sigma_label"].str.startswith("best of")].iloc[0]
+    assert env[f"acc@{OFF_GRID:g}"] == pytest.approx(
+        max(_exact(c, OFF_GRID) for _, _, c in stored.values()))
 
 
 def test_columns_shows_only_those(cli, store_dir):
@@ -164,7 +165,7 @@ def test_long_format_is_tidy_and_equals_the_wide_table(cli, store_dir, stored, r
     extra = ("--radii", radii) if radii else ()
     long = pd.read_csv(io.StringIO(_table(cli, store_dir, "--format", "long", *extra)))
     wide = pd.read_csv(io.StringIO(_table(cli, store_dir, "--format", "csv", *extra)))
-    grid = sorted({float(c[2:]) for c in wide.columns if c.startswith("r=") and " " not in c})
+    grid = sorted({float(c[4:]) for c in wide.columns if c.startswith("acc@")})
     assert len(long) == len(wide) * len(grid)  # two runs and their envelope, x radii
     assert {"dataset", "kind", "method", "sigma", "n0", "n", "m", "alpha", "subset", "images",
             "budget", "certification", "run_id", "radius", "certified_accuracy", "ci_low",
@@ -172,18 +173,16 @@ def test_long_format_is_tidy_and_equals_the_wide_table(cli, store_dir, stored, r
     assert set(long["certification"]) == {"fixed"}
     assert sorted(set(long["radius"])) == grid
     for _, line in wide.iterrows():
-        mine = long[(long["kind"] == line["kind"]) & (long["sigma"].astype(str) ==
-                                                      str(line["sigma"]))]
+        mine = long[(long["kind"] == line["kind"]) & (long["sigma_label"] ==
+                                                      line["sigma_label"])]
         assert len(mine) == len(grid)
         for _, cell in mine.iterrows():
-            r = f"r={cell['radius']:g}"
-            assert 100 * cell["certified_accuracy"] == pytest.approx(line[r], abs=1e-6)
-            for low, wide_col in (("ci_low", f"{r} ci_low"), ("ci_high", f"{r} ci_high"),
-                                  ("p_vs_best", f"{r} p_vs_best")):
-                scale = 1 if low == "p_vs_best" else 100
-                assert (pd.isna(cell[low]) and pd.isna(line[wide_col])) or \
-                    scale * cell[low] == pytest.approx(line[wide_col], abs=1e-6)
-            assert str(cell["mark"]) == str(line[f"{r} mark"])
+            r = f"@{cell['radius']:g}"
+            assert cell["certified_accuracy"] == pytest.approx(line["acc" + r])
+            for name in ("ci_low", "ci_high", "p_vs_best"):  # wide: the long name @ the radius
+                assert (pd.isna(cell[name]) and pd.isna(line[name + r])) or \
+                    cell[name] == pytest.approx(line[name + r])
+            assert str(cell["mark"]) == str(line["mark" + r])
     if radii:
         for run_id, (_, _, certs) in stored.items():
             value = long[(long["run_id"] == run_id) & (long["radius"] == OFF_GRID)]
@@ -224,6 +223,30 @@ def test_load_results_runs_equal_the_store_summaries(store_dir, stored):
     for run_id, (_, _, certs) in stored.items():
         assert off.loc[off["run_id"] == run_id, "acc@0.3"].iloc[0] == pytest.approx(
             _exact(certs, OFF_GRID))
+
+
+def test_the_table_csv_reads_as_load_results(cli, store_dir):
+    """One naming: ``table --format csv`` has every column of ``load_results`` under the same
+    name, in the same units (fractions), with the same values for each run."""
+    from bench import load_results
+
+    api = load_results(store_dir)
+    csv = pd.read_csv(io.StringIO(_table(cli, store_dir, "--format", "csv")))
+    assert [c for c in csv.columns if c in api.columns] == list(api.columns)
+    runs = csv[csv["kind"] == "reproduced"].set_index("run_id")
+    assert set(runs.index) == set(api["run_id"])
+    for _, line in api.iterrows():
+        mine = runs.loc[line["run_id"]]
+        for col in api.columns:
+            if col in ("run_id", "setting"):  # setting: the table reads the registry
+                continue
+            want, got = line[col], mine[col]
+            if pd.isna(want) or (isinstance(want, str) and want == ""):
+                assert pd.isna(got) or got == "", col
+            elif isinstance(want, str):
+                assert got == want, col
+            else:
+                assert float(got) == pytest.approx(float(want)), col
 
 
 def test_load_results_certificates_equal_the_stored_ones(store_dir, stored):

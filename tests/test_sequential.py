@@ -28,6 +28,7 @@ from bench.certify.procedures.sequential import (
 )
 from bench.certify.smoothing import Smooth, StreamCounts
 from bench.contract import DatasetInfo
+from bench.data.specs import DATASETS
 from bench.errors import ConfigError
 from methods.dummy import ConstantClassifier, LinearClassifier, linear_direction
 
@@ -35,8 +36,9 @@ GRID = tuple(round(0.25 * i, 2) for i in range(10))  # 0, 0.25, ..., 2.25
 
 
 def spec(name="sequential", n=100_000, alpha=0.001, sigma=0.5, seed=0, batch=1000, **kw):
-    return ProcedureSpec(name=name, dataset="digits", method="test", n0=100, n=n, budget=None,
-                         alpha=alpha, sigma=sigma, seed=seed, batch=batch, **kw)
+    return ProcedureSpec(name=name, dataset=DATASETS["digits"], method="test", n0=100, n=n,
+                         budget=None, alpha=alpha, sigma=sigma, seed=seed,
+                         batch=batch, **kw)
 
 
 # ----- the schedule -------------------------------------------------------------------------
@@ -66,7 +68,7 @@ def test_card_and_budget_record_the_worst_case():
     # --budget: the worst case fits it; digits' default N = 5,000 without --n
     p = Sequential(ConstantClassifier(0, 10), 10, spec(n=None, radii=GRID))
     assert p.checkpoints == (200, 800, 3_200, 6_000)
-    b = ProcedureSpec(name="sequential", dataset="digits", method="t", n0=100, n=None,
+    b = ProcedureSpec(name="sequential", dataset=DATASETS["digits"], method="t", n0=100, n=None,
                       budget=10_000, alpha=0.001, sigma=0.5, seed=0, batch=100)
     assert Sequential(ConstantClassifier(0, 10), 10, b).budget.predictions == 10_000
 

@@ -12,6 +12,7 @@ from scipy.stats import beta
 from bench.certify import metrics
 from bench.certify.records import Certificate, RunCard
 from bench.reports import table
+from bench.reports.frames import RUN_COLUMNS
 from bench.reports.table import Row
 from bench.store.database import Store
 
@@ -137,10 +138,9 @@ def test_latex_is_booktabs_with_textbf(store):
 
 def test_csv_has_numbers_and_interval_columns(store):
     df = pd.read_csv(io.StringIO(table.render(table.rows_from_store(store), "csv", GRID)))
-    row = df[(df["sigma"] == "0.25") & (df["alpha"] == 0.001) & (df["kind"] == "reproduced")]
-    assert float(row["r=0.5"].iloc[0]) == pytest.approx(40.0)
-    assert float(row["r=0.5 ci_low"].iloc[0]) == pytest.approx(
-        100 * metrics.sample_interval(4, 10)[0])
+    row = df[(df["sigma"] == 0.25) & (df["alpha"] == 0.001) & (df["kind"] == "reproduced")]
+    assert float(row["acc@0.5"].iloc[0]) == pytest.approx(0.4)  # a fraction, as load_results
+    assert float(row["ci_low@0.5"].iloc[0]) == pytest.approx(metrics.sample_interval(4, 10)[0])
     assert (df["kind"] == "reproduced envelope").sum() == 1
 
 
@@ -212,8 +212,8 @@ def test_ten_images_100_vs_90_is_a_tie_not_a_sole_winner():
     latex = table.render([a, b], "latex", GRID, envelope=False)
     assert r"\textbf{90.0}=" in latex
     df = pd.read_csv(io.StringIO(table.render([a, b], "csv", GRID)))
-    assert list(df["r=0.25 mark"]) == ["best", "tied"]
-    assert df["r=0.25 p_vs_best"].iloc[1] == pytest.approx(1.0)
+    assert list(df["mark@0.25"]) == ["best", "tied"]
+    assert df["p_vs_best@0.25"].iloc[1] == pytest.approx(1.0)
 
 
 def test_a_significant_paired_difference_is_not_tied():
@@ -371,16 +371,17 @@ def test_latex_right_aligns_numbers_and_left_aligns_text(store):
 
 def test_long_frame_has_one_line_per_row_and_radius(store):
     rows = table.rows_from_store(store)
-    df = table.long_frame(rows, GRID)
+    df = table.frame(rows, GRID, long=True)
     assert len(df) == len(rows) * len(GRID)
     a = df[df["run_id"] == "a"].set_index("radius")
     assert a.loc[0.5, "certified_accuracy"] == 0.4 and a.loc[0.5, "acr"] == pytest.approx(0.34)
     assert (a.loc[0.5, "ci_low"], a.loc[0.5, "ci_high"]) == metrics.sample_interval(4, 10)
-    assert list(df.columns[:2]) == ["dataset", "kind"] and "radius" in df.columns
+    assert list(df.columns[:len(RUN_COLUMNS)]) == list(RUN_COLUMNS)  # load_results' names
+    assert list(df.columns[len(RUN_COLUMNS):]) == list(table.LONG_VALUES)
     text = table.render([replace_row(rows[0], method="=cmd()")], "long", GRID, envelope=False)
     assert ",'=cmd()," in text  # text cells keep the CSV escape
-    small = table.long_frame(rows, [0.5], columns=["method", "sigma"])
-    assert list(small.columns) == ["method", "sigma", *table.LONG_VALUES]
+    small = table.frame(rows, [0.5], columns=["method", "sigma"], long=True)
+    assert list(small.columns) == ["method", "sigma", "sigma_label", *table.LONG_VALUES]
 
 
 def test_envelope_keeps_the_certification_group():

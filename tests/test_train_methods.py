@@ -120,7 +120,8 @@ def _ctx(dataset: str, **options) -> TrainContext:
                         train=(torch.zeros(1), torch.zeros(1)), test=(torch.zeros(1),
                                                                       torch.zeros(1)),
                         out_dir=".", name=None, options=options,
-                        default_arch=spec(dataset).default_arch)
+                        default_arch=spec(dataset).default_arch,
+                        reference_augment=spec(dataset).reference_augment)
 
 
 def test_recipes_project_on_digits_reference_with_crop_flip_on_cifar10():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.data.specs import spec
+from bench.data.specs import DatasetSpec
 from bench.errors import ConfigError
 
 MAX_N = 10**9
@@ -64,7 +64,7 @@ def n_for_budget(budget: int, m: int, method: str) -> int:
     return budget // m
 
 
-def resolve(dataset: str, n0: int, n: int | None, budget: int | None, m: int,
+def resolve(dataset: DatasetSpec, n0: int, n: int | None, budget: int | None, m: int,
             method: str) -> Budget:
     """The run's budget: N from --budget (N = B // m), else --n, else the dataset's default
     (Cohen's 100,000; smaller on the embedded digits)."""
@@ -72,7 +72,7 @@ def resolve(dataset: str, n0: int, n: int | None, budget: int | None, m: int,
     if budget is not None:
         n = n_for_budget(budget, m, method)
     elif n is None:
-        n = spec(dataset).default_n
+        n = dataset.default_n
     return Budget(n0=n0, n=n, m=m, requested=budget)
 
 

@@ -32,8 +32,9 @@ DEFAULT_COLUMN_NAMES = "method,kind,sigma,n0,n,m,alpha,subset,acr,abstain,passes
 def add_arguments(p) -> None:
     p.add_argument("--dataset", default="digits", help="dataset whose runs to tabulate")
     p.add_argument("--format", choices=("markdown", "latex", "csv", "long"), default="markdown",
-                   help="markdown, latex (booktabs), csv (one line per row), or long: tidy CSV "
-                        "with one line per row x radius (certified accuracy as a fraction)")
+                   help="markdown, latex (booktabs), csv (one line per row, with the column "
+                        "names and fractions of bench.load_results: acc@R, ci_low@R, mark@R, "
+                        "...), or long: tidy CSV with one line per row x radius")
     p.add_argument("--radii", default=None, metavar="R1,R2,...",
                    help="radius columns to show (default: the union of the runs' grids); a "
                         "radius off a run's grid is computed exactly from its per-image radii, "

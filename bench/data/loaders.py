@@ -62,6 +62,7 @@ _IDX_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+_CIFAR10 = DATASETS["cifar10"]  # its class names name the folders of a class-folder copy
 _TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 # Where Debian's dataset-fashion-mnist package installs the gzipped idx files.
 _SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
@@ -235,36 +236,39 @@ class TreeDataset(CertDataset):
 # Public entry points
 
 
+# Each takes the dataset's spec (resolved once by the run) or, for callers with a name, the name.
+
+
 def dataset_info(
-    name: str, *, data_dir: PathLike | None = None, image_size: int | None = None,
-    model: ModelFacts | None = None,
+    dataset: str | DatasetSpec, *, data_dir: PathLike | None = None,
+    image_size: int | None = None, model: ModelFacts | None = None,
 ) -> DatasetInfo:
     """Shape, classes and normalization statistics (a class-folder tree is scanned: its
     classes and sizes are in the files)."""
-    entry = specs.spec(name)
-    if reads_tree(name):
-        return load_split(name, data_dir=data_dir, image_size=image_size, model=model,
+    entry = specs.as_spec(dataset)
+    if reads_tree(entry):
+        return load_split(entry, data_dir=data_dir, image_size=image_size, model=model,
                           allow_resize=True).info
     shape = entry.image_shape(image_size)
-    return DatasetInfo(name, shape, entry.num_classes, entry.mean, entry.std)
+    return DatasetInfo(entry.name, shape, entry.num_classes, entry.mean, entry.std)
 
 
-def placeholder_info(name: str) -> DatasetInfo:
+def placeholder_info(dataset: str | DatasetSpec) -> DatasetInfo:
     """The info of a fixed dataset, or a stand-in for a class-folder tree whose shape and
     classes are known only once the model has said what it takes (names resolve meanwhile)."""
-    entry = specs.spec(name)
-    if reads_tree(name) or entry.shape is None or entry.num_classes is None:
-        return DatasetInfo(name, (len(entry.mean), 1, 1), 1, entry.mean, entry.std)
+    entry = specs.as_spec(dataset)
+    if reads_tree(entry) or entry.shape is None or entry.num_classes is None:
+        return DatasetInfo(entry.name, (len(entry.mean), 1, 1), 1, entry.mean, entry.std)
     return entry.info
 
 
-def reads_tree(name: str) -> bool:
-    """Whether ``name`` is a class-folder tree read to fit the model (imagefolder)."""
-    return specs.spec(name).loader == "bench.data.loaders:load_imagefolder"
+def reads_tree(dataset: str | DatasetSpec) -> bool:
+    """Whether the dataset is a class-folder tree read to fit the model (imagefolder)."""
+    return specs.as_spec(dataset).loader == "bench.data.loaders:load_imagefolder"
 
 
 def load_split(
-    name: str,
+    dataset: str | DatasetSpec,
     split: str = "test",
     *,
     data_dir: PathLike | None = None,
@@ -278,15 +282,15 @@ def load_split(
     dir. A class-folder tree (imagefolder) is read to fit ``model`` (its classes, channels
     and image size; :func:`load_tree`).
     """
-    entry = specs.spec(name)
+    entry = specs.as_spec(dataset)
     if split not in entry.splits:
         raise ConfigError(
-            f"dataset {name!r} has no split {split!r}; valid: {', '.join(entry.splits)}"
+            f"dataset {entry.name!r} has no split {split!r}; valid: {', '.join(entry.splits)}"
         )
-    if reads_tree(name):
-        return load_tree(name, _folder_root(name, data_dir), model=model,
+    if reads_tree(entry):
+        return load_tree(entry, _folder_root(entry.name, data_dir), model=model,
                          image_size=image_size, allow_resize=allow_resize)
-    info = dataset_info(name, data_dir=data_dir, image_size=image_size)
+    info = dataset_info(entry, data_dir=data_dir, image_size=image_size)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     return _loader(entry)(info, split, root)
 
@@ -431,7 +435,7 @@ def _cifar10_tree(root: Path, split: str) -> Path | None:
     directly under ``root``), when there are no cifar-10-batches-py files to read."""
     if (root / "cifar-10-batches-py").is_dir():
         return None
-    names = set(specs.spec("cifar10").class_names or ()) | {str(i) for i in range(10)}
+    names = set(_CIFAR10.class_names or ()) | {str(i) for i in range(10)}
     for candidate in (root / split, root if split == "test" else None):
         if candidate is not None and candidate.is_dir() and any(
                 e.is_dir() and e.name in names for e in os.scandir(candidate)):
@@ -449,10 +453,9 @@ def load_cifar10_tree(info: DatasetInfo, split: str, root: Path) -> MemoryDatase
     """
     from PIL import Image  # lazy: Pillow only where image files are read
 
-    spec_ = specs.spec("cifar10")
     folders = F.class_folders(root, "cifar10")
     mapping, _, _, _ = F.label_map(folders, root, num_classes=10, name="cifar10",
-                                   class_lists=[("cifar10 class names", spec_.class_names)])
+                                   class_lists=[("cifar10 class names", _CIFAR10.class_names)])
     samples = F.scan(root, mapping, name="cifar10")
     stems = [s.path.stem for s in samples]
     if all(stem.isdigit() for stem in stems) and len({int(v) for v in stems}) == len(stems):
@@ -480,16 +483,17 @@ def load_imagenet(info: DatasetInfo, split: str, root: Path) -> CertDataset:
 
 def load_imagefolder(info: DatasetInfo, split: str, root: Path) -> CertDataset:
     """The spec's loader (kept for callers with an info): the tree read at ``info``'s shape."""
-    return load_tree(info.name, root, image_size=info.shape[-1],
+    return load_tree(specs.spec(info.name), root, image_size=info.shape[-1],
                      model=ModelFacts(channels=info.shape[0]), allow_resize=True)
 
 
-def load_tree(name: str, root: Path, *, model: ModelFacts | None = None,
+def load_tree(entry: DatasetSpec, root: Path, *, model: ModelFacts | None = None,
               image_size: int | None = None, allow_resize: bool = False) -> TreeDataset:
     """A class-folder tree read to fit ``model``: labels from folder names
     (:func:`bench.data.class_folders.label_map`), the model's class count, channels (else grayscale
     when every image is) and image size (else ``--image-size``, else the size of the dataset
     the model was trained on, else the images' own size when all share it)."""
+    name = entry.name
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
     model = model or ModelFacts()
@@ -516,8 +520,7 @@ def load_tree(name: str, root: Path, *, model: ModelFacts | None = None,
     F.check_resize(samples, size, allow=allow_resize, name=name)
     channels = model.channels or (trained.shape[0] if trained else None) \
         or (1 if tree.grayscale else 3)
-    spec_ = specs.spec(name)
-    mean, std = spec_.mean, spec_.std
+    mean, std = entry.mean, entry.std
     if channels != len(mean):  # one channel: the channels' average statistics
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     info = DatasetInfo(name, (channels, size, size), count, tuple(mean), tuple(std))

@@ -37,7 +37,7 @@ import difflib
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 from bench.errors import ConfigError, DataError
@@ -130,7 +130,43 @@ class DatasetSpec:
 
     @property
     def radii(self) -> tuple[float, ...]:
+        """L2 radii (pixel units in [0, 1]) at which certified accuracy is reported."""
         return _radii(self.grid)
+
+    def check_subset(self, subset: str) -> None:
+        """Fail with the valid names if this dataset has no such subset (no data needed)."""
+        if subset not in self.subsets:
+            raise ConfigError(f"dataset {self.name!r} has no subset {subset!r}; valid: "
+                              f"{', '.join(self.subsets)}")
+
+    def subset_indices(self, subset: str, length: int) -> list[int]:
+        """Indices into the test split (of ``length`` images) that ``subset`` selects.
+
+        A rule that reaches past the split is an error rather than a silent truncation: a
+        truncated subset would no longer be the images its name promises.
+        """
+        self.check_subset(subset)
+        rule = self.subsets[subset]
+        if rule is None:
+            return list(range(length))
+        if rule[-1] >= length:
+            raise DataError(
+                f"subset {subset!r} of {self.name} needs test images up to index {rule[-1]}, "
+                f"but the test split has only {length}; use --subset full or the complete "
+                "dataset"
+            )
+        return list(rule)
+
+    def __reduce__(self):
+        # Plain pickle cannot copy the read-only subsets view: rebuild from a dict (what Ray and
+        # multiprocessing ship to workers, so a dataset registered only here still resolves).
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["subsets"] = dict(self.subsets)
+        return (_rebuild, (values,))
+
+
+def _rebuild(values: dict) -> DatasetSpec:
+    return DatasetSpec(**values)
 
 
 _IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -205,7 +241,10 @@ def __getattr__(name: str):
 
 
 def spec(name: str) -> DatasetSpec:
-    """The spec of a dataset; an unknown name fails with the closest match and the valid ones."""
+    """The spec of a dataset; an unknown name fails with the closest match and the valid ones.
+
+    An entry point (a command, ``prepare``, ``train``, ``evaluate``) calls this once and passes
+    the spec down; nothing below it looks the name up again."""
     if name in DATASETS:
         return DATASETS[name]
     names = dataset_names()
@@ -214,34 +253,24 @@ def spec(name: str) -> DatasetSpec:
     raise ConfigError(f"unknown dataset {name!r}{hint}; valid: {', '.join(names)}")
 
 
+def as_spec(dataset: str | DatasetSpec) -> DatasetSpec:
+    """A spec given, or the spec of a name (the public loaders take either)."""
+    return dataset if isinstance(dataset, DatasetSpec) else spec(dataset)
+
+
 def subset_names(name: str) -> tuple[str, ...]:
     """The frozen subsets a dataset defines (see the module docstring for the rules)."""
     return tuple(spec(name).subsets)
 
 
 def check_subset(name: str, subset: str) -> None:
-    """Fail with the valid names if the dataset or its subset is unknown (no data needed)."""
-    rules = spec(name).subsets
-    if subset not in rules:
-        raise ConfigError(f"dataset {name!r} has no subset {subset!r}; valid: {', '.join(rules)}")
+    """:meth:`DatasetSpec.check_subset` by dataset name."""
+    spec(name).check_subset(subset)
 
 
 def resolve_subset(name: str, subset: str, length: int) -> list[int]:
-    """Indices into the test split (of ``length`` images) that ``subset`` selects.
-
-    A rule that reaches past the split is an error rather than a silent truncation: a
-    truncated subset would no longer be the images its name promises.
-    """
-    check_subset(name, subset)
-    rule = spec(name).subsets[subset]
-    if rule is None:
-        return list(range(length))
-    if rule[-1] >= length:
-        raise DataError(
-            f"subset {subset!r} of {name} needs test images up to index {rule[-1]}, but the "
-            f"test split has only {length}; use --subset full or the complete dataset"
-        )
-    return list(rule)
+    """:meth:`DatasetSpec.subset_indices` by dataset name."""
+    return spec(name).subset_indices(subset, length)
 
 
 def subset_hash(indices: Sequence[int]) -> str:

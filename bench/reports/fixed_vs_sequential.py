@@ -23,7 +23,7 @@ from tabulate import tabulate
 from bench.certify import metrics
 from bench.certify.records import Certificate, RunCard
 from bench.errors import ConfigError
-from bench.reports.table import LABEL_AWARE, certification_of
+from bench.reports.rows import LABEL_AWARE, certification_of
 from bench.store.database import Store
 
 PAIR_KEYS = ("method", "adapter", "dataset", "sigma", "alpha", "seed", "n0", "m", "params",

@@ -2,17 +2,21 @@
 
 Reads a results store (``<path>/certbench.sqlite``, opened read-only) or a folder of exported
 runs (``runs/*/certs.tsv`` with their cards, such as ``leaderboards``) without changing what it
-holds and without torch: one row per run (the fields of a :class:`bench.reports.table.Row` plus
+holds and without torch: one row per run (the fields of a :class:`bench.reports.rows.Row` plus
 certified accuracy per radius) or one row per certificate. The numbers are the store's own
 (:meth:`bench.store.database.Store.summary`); a radius off a run's grid is computed exactly from its
-per-image radii (:func:`bench.reports.table.with_radii`).
+per-image radii (:func:`bench.reports.rows.with_radii`).
+
+:func:`rows_frame` is the one row-to-DataFrame path and column naming: ``load_results``,
+``bench.evaluate`` and ``python -m bench table --format csv|long`` all build their frames
+with it (the table adds its intervals and tie marks, and its reported and envelope rows).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from bench.registry.entries import load_registry
-from bench.reports import table
+from bench.reports import rows as R
 from bench.store.database import Store, StoredRun
 from bench.store.exports import ExportedRuns, open_results
 
@@ -33,6 +37,14 @@ RUN_COLUMNS = (
     "source", "folder", "sample_key",
 )
 LONG_VALUES = ("radius", "certified_accuracy", "ci_low", "ci_high")
+# What the table adds (rows_frame(marks=...)): the tie mark of each cell ("best", "tied" or
+# empty) and the p-value of its paired test against the best; wide, one per radius
+# (mark@<r>, p_vs_best@<r>) and acr_mark, acr_p_vs_best after acr; long, one per line.
+MARK_VALUES = ("mark", "p_vs_best")
+# Wide names of the per-radius values: the long form's name @ the radius (certified accuracy
+# is acc@<r>).
+WIDE_NAMES = {"certified_accuracy": "acc", "ci_low": "ci_low", "ci_high": "ci_high",
+              "mark": "mark", "p_vs_best": "p_vs_best"}
 # level="certificates" (then "path" when any certificate has one).
 CERT_COLUMNS = (
     "run_id", "kind", "method", "dataset", "sigma", "certification", "idx", "label", "predict",
@@ -92,7 +104,7 @@ def load_results(path: str | Path = "results", dataset: str | None = None, *,
                 if run.images and _wanted(run, method, sigma, kind)]
         if level == "certificates":
             return _certificates(store, runs)
-        rows = [table.row_from_summary(store.summary(run.run_id)) for run in runs]
+        rows = [R.row_from_summary(store.summary(run.run_id)) for run in runs]
     finally:
         store.close()
     return runs_frame(rows, radii, long, registry)
@@ -115,7 +127,7 @@ def _wanted(run: StoredRun, method, sigma, kind) -> bool:
     if kinds is not None and card.kind not in kinds:
         return False
     if sigmas is not None:
-        own = table.run_sigma(card)
+        own = R.run_sigma(card)
         label = own if isinstance(own, str) else f"{own:g}"
         if not any(_same_sigma(own, label, s) for s in sigmas):
             return False
@@ -129,42 +141,87 @@ def _same_sigma(own: float | str, label: str, wanted: Any) -> bool:
 
 
 # ----- level="runs" ------------------------------------------------------------------------------
-def runs_frame(rows: list[table.Row], radii: Iterable[float] | None = None, long: bool = False,
+def runs_frame(rows: list[R.Row], radii: Iterable[float] | None = None, long: bool = False,
                registry: Any = None) -> pd.DataFrame:
-    """The one run-to-DataFrame path and column naming (:data:`RUN_COLUMNS`, then ``acc@<r>``
-    or the long form's): ``load_results(level="runs")`` and ``bench.evaluate`` both return it.
-    ``rows``: :func:`bench.reports.table.row_from_summary` of stored runs."""
+    """Stored runs as :func:`rows_frame` gives them: ``load_results(level="runs")`` and
+    ``bench.evaluate`` return it. ``rows``: :func:`bench.reports.rows.row_from_summary` of stored
+    runs; the radii are ``radii``, else the union of their grids, each computed exactly where a
+    run's grid lacks it; ``registry`` fills ``setting`` (params that differ from the entry's)."""
     grid = sorted({float(r) for r in radii} if radii is not None
                   else {r for row in rows for r in row.accuracy})
-    rows = table.with_radii(rows, grid)
+    rows = R.with_radii(rows, grid)
     if registry is not None:
         if isinstance(registry, (str, Path)):
             registry = load_registry(registry)
         cache: dict = {}
-        rows = [replace(row, setting=table.non_default_params(row, registry, cache))
+        rows = [replace(row, setting=R.non_default_params(row, registry, cache))
                 for row in rows]
+    return rows_frame(rows, grid, long)
+
+
+def rows_frame(rows: Sequence[R.Row], grid: Sequence[float], long: bool = False, *,
+               intervals: bool = False, marks: Mapping[int, Mapping[Any, Any]] | None = None
+               ) -> pd.DataFrame:
+    """The one row-to-DataFrame path and column naming: :data:`RUN_COLUMNS`, then certified
+    accuracy at each radius of ``grid`` as a fraction, ``acc@<r>`` (``long``: one line per row x
+    radius with :data:`LONG_VALUES` instead). A row without a value at a radius (a paper's
+    reported row, an envelope) has NaN there; so do its run-only fields.
+
+    ``intervals`` adds the exact Clopper-Pearson bounds wide (``ci_low@<r>``, ``ci_high@<r>``;
+    long always has them); ``marks`` (``id(row)`` -> radius or ``"acr"`` -> a mark with
+    ``kind`` and ``p_value``, :func:`bench.reports.table.marks_by_row`) adds
+    :data:`MARK_VALUES`."""
+    values = ["certified_accuracy", *(["ci_low", "ci_high"] if intervals or long else []),
+              *(MARK_VALUES if marks is not None else [])]
     records = []
     for row in rows:
         base = _run_fields(row)
+        row_marks = (marks or {}).get(id(row), {})
+        if marks is not None and not long:
+            base["acr_mark"], base["acr_p_vs_best"] = _mark(row_marks.get("acr"))
+        cells = {r: _cell(row, r, row_marks.get(r)) for r in grid}
         if long:
-            for r in grid:
-                lo, hi = row.interval.get(r, (math.nan, math.nan))
-                records.append({**base, "radius": r, "certified_accuracy": row.accuracy[r],
-                                "ci_low": lo, "ci_high": hi})
+            records += [{**base, "radius": float(r), **{k: cells[r][k] for k in values}}
+                        for r in grid]
         else:
-            records.append({**base, **{f"acc@{r:g}": row.accuracy[r] for r in grid}})
-    columns = list(RUN_COLUMNS) + (list(LONG_VALUES) if long else [f"acc@{r:g}" for r in grid])
-    df = pd.DataFrame.from_records(records, columns=columns)
+            records.append({**base, **{f"{WIDE_NAMES[k]}@{r:g}": cells[r][k]
+                                       for k in values for r in grid}})
+    head = list(RUN_COLUMNS)
+    if marks is not None and not long:
+        head[head.index("acr") + 1:head.index("acr") + 1] = ["acr_mark", "acr_p_vs_best"]
+    tail = (["radius", *values] if long
+            else [f"{WIDE_NAMES[k]}@{r:g}" for k in values for r in grid])
+    df = pd.DataFrame.from_records(records, columns=head + tail)
     for col in _INTS:
         df[col] = df[col].astype("Int64")
+    text = {"mark", *(f"mark@{r:g}" for r in grid)}
     numeric = ["sigma", "alpha", "acr", "abstain", "classifier_passes", "diffusion_passes",
-               "seconds", *columns[len(RUN_COLUMNS):]]
+               "seconds", *(["acr_p_vs_best"] if "acr_p_vs_best" in head else []),
+               *(c for c in tail if c not in text)]
     df[numeric] = df[numeric].astype(float)
     return df
 
 
-def _run_fields(row: table.Row) -> dict[str, Any]:
-    config = json.loads(row.config) if row.config else {}
+def _cell(row: R.Row, r: float, mark: Any) -> dict[str, Any]:
+    lo, hi = row.interval.get(r, (math.nan, math.nan))
+    kind, p_value = _mark(mark)
+    return {"certified_accuracy": _number(row.accuracy.get(r)), "ci_low": _number(lo),
+            "ci_high": _number(hi), "mark": kind, "p_vs_best": p_value}
+
+
+def _mark(mark: Any) -> tuple[str, float]:
+    if mark is None:
+        return "", math.nan
+    return mark.kind, _number(mark.p_value)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _run_fields(row: R.Row) -> dict[str, Any]:
+    # A reported row's config is the paper's setting, not a run's JSON.
+    config = json.loads(row.config) if row.config and row.kind != "reported" else {}
     return {
         "run_id": row.run_id, "kind": row.kind, "method": row.method, "dataset": row.dataset,
         "sigma": row.sigma if isinstance(row.sigma, (int, float)) else math.nan,
@@ -185,11 +242,11 @@ def _certificates(store: Store | ExportedRuns, runs: list[StoredRun]) -> pd.Data
     records, paths = [], False
     for run in runs:
         card = run.card
-        own = table.run_sigma(card)
+        own = R.run_sigma(card)
         head = {"run_id": run.run_id, "kind": card.kind, "method": card.identity["method"],
                 "dataset": card.identity["dataset"],
                 "sigma": own if isinstance(own, float) else math.nan,
-                "certification": table.certification_of(card.identity) or "fixed"}
+                "certification": R.certification_of(card.identity) or "fixed"}
         for cert in store.certs(run.run_id):
             row = cert.to_row()
             paths = paths or bool(cert.path)

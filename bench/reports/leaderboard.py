@@ -37,8 +37,8 @@ from bench.errors import ConfigError
 from bench.reports import table
 from bench.reports.curves import step_curve
 from bench.reports.escape import markdown as md
+from bench.reports.rows import Row
 from bench.reports.style import PALETTE, method_colors
-from bench.reports.table import Row
 from bench.store import database as store_mod
 from bench.version import __version__
 

@@ -42,8 +42,8 @@ from bench.certify.records import RunSummary
 from bench.errors import CertbenchError, ConfigError
 from bench.registry.entries import load_registry
 from bench.reports.curves import step_curve
+from bench.reports.rows import LABEL_AWARE, certification_of, run_config, run_sigma
 from bench.reports.style import method_colors
-from bench.reports.table import LABEL_AWARE, certification_of, run_config, run_sigma
 
 FORMATS = (".pdf", ".png", ".svg")
 X_LABEL = "radius (L2, [0,1] pixels)"
@@ -66,7 +66,7 @@ class Curve:
 
     run_id: str
     method: str
-    sigma: float | str  # a cascade's scales as a label (bench.reports.table.run_sigma)
+    sigma: float | str  # a cascade's scales as a label (bench.reports.rows.run_sigma)
     n: int | None
     m: int
     alpha: float | None

@@ -1,10 +1,8 @@
 """Standardized result tables from the store and the registry (pandas + tabulate, no torch).
 
-Three kinds of rows, never mixed up:
-
-* ``reproduced``: certified by this harness (a run in the store);
-* ``claimed``: someone's per-image TSV imported with ``python -m bench import``;
-* ``reported``: numbers printed in a paper, from the registry's ``reported`` lists.
+The rows (:mod:`bench.reports.rows`, re-exported here) are of three kinds, never mixed up:
+``reproduced`` (certified by this harness), ``claimed`` (an imported per-image TSV) and
+``reported`` (a paper's numbers, from the registry).
 
 Rows are compared (best value marked, ranks) only within one *comparison group*: dataset, subset
 (the very images certified), alpha and budget (the requested predictions per image, else N x m:
@@ -24,253 +22,44 @@ comparison of 10-image intervals would tie nearly everything and say little.
 
 Choosing what is shown: :func:`with_radii` adds radii off a run's grid, computed exactly from
 its per-image radii (:func:`bench.certify.metrics.certified_accuracy`); :data:`COLUMNS` names the
-non-radius columns (:func:`parse_columns`); :func:`long_frame` is the tidy form, one row per
-row x radius (``--format long``).
+non-radius columns (:func:`parse_columns`). The CSV and its tidy long form (:func:`frame`) are
+:func:`bench.reports.frames.rows_frame`, the frame ``load_results`` returns, with the same column
+names and fractions; only Markdown and LaTeX use display headers (``r=0.25`` in %, ``ACR``).
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
 
 from bench.certify import metrics
-from bench.certify.budget import predictions, tier
-from bench.certify.records import CI_LEVEL, RunSummary, canonical_json
+from bench.certify.records import CI_LEVEL
 from bench.data.specs import grid_for, parse_radii
 from bench.errors import ConfigError
-from bench.reports import escape
-from bench.store.database import Store
+from bench.reports import escape, frames
+from bench.reports.rows import (  # noqa: F401  re-exported: callers use bench.reports.table.<name>
+    KINDS,
+    LABEL_AWARE,
+    SEQUENTIAL,
+    Row,
+    certification_of,
+    collect_rows,
+    non_default_params,
+    row_from_summary,
+    rows_from_registry,
+    rows_from_store,
+    run_config,
+    run_sigma,
+    with_radii,
+)
 
-KINDS = ("reproduced", "claimed", "reported")
 FORMATS = ("markdown", "latex", "csv", "long")
-
-
-@dataclass
-class Row:
-    """One line of a table: a run, an imported claim, or a paper's reported numbers."""
-
-    kind: str
-    method: str
-    dataset: str
-    sigma: float | str | None
-    n0: int | None
-    n: int | None
-    m: int | None
-    alpha: float | None
-    subset: str
-    subset_size: int | None
-    images: int | None  # images behind the numbers (certified so far, or the paper's count)
-    accuracy: dict[float, float]  # radius -> fraction in [0, 1]
-    interval: dict[float, tuple[float, float]] = field(default_factory=dict)
-    acr: float | None = None
-    abstain: float | None = None
-    classifier_passes: float | None = None
-    diffusion_passes: float | None = None
-    seconds: float | None = None
-    device: str = ""
-    run_id: str = ""
-    folder: str = ""  # export folder name of a run (runs/<folder>/certs.tsv)
-    source: str = ""
-    setting: str = ""
-    description: str = ""
-    sample_key: str = ""  # identifies the exact images (runs: hash of the certified indices)
-    envelope_of: tuple[str, ...] = ()  # sigmas an envelope row was taken over
-    paper_url: str = ""  # the method's paper (registry), linked from reported rows
-    tier: int | None = None  # a run's requested budget (bench.certify.budget.tier); None: N x m
-    config: str = ""  # what identifies the configuration besides sigma (seed, params, ...)
-    # A run reported on its own grid (--radii, auto) rather than the dataset's: its radii alone
-    # then make the table's columns (see grid_of).
-    own_grid: bool = False
-    # "sequential" for a run certified with --certification sequential, "sequential label-aware"
-    # with --label-aware ("" for fixed N; see certification_of): another group each, never
-    # ranked against each other
-    certification: str = ""
-    # idx -> (radius, correct) of each certified image (runs only): for the paired tests
-    per_image: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False,
-                                                    compare=False)
-
-    @property
-    def budget(self) -> int | None:
-        """Predictions per image, the same-compute tier: a run's requested budget B (N = B // m
-        may leave N x m below B), else N x m."""
-        return self.tier if self.tier is not None else predictions(self.n, self.m)
-
-    @property
-    def paired_data(self) -> bool:
-        return bool(self.per_image)
-
-    @property
-    def subset_label(self) -> str:
-        if self.kind == "reported":
-            return self.subset
-        if self.subset_size and self.images is not None and self.images < self.subset_size:
-            return f"{self.subset} ({self.images}/{self.subset_size})"
-        return self.subset
-
-    @property
-    def group(self) -> tuple[Any, ...]:
-        """The comparison group: what must be equal for two rows to be ranked against each
-        other."""
-        return (self.dataset, self.subset_label, self.sample_key, self.alpha, self.budget,
-                self.certification)
-
-    @property
-    def sequential(self) -> bool:
-        return self.certification.startswith(SEQUENTIAL)
-
-    @property
-    def sigma_label(self) -> str:
-        if self.envelope_of:
-            return "best of " + "/".join(self.envelope_of)
-        if isinstance(self.sigma, (int, float)):
-            return f"{self.sigma:g}"
-        return str(self.sigma or "")
-
-
-# ----- collecting rows ---------------------------------------------------------------------------
-def row_from_summary(summary: RunSummary, description: str = "") -> Row:
-    """One stored run (reproduced or claimed) as a table row."""
-    card = summary.card
-    ident = card.identity
-    claimed = card.kind == "claimed"
-    return Row(
-        kind=card.kind, method=ident["method"], dataset=ident["dataset"],
-        sigma=run_sigma(card), n0=ident.get("n0"), n=ident.get("n"), m=ident.get("m", 1),
-        alpha=ident.get("alpha"), subset=ident.get("subset", ""),
-        subset_size=ident.get("subset_size"), images=summary.images,
-        accuracy=summary.accuracy, interval=summary.interval, acr=summary.acr,
-        abstain=summary.abstain, classifier_passes=summary.classifier_passes,
-        diffusion_passes=summary.diffusion_passes, seconds=summary.seconds,
-        device=", ".join(summary.devices), run_id=card.run_id, folder=card.folder_name,
-        source=card.extra.get("source", {}).get("file", "") if claimed else "",
-        description=description, sample_key=summary.sample_key, tier=tier(card),
-        config=canonical_json(run_config(ident)),
-        per_image=dict(summary.per_image),
-        own_grid=card.extra.get("radius_grid_source", "dataset") != "dataset",
-        certification=certification_of(ident),
-    )
-
-
-SEQUENTIAL = "sequential"
-LABEL_AWARE = "sequential label-aware"
-
-
-def certification_of(identity: Mapping[str, Any]) -> str:
-    """Empty (fixed N), "sequential", or "sequential label-aware": a label-aware run stops early
-    on images whose selected class is wrong, which needs the test label (a saving no deployed
-    classifier has), so it is labelled, grouped and paired apart from plain sequential runs."""
-    if identity.get("procedure") != SEQUENTIAL:
-        return ""
-    return LABEL_AWARE if (identity.get("sequential") or {}).get("label_aware") else SEQUENTIAL
-
-
-def run_config(identity: Mapping[str, Any]) -> dict[str, Any]:
-    """What identifies a run's configuration besides sigma: seed, params, procedure, and
-    ``label_aware`` only when set (plain runs' configs are as they always were)."""
-    config = {k: identity.get(k) for k in ("seed", "params", "procedure")}
-    if certification_of(identity) == LABEL_AWARE:
-        config["label_aware"] = True
-    return config
-
-
-def run_sigma(card) -> float | str:
-    """The run's sigma; a cascade's scales as a label ("1/0.5/0.25 cascade"), which keeps it
-    out of the best-over-sigma envelope: it already chooses among its scales per image."""
-    proc = card.extra.get("procedure") or {}
-    if card.identity.get("procedure") == "cascade" and proc.get("scales"):
-        return "/".join(f"{s:g}" for s in proc["scales"]) + " cascade"
-    return float(card.identity["sigma"])
-
-
-def rows_from_store(store: Store, dataset: str | None = None,
-                    descriptions: Mapping[str, str] | None = None) -> list[Row]:
-    """One row per run with at least one certificate."""
-    rows = []
-    for run in store.runs_of(dataset):
-        if not run.images:
-            continue
-        desc = (descriptions or {}).get(run.card.identity["method"], "")
-        rows.append(row_from_summary(store.summary(run.run_id), desc))
-    return rows
-
-
-def rows_from_registry(registry, dataset: str | None = None) -> list[Row]:
-    """The papers' numbers (``reported`` lists), percentages turned into fractions."""
-    rows = []
-    for entry in registry.methods.values():
-        for rep in entry.reported:
-            if dataset is not None and rep["dataset"] != dataset:
-                continue
-            images = rep.get("images")
-            sigma = rep.get("sigma")
-            rows.append(Row(
-                kind="reported", method=entry.name, dataset=rep["dataset"],
-                sigma=float(sigma) if isinstance(sigma, (int, float)) else sigma,
-                n0=rep.get("N0"), n=rep.get("N"), m=rep.get("m", 1), alpha=rep.get("alpha"),
-                subset=f"paper ({images} images)" if images else "paper", subset_size=images,
-                images=images,
-                accuracy={float(r): float(v) / 100 for r, v in rep["accuracy"].items()},
-                acr=rep.get("acr"), source=rep["source"],
-                setting=", ".join(str(rep[k]) for k in ("setting", "model") if rep.get(k)),
-                description=entry.description, paper_url=str(entry.paper.get("url", "")),
-                config=str(rep.get("setting") or ""),
-            ))
-    return rows
-
-
-def collect_rows(store: Store | None, registry=None, dataset: str | None = None,
-                 budget: int | None = None, *, reported: bool = True) -> list[Row]:
-    """All rows of a dataset (runs, claims, and the registry's reported rows unless
-    ``reported`` is False), optionally of one budget only. Runs are labelled with the params
-    that differ from their registry entry's."""
-    descriptions = {m.name: m.description for m in registry.methods.values()} if registry else {}
-    rows = rows_from_store(store, dataset, descriptions) if store is not None else []
-    if registry is not None:
-        defaults: dict[tuple[str, str], dict[str, Any] | None] = {}  # one adapter per method
-        rows = [replace(r, setting=non_default_params(r, registry, defaults))
-                if not r.setting else r for r in rows]
-        if reported:
-            rows += rows_from_registry(registry, dataset)
-    if budget is not None:
-        rows = [r for r in rows if r.budget == budget]
-    return rows
-
-
-def non_default_params(row: Row, registry,
-                       cache: dict[tuple[str, str], dict[str, Any] | None] | None = None) -> str:
-    """A stored run's params that differ from its registry entry's for that dataset
-    (``variant=ap``, ``denoiser=digits-ddpm``): what tells two runs of one method apart.
-    ``cache`` keeps each (method, dataset)'s bound defaults across rows."""
-    cache = {} if cache is None else cache
-    key = (row.method, row.dataset)
-    if key not in cache:
-        try:
-            cache[key] = registry.method(row.method).instantiate(row.dataset).params
-        except Exception:  # noqa: BLE001 - a run of a method no longer registered: show nothing
-            cache[key] = None
-    defaults = cache[key]
-    if defaults is None:
-        return ""
-    params = json.loads(row.config).get("params") or {}
-    return ", ".join(f"{k}={_param_text(v)}" for k, v in sorted(params.items())
-                     if k in defaults and _jsonable(defaults[k]) != v)
-
-
-def _param_text(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 # ----- grouping, best values and envelopes -------------------------------------------------------
@@ -313,35 +102,6 @@ def parse_table_radii(text: str) -> list[float]:
         raise ConfigError("--radii: give the radii to show, such as 0,0.25,0.5 ('auto' is an "
                           "option of 'run', not of 'table')")
     return list(radii)
-
-
-def with_radii(rows: Iterable[Row], radii: Iterable[float]) -> list[Row]:
-    """The rows with certified accuracy (and its interval) at each of ``radii``.
-
-    A value a row has is kept; a radius off a run's grid is computed exactly from the run's
-    per-image radii: the fraction of its certified images that are correct with radius >= r
-    (the rule of :func:`bench.certify.metrics.certified_accuracy`),
-    with the exact Clopper-Pearson interval over the same images. Rows without per-image data
-    (reported rows, envelopes) keep only the values they have (``table --radii`` shows n/a
-    there); envelopes taken over extended runs (:func:`envelope_groups`) have every radius.
-    """
-    radii = [float(r) for r in radii]
-    out = []
-    for row in rows:
-        todo = [r for r in radii if r not in row.accuracy]
-        if not todo or not row.per_image:
-            out.append(row)
-            continue
-        images = list(row.per_image.values())
-        rad = [r for r, _ in images]
-        correct = [c for _, c in images]
-        accuracy, interval = dict(row.accuracy), dict(row.interval)
-        accuracy.update(metrics.certified_accuracy(rad, correct, todo))
-        for r in todo:
-            interval[r] = metrics.sample_interval(metrics.certified_count(rad, correct, r),
-                                                  len(images), CI_LEVEL)
-        out.append(replace(row, accuracy=accuracy, interval=interval))
-    return out
 
 
 def envelopes(rows: Iterable[Row]) -> list[Row]:
@@ -493,58 +253,55 @@ def _finite(value: Any) -> bool:
 @dataclass(frozen=True)
 class Column:
     """A non-radius column: its markdown/LaTeX ``header``, whether it holds numbers
-    (right-aligned in LaTeX), whether it comes after the radius columns, and the columns it
-    stands for in the wide CSV (:func:`frame`) and in the long format (:func:`long_frame`)."""
+    (right-aligned in LaTeX), whether it comes after the radius columns, and the columns of
+    the frame (:func:`bench.reports.frames.rows_frame`) it stands for in the CSV and long
+    format (``fields``: those a frame lacks, such as the wide-only ``acr_mark``, are skipped)."""
 
     name: str
     header: str
     numeric: bool
     after_radii: bool
-    csv: tuple[str, ...]
-    long: tuple[str, ...]
+    fields: tuple[str, ...]
     doc: str
 
 
-def _col(name, header, numeric, after, csv, long, doc) -> Column:
-    return Column(name, header, numeric, after, tuple(csv), tuple(long), doc)
+def _col(name, header, numeric, after, fields, doc) -> Column:
+    return Column(name, header, numeric, after, tuple(fields), doc)
 
 
 COLUMNS: dict[str, Column] = {c.name: c for c in (
-    _col("method", "method", False, False, ["method"], ["method"],
+    _col("method", "method", False, False, ["method"],
          "method name, with its non-default params in brackets unless 'setting' is shown"),
-    _col("kind", "kind", False, False, ["kind"], ["kind"], "reproduced, claimed or reported"),
-    _col("dataset", "dataset", False, False, ["dataset"], ["dataset"], "dataset"),
-    _col("sigma", "sigma", True, False, ["sigma"], ["sigma"], "noise level (or envelope label)"),
-    _col("n0", "N0", True, False, ["N0"], ["n0"], "selection samples per image"),
-    _col("n", "N", True, False, ["N"], ["n"], "estimation samples per image"),
-    _col("m", "m", True, False, ["m"], ["m"], "predictions per noisy sample"),
-    _col("alpha", "alpha", True, False, ["alpha"], ["alpha"], "certificate failure probability"),
-    _col("budget", "budget", True, False, ["budget"], ["budget"], "predictions per image"),
-    _col("subset", "subset", False, False, ["subset"], ["subset"], "images certified"),
-    _col("images", "images", True, False, ["images"], ["images"], "images behind the numbers"),
+    _col("kind", "kind", False, False, ["kind"], "reproduced, claimed or reported"),
+    _col("dataset", "dataset", False, False, ["dataset"], "dataset"),
+    _col("sigma", "sigma", True, False, ["sigma", "sigma_label"],
+         "noise level (or envelope label)"),
+    _col("n0", "N0", True, False, ["n0"], "selection samples per image"),
+    _col("n", "N", True, False, ["n"], "estimation samples per image"),
+    _col("m", "m", True, False, ["m"], "predictions per noisy sample"),
+    _col("alpha", "alpha", True, False, ["alpha"], "certificate failure probability"),
+    _col("budget", "budget", True, False, ["budget"], "predictions per image"),
+    _col("subset", "subset", False, False, ["subset", "subset_size"], "images certified"),
+    _col("images", "images", True, False, ["images"], "images behind the numbers"),
     _col("certification", "certification", False, False, ["certification"],
-         ["certification"], "fixed (N samples), sequential or sequential label-aware"),
-    _col("run", "run", False, False, ["run_id"], ["run_id"], "run id in the store"),
-    _col("setting", "setting", False, False, ["setting"], ["setting"],
+         "fixed (N samples), sequential or sequential label-aware"),
+    _col("run", "run", False, False, ["run_id"], "run id in the store"),
+    _col("setting", "setting", False, False, ["setting"],
          "non-default params (runs) or a paper's setting"),
-    _col("acr", "ACR", True, True, ["ACR", "ACR mark", "ACR p_vs_best"], ["acr"],
+    _col("acr", "ACR", True, True, ["acr", "acr_mark", "acr_p_vs_best"],
          "average certified radius"),
-    _col("abstain", "abstain %", True, True, ["abstain %"], ["abstain"], "abstain rate"),
-    _col("passes", "passes/img", True, True,
-         ["classifier passes/img", "diffusion passes/img"],
-         ["classifier_passes", "diffusion_passes"], "network passes per image"),
-    _col("seconds", "s/img", True, True, ["seconds/img"], ["seconds"], "seconds per image"),
-    _col("device", "device / source", False, True, ["device"], ["device"],
+    _col("abstain", "abstain %", True, True, ["abstain"], "abstain rate"),
+    _col("passes", "passes/img", True, True, ["classifier_passes", "diffusion_passes"],
+         "network passes per image"),
+    _col("seconds", "s/img", True, True, ["seconds"], "seconds per image"),
+    _col("device", "device / source", False, True, ["device"],
          "device (a claimed or reported row's source there unless 'source' is shown)"),
-    _col("source", "source", False, True, ["source"], ["source"], "imported file or paper"),
+    _col("source", "source", False, True, ["source"], "imported file or paper"),
 )}
 DEFAULT_COLUMNS = ("method", "kind", "sigma", "n0", "n", "m", "alpha", "subset", "acr",
                    "abstain", "passes", "seconds", "device")
-LONG_COLUMNS = ("dataset", "kind", "method", "setting", "sigma", "n0", "n", "m", "alpha",
-                "subset", "images", "budget", "certification", "run", "acr", "abstain",
-                "passes", "seconds", "device", "source")
-# The measurement columns of the long format, between the before- and after-radii columns.
-LONG_VALUES = ("radius", "certified_accuracy", "ci_low", "ci_high", "mark", "p_vs_best")
+# The measurement columns of the long format (after the frame's run columns).
+LONG_VALUES = (*frames.LONG_VALUES, *frames.MARK_VALUES)
 
 
 def parse_columns(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -590,109 +347,21 @@ def group_title(row: Row) -> str:
     return ", ".join(parts)
 
 
-def frame(rows: Sequence[Row], grid: Sequence[float],
-          columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Flat numeric table (percentages, interval bounds, cost): the CSV export. ``columns``
-    (names of :data:`COLUMNS`) keeps only their CSV columns and the radius columns."""
-    records = []
-    marks = marks_by_row(rows, grid)
-    for row in rows:
-        row_marks = marks.get(id(row), {})
-        rec: dict[str, Any] = {
-            "kind": row.kind, "method": row.method, "dataset": row.dataset,
-            "sigma": row.sigma_label, "N0": row.n0, "N": row.n, "m": row.m, "alpha": row.alpha,
-            "budget": row.budget, "subset": row.subset_label, "images": row.images,
-        }
-        for r in grid:
-            acc = row.accuracy.get(r)
-            rec[f"r={r:g}"] = 100 * acc if _finite(acc) else None
-            lo, hi = row.interval.get(r, (None, None))
-            rec[f"r={r:g} ci_low"] = 100 * lo if _finite(lo) else None
-            rec[f"r={r:g} ci_high"] = 100 * hi if _finite(hi) else None
-            rec[f"r={r:g} mark"], rec[f"r={r:g} p_vs_best"] = _mark_fields(row_marks.get(r))
-        rec.update({
-            "ACR": row.acr, "ACR mark": _mark_fields(row_marks.get("acr"))[0],
-            "ACR p_vs_best": _mark_fields(row_marks.get("acr"))[1],
-            "abstain %": 100 * row.abstain if _finite(row.abstain) else None,
-            "classifier passes/img": row.classifier_passes,
-            "diffusion passes/img": row.diffusion_passes, "seconds/img": row.seconds,
-            "device": row.device, "run_id": row.run_id, "source": row.source,
-            "setting": row.setting, "certification": _certification(row),
-        })
-        records.append(rec)
-    df = pd.DataFrame.from_records(records)
+def frame(rows: Sequence[Row], grid: Sequence[float], columns: Sequence[str] | None = None,
+          long: bool = False) -> pd.DataFrame:
+    """The CSV (``long``: ``--format long``): :func:`bench.reports.frames.rows_frame` of the
+    rows with their intervals and tie marks (:func:`marks_by_row`), in ``load_results``'s
+    column names and fractions. ``columns`` (names of :data:`COLUMNS`) keeps only their
+    :attr:`Column.fields`, before and after the radius values."""
+    df = frames.rows_frame(rows, grid, long, intervals=True, marks=marks_by_row(rows, grid))
     if columns is None:
-        df = df.drop(columns="certification", errors="ignore")  # the CSV as it always was
-    else:
-        pre, post = _split_columns(columns)
-        radius_cols = [c for r in grid for c in (f"r={r:g}", f"r={r:g} ci_low",
-                                                  f"r={r:g} ci_high", f"r={r:g} mark",
-                                                  f"r={r:g} p_vs_best")]
-        keep = [c for name in pre for c in COLUMNS[name].csv] + radius_cols \
-            + [c for name in post for c in COLUMNS[name].csv]
-        df = df.reindex(columns=keep)
-    for col in ("N0", "N", "m", "budget", "images"):
-        if col in df:
-            df[col] = df[col].astype("Int64")  # integers stay integers next to missing values
-    pct = [c for c in df.columns if (c.startswith("r=") or c == "abstain %")
-           and not c.endswith((" mark", " p_vs_best"))]
-    df[pct] = df[pct].astype(float).round(6)  # 57.0, not 56.99999999999999 from 0.57 * 100
-    return df
-
-
-def long_frame(rows: Sequence[Row], grid: Sequence[float],
-               columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Tidy data: one line per row x radius of ``grid`` (``--format long``).
-
-    ``columns`` (names of :data:`COLUMNS`, default :data:`LONG_COLUMNS`) stand for the
-    long-format fields of :attr:`Column.long`; between the ones before and after the radii come
-    ``radius``, ``certified_accuracy`` and its interval ``ci_low``/``ci_high`` (fractions in
-    [0, 1], empty where a row has no value), ``mark`` (best/tied, :func:`cell_marks`) and
-    ``p_vs_best``. ``abstain`` is a fraction too; ``certification`` is fixed, sequential or
-    sequential label-aware.
-    """
-    pre, post = _split_columns(LONG_COLUMNS if columns is None else columns)
-    marks = marks_by_row(rows, grid)
-    records = []
-    for row in rows:
-        fields: dict[str, Any] = {
-            "dataset": row.dataset, "kind": row.kind, "method": row.method,
-            "setting": row.setting, "sigma": row.sigma_label, "n0": row.n0, "n": row.n,
-            "m": row.m, "alpha": row.alpha, "subset": row.subset_label, "images": row.images,
-            "budget": row.budget, "certification": _certification(row), "run_id": row.run_id,
-            "acr": row.acr if _finite(row.acr) else None,
-            "abstain": row.abstain if _finite(row.abstain) else None,
-            "classifier_passes": row.classifier_passes,
-            "diffusion_passes": row.diffusion_passes, "seconds": row.seconds,
-            "device": row.device, "source": row.source,
-        }
-        head = {k: fields[k] for name in pre for k in COLUMNS[name].long}
-        tail = {k: fields[k] for name in post for k in COLUMNS[name].long}
-        row_marks = marks.get(id(row), {})
-        for r in grid:
-            acc = row.accuracy.get(r)
-            lo, hi = row.interval.get(r, (None, None))
-            mark, p_value = _mark_fields(row_marks.get(r))
-            records.append({
-                **head, "radius": float(r), "certified_accuracy": acc if _finite(acc) else None,
-                "ci_low": lo if _finite(lo) else None, "ci_high": hi if _finite(hi) else None,
-                "mark": mark, "p_vs_best": p_value, **tail,
-            })
-    names = [k for name in pre for k in COLUMNS[name].long] + list(LONG_VALUES) \
-        + [k for name in post for k in COLUMNS[name].long]
-    df = pd.DataFrame.from_records(records, columns=names)
-    for col in ("n0", "n", "m", "budget", "images"):
-        if col in df:
-            df[col] = df[col].astype("Int64")
-    for col in ("radius", "certified_accuracy", "ci_low", "ci_high", "p_vs_best"):
-        df[col] = df[col].astype(float)
-    return df
-
-
-def _mark_fields(mark: Mark | None) -> tuple[str, float | None]:
-    if mark is None:
-        return "", None
-    return mark.kind, mark.p_value
+        return df
+    values = [c for c in df.columns if c not in frames.RUN_COLUMNS
+              and c not in ("acr_mark", "acr_p_vs_best")]
+    pre, post = _split_columns(columns)
+    keep = [f for name in pre for f in COLUMNS[name].fields if f in df.columns] + values \
+        + [f for name in post for f in COLUMNS[name].fields if f in df.columns]
+    return df[keep]
 
 
 def format_cost(row: Row) -> str:
@@ -838,10 +507,9 @@ def render(rows: Sequence[Row], fmt: str = "markdown", grid: Sequence[float] | N
         columns = parse_columns(columns)
     env, env_notes = envelope_groups(rows) if envelope else ([], [])
     if fmt in ("csv", "long"):
-        make = frame if fmt == "csv" else long_frame
-        df = make(rows, grid, columns)
+        df = frame(rows, grid, columns, long=fmt == "long")
         if env:
-            extra = make(env, grid, columns)
+            extra = frame(env, grid, columns, long=fmt == "long")
             if "kind" in extra:
                 extra["kind"] = extra["kind"] + " envelope"
             df = pd.concat([df, extra], ignore_index=True)

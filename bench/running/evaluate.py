@@ -24,11 +24,11 @@ import pandas as pd
 import torch
 
 from bench.contract import ClassifierMethod
-from bench.data import loaders
+from bench.data import loaders, specs
 from bench.errors import ConfigError
 from bench.registry.entries import load_registry
 from bench.reports.frames import runs_frame
-from bench.reports.table import row_from_summary
+from bench.reports.rows import row_from_summary
 from bench.running.plan import Prepared, RunOptions, prepare
 from bench.running.roles import PYTHON_PREFIX, PythonModel
 from bench.running.runner import RunResult, run_prepared
@@ -88,8 +88,9 @@ def evaluate(model, dataset: str = "cifar10", *, sigma: float = 0.25, n: int = 1
     if clash:
         raise ConfigError(f"option(s) {', '.join(clash)} are evaluate's own arguments or "
                           "replace the model given")
-    if num_classes is not None and not loaders.reads_tree(dataset):
-        have = loaders.placeholder_info(dataset).num_classes
+    data = specs.spec(dataset)  # once: prepare gets the object
+    if num_classes is not None and not loaders.reads_tree(data):
+        have = loaders.placeholder_info(data).num_classes
         if num_classes != have:
             raise ConfigError(f"the model predicts {num_classes} classes but {dataset} has "
                               f"{have}")
@@ -103,7 +104,7 @@ def evaluate(model, dataset: str = "cifar10", *, sigma: float = 0.25, n: int = 1
         python_models={"classifier": PythonModel(model, num_classes=num_classes)}, **options)
     training = model.training if isinstance(model, torch.nn.Module) else None
     try:
-        prep = prepare(opts)  # once: its card says whether the model given is certified
+        prep = prepare(opts, data)  # once: its card says whether the model given is certified
         if not _asks_classifier(prep):
             raise ConfigError(f"method {opts.method!r} does not use a classifier model on "
                               f"{dataset}: the model given would not be certified")

@@ -5,7 +5,8 @@ models, a --batch too large for the device's memory) is checked by :func:`prepar
 first noisy sample, and the run's card (:func:`run_card`: the identity hashed into the run id,
 and what describes the run) is written here only. The runner (:mod:`bench.running.runner`)
 certifies a prepared run; each Ray worker (:mod:`bench.running.ray_executor`) prepares the
-same run from the driver's resolved options.
+same run from the driver's resolved options and dataset spec. The dataset's name is looked up
+once (:func:`dataset_spec`); its :class:`bench.data.specs.DatasetSpec` is what travels down.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class Prepared:
     dataset: loaders.CertDataset
     indices: list[int]
     device: torch.device
+    data: specs.DatasetSpec  # the spec of opts.dataset, resolved once (Ray ships it to workers)
 
 
 def check_options(opts: RunOptions) -> None:
@@ -141,12 +143,17 @@ def procedure_name(opts: RunOptions, method) -> str:
     return "sequential"
 
 
-def prepare(opts: RunOptions) -> Prepared:
-    """Validate the request and load everything; no certification yet."""
+def prepare(opts: RunOptions, data: specs.DatasetSpec | None = None) -> Prepared:
+    """Validate the request and load everything; no certification yet.
+
+    ``data`` is the spec of ``opts.dataset`` when the caller has resolved it (a Ray worker gets
+    the driver's, so a dataset registered only in the driver resolves); else it is looked up
+    here, once, and passed down as an object."""
     registry = load_registry(opts.registry, extra=opts.extra_registries,
-                             datasets=loaders.DATASET_NAMES)
+                             datasets=_known_datasets(data))
     entry = registry.method(opts.method)
-    loaders.check_subset(opts.dataset, opts.subset)
+    data = dataset_spec(opts.dataset, data)
+    data.check_subset(opts.subset)
     check_options(opts)
     device = resolve_device(opts.device)
     method = entry.instantiate(opts.dataset, opts.params)
@@ -157,20 +164,20 @@ def prepare(opts: RunOptions) -> Prepared:
                          dataset=opts.dataset, sigma=opts.sigma,
                          overrides=parse_overrides(opts.model), arch=opts.arch,
                          python_models=opts.python_models)
-    ds = loaders.load_split(opts.dataset, "test", data_dir=opts.data_dir,
-                             image_size=opts.image_size, allow_resize=opts.allow_resize,
-                             model=choice.facts() if loaders.reads_tree(opts.dataset) else None)
+    ds = loaders.load_split(data, "test", data_dir=opts.data_dir,
+                            image_size=opts.image_size, allow_resize=opts.allow_resize,
+                            model=choice.facts() if loaders.reads_tree(data) else None)
     # a class-folder tree is read to fit the model: the resolver is built with the data's info
     models = RoleResolver.for_data(choice, ds.info, device=device,
                                    base_dir=models_dir(opts.models_dir))
-    indices = loaders.resolve_subset(opts.dataset, opts.subset, len(ds))
-    grid_dataset = default_grid_dataset(opts, choice)
+    indices = data.subset_indices(opts.subset, len(ds))
+    grid_data = default_grid_dataset(data, choice)
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
                   models=models)
-    spec = ProcedureSpec(name=opts.procedure, dataset=opts.dataset, method=opts.method,
+    spec = ProcedureSpec(name=opts.procedure, dataset=data, method=opts.method,
                          n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
                          sigma=opts.sigma, seed=opts.seed, batch=opts.batch,
-                         radii=_procedure_radii(opts, grid_dataset),
+                         radii=_procedure_radii(opts, data, grid_data),
                          label_aware=opts.label_aware)
     procedure = procedures.build(spec, method, ctx)
     models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
@@ -180,9 +187,25 @@ def prepare(opts: RunOptions) -> Prepared:
         opts = replace(opts, batch=batch)
         procedure = procedures.build(replace(spec, batch=batch), method, ctx)
     card = run_card(opts, entry, method.params, procedure, models, ds, indices, device,
-                    grid_dataset=grid_dataset)
+                    grid_data=grid_data)
     return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
-                    device=device)
+                    device=device, data=data)
+
+
+def dataset_spec(name: str, data: specs.DatasetSpec | None = None) -> specs.DatasetSpec:
+    """The run's dataset spec: ``data`` when given (it must be the spec of ``name``), else
+    ``name`` looked up (an unknown name: one line with the valid ones)."""
+    if data is None:
+        return specs.spec(name)
+    if data.name != name:
+        raise ConfigError(f"the dataset spec given is {data.name!r}, the run's dataset {name!r}")
+    return data
+
+
+def _known_datasets(data: specs.DatasetSpec | None) -> tuple[str, ...]:
+    """The dataset names a registry may use: the registered ones and the run's own."""
+    names = loaders.DATASET_NAMES
+    return names if data is None or data.name in names else (*names, data.name)
 
 
 def model_names(models: RoleResolver) -> str:
@@ -233,7 +256,7 @@ def _refused_input(models: str, ds: loaders.CertDataset, shape: tuple[int, ...],
                    exc: Exception) -> str:
     c, h, w = ds.info.shape
     fix = ("set the model entry's channels / image_size or pass --image-size"
-           if loaders.reads_tree(ds.info.name) else
+           if isinstance(ds, loaders.TreeDataset) else
            f"check that its architecture takes {ds.info.name} images ({c}x{h}x{w})")
     first = (str(exc).strip().splitlines() or [""])[0][:160]
     return (f"{models} does not accept the images as read (input {shape}: {c} channels, "
@@ -243,7 +266,7 @@ def _refused_input(models: str, ds: loaders.CertDataset, shape: tuple[int, ...],
 def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
              procedure: Procedure, models: RoleResolver, ds: loaders.CertDataset,
              indices: list[int], device: torch.device, *,
-             grid_dataset: str | None = None) -> RunCard:
+             grid_data: specs.DatasetSpec) -> RunCard:
     """The run card: the identity (hashed into the run id) and what describes the run.
 
     The default procedure is left out of the identity, so run ids of stores written before
@@ -279,7 +302,7 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "budget": b.card(),
         "cost_per_sample": {"classifier_passes": procedure.cost.classifier_passes,
                             "diffusion_passes": procedure.cost.diffusion_passes},
-        **radius_grid_fields(opts, procedure, grid_dataset),
+        **radius_grid_fields(opts, procedure, grid_data),
         "paper": dict(entry.paper),
         "environment": environment(device),
         "executor": opts.executor,  # who certified: never part of the identity
@@ -295,40 +318,40 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
     return RunCard(identity=identity, extra=extra)
 
 
-def default_grid_dataset(opts: RunOptions, models: ModelChoice) -> str:
+def default_grid_dataset(data: specs.DatasetSpec, models: ModelChoice) -> specs.DatasetSpec:
     """The dataset whose radius grid a run reports without --radii: its own, except that a
     class-folder tree borrows the grid of the dataset its classifier was trained on (a CIFAR-10
     model on 32 px images is not reported on ImageNet's 0.5-3.0)."""
-    if not loaders.reads_tree(opts.dataset):
-        return opts.dataset
+    if not loaders.reads_tree(data):
+        return data
     facts = models.facts()
-    own = facts.dataset if facts is not None else None
-    if own in loaders.DATASET_NAMES and not loaders.reads_tree(own):
+    own = loaders.DATASETS.get(facts.dataset) if facts is not None and facts.dataset else None
+    if own is not None and not loaders.reads_tree(own):
         return own
-    return opts.dataset
+    return data
 
 
-def _procedure_radii(opts: RunOptions, grid_dataset: str) -> tuple[float, ...]:
+def _procedure_radii(opts: RunOptions, data: specs.DatasetSpec,
+                     grid_data: specs.DatasetSpec) -> tuple[float, ...]:
     """The grid a procedure is built with: --radii, a borrowed dataset grid, or () for the
     run's own dataset grid (so the identity of existing sequential runs is unchanged)."""
     if isinstance(opts.radii, tuple):
         return tuple(opts.radii)
-    if opts.radii is None and grid_dataset != opts.dataset:
-        return tuple(loaders.radius_grid(grid_dataset))
+    if opts.radii is None and grid_data.name != data.name:
+        return tuple(grid_data.radii)
     return ()
 
 
 def radius_grid_fields(opts: RunOptions, procedure: Procedure,
-                       grid_dataset: str | None = None) -> dict[str, Any]:
+                       grid_data: specs.DatasetSpec) -> dict[str, Any]:
     """The card's ``radius_grid`` (and ``radius_grid_source`` when it is not the dataset's):
     the dataset's grid (a class-folder tree: that of its model's dataset), ``--radii`` as
     given, or ``auto``: 0 up to the run's maximum certifiable radius (a procedure's own bound
     where it declares one, else Cohen's)."""
     if opts.radii is None:
-        grid_dataset = grid_dataset or opts.dataset
-        fields: dict[str, Any] = {"radius_grid": list(loaders.radius_grid(grid_dataset))}
-        if grid_dataset != opts.dataset:
-            fields["radius_grid_source"] = f"{grid_dataset} (the model's dataset)"
+        fields: dict[str, Any] = {"radius_grid": list(grid_data.radii)}
+        if grid_data.name != opts.dataset:
+            fields["radius_grid_source"] = f"{grid_data.name} (the model's dataset)"
         return fields
     radii = specs.check_radii(opts.radii)
     if radii == specs.AUTO_RADII:

@@ -10,7 +10,8 @@ run stops with one line: ``pip install 'certbench[ray]'``.
 * **Workers**: ``--workers K`` actors, by default one per GPU of the cluster when the run's
   device is CUDA (each actor gets one GPU: Ray sets its ``CUDA_VISIBLE_DEVICES``), else
   :data:`CPU_WORKERS` on the CPU (one CPU each). Each actor builds its own procedure and
-  dataset once with :func:`bench.running.plan.prepare` from the driver's resolved options, on the
+  dataset once with :func:`bench.running.plan.prepare` from the driver's resolved options and
+  dataset spec (so a dataset registered only in the driver's process works too), on the
   driver's device type, and refuses to work when its card's identity differs from the
   driver's (other models, data, certbench or noise generator on that node): a certificate
   never depends on which worker made it, since the noise depends only on (seed, image index,
@@ -109,17 +110,17 @@ def _host_port(text: str) -> tuple[str, int]:
 class CertWorker:
     """A Ray actor's state: the run prepared once (lazily, again after a restart)."""
 
-    def __init__(self, opts: Any, identity: Mapping[str, Any], cwd: str,
+    def __init__(self, opts: Any, data: Any, identity: Mapping[str, Any], cwd: str,
                  env: Mapping[str, str]):
         os.environ.update(env)
         if os.path.isdir(cwd):  # relative paths (data, models, registry) as the driver's
             os.chdir(cwd)
-        self.opts, self.identity = opts, dict(identity)
+        self.opts, self.data, self.identity = opts, data, dict(identity)
         self._executor = None
 
     def _ready(self):
         if self._executor is None:
-            prep = prepare(self.opts)
+            prep = prepare(self.opts, self.data)
             ident = prep.card.identity
             if ident != self.identity:
                 keys = sorted(k for k in set(ident) | set(self.identity)
@@ -165,6 +166,9 @@ class RayExecutor:
         self.opts = replace(prep.opts, device=self.kind, progress=False, executor="serial",
                             address=None, workers=None)
         self.identity = dict(prep.card.identity)
+        # The driver's dataset spec, shipped with the options: a dataset registered only in the
+        # driver's process (register_dataset) resolves on every worker.
+        self.data = prep.data
         self.say = bool(prep.opts.progress)  # one line on stderr once the workers are ready
         self.address, self.workers = address, workers
         self.in_flight, self.max_restarts, self.poll_s = in_flight, max_restarts, poll_s
@@ -233,7 +237,7 @@ class RayExecutor:
             name = f"worker-{self.token}-{i}"
             actor = cls.options(name=name, namespace=NAMESPACE, max_restarts=self.max_restarts,
                                 max_task_retries=0, **need).remote(
-                self.opts, self.identity, os.getcwd(), env)
+                self.opts, self.data, self.identity, os.getcwd(), env)
             self.slots.append(_Slot(actor=actor, name=name))
         refs = [slot.actor.ready.remote() for slot in self.slots]
         try:

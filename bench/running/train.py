@@ -64,8 +64,9 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     if opts.lr is not None and not opts.lr > 0:
         raise ConfigError(f"--lr must be positive, got {opts.lr:g}")
     device = resolve_device(opts.device)
-    train_set = loaders.load_split(opts.dataset, "train", data_dir=opts.data_dir)
-    test_set = loaders.load_split(opts.dataset, "test", data_dir=opts.data_dir)
+    data = specs.spec(opts.dataset)  # once: the loaders and the default arch read the object
+    train_set = loaders.load_split(data, "train", data_dir=opts.data_dir)
+    test_set = loaders.load_split(data, "test", data_dir=opts.data_dir)
     out_dir = Path(opts.out) if opts.out else ZOO_DIR
     ctx = TrainContext(
         dataset=train_set.info, sigma=opts.sigma, device=device, seed=opts.seed,
@@ -75,7 +76,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         options={"epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "arch": opts.arch,
                  "recipe": opts.recipe, "init": _init_model(registry, opts.init)},
         progress=opts.progress, command=opts.command,
-        default_arch=specs.spec(opts.dataset).default_arch,
+        default_arch=data.default_arch, reference_augment=data.reference_augment,
         registered_model=lambda name: _registered_model(registry, name, train_set.info, device),
     )
     card = method.train(ctx)

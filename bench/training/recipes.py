@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench.contract import TrainContext
-from bench.data.specs import DATASETS
 from bench.errors import ConfigError
 from bench.training.loop import TrainSettings
 
@@ -28,9 +27,9 @@ RECIPES = ("auto", "project", "reference")
 
 
 def reference_augment(ctx: TrainContext) -> str:
-    """The augmentation the dataset's reference recipes use (its spec says; none if unknown)."""
-    entry = DATASETS.get(ctx.dataset.name)
-    return entry.reference_augment if entry else "none"
+    """The augmentation the dataset's reference recipes use (its spec says, through the
+    context ``train`` builds; none if unknown)."""
+    return ctx.reference_augment
 
 
 def smoothadv_recipe(m: int) -> dict[str, Any]:

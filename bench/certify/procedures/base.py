@@ -10,6 +10,7 @@ import torch
 from bench.certify.budget import Budget
 from bench.certify.records import Certificate
 from bench.contract import Cost
+from bench.data.specs import DatasetSpec
 from bench.errors import ConfigError
 
 DEFAULT_SIGMA = 0.25  # --sigma when not given, for a single-scale procedure
@@ -54,7 +55,7 @@ class ProcedureSpec:
     four fields only matter to :class:`bench.certify.procedures.sequential.Sequential`."""
 
     name: str
-    dataset: str
+    dataset: DatasetSpec  # resolved once by the run: its default N and radius grid
     method: str
     n0: int
     n: int | None

@@ -65,7 +65,6 @@ from bench.certify.procedures.base import ProcedureSpec, noise_streams
 from bench.certify.records import Certificate
 from bench.certify.smoothing import Smooth
 from bench.contract import Cost
-from bench.data.specs import spec as dataset_spec
 from bench.errors import ConfigError
 from bench.params import Param
 
@@ -288,5 +287,5 @@ def resolve_budget(spec: ProcedureSpec, stages: int, m: int) -> Budget:
                 f"budget of at least {stages * m}")
         n = spec.budget // (stages * m)
     elif n is None:
-        n = dataset_spec(spec.dataset).default_n
+        n = spec.dataset.default_n
     return Budget(n0=spec.n0, n=n, m=m, requested=spec.budget, stages=stages)

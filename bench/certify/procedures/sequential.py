@@ -48,8 +48,6 @@ from bench.certify.procedures.base import ProcedureSpec, noise_streams, single_s
 from bench.certify.records import Certificate
 from bench.certify.smoothing import Smooth, StreamCounts
 from bench.contract import BaseClassifier, Cost
-from bench.data.specs import radius_grid
-from bench.data.specs import spec as dataset_spec
 from bench.errors import ConfigError
 
 ABSTAIN = stats.ABSTAIN
@@ -106,7 +104,7 @@ def resolve_schedule(spec: ProcedureSpec, m: int) -> tuple[tuple[int, ...], tupl
     elif spec.budget is not None:
         checkpoints = default_checkpoints(n_for_budget(spec.budget, m, spec.method))
     else:
-        n = spec.n if spec.n is not None else dataset_spec(spec.dataset).default_n
+        n = spec.n if spec.n is not None else spec.dataset.default_n
         checkpoints = default_checkpoints(last_for_n(n))
     alphas = (tuple(float(a) for a in spec.checkpoint_alphas) if spec.checkpoint_alphas
               else default_alphas(spec.alpha, len(checkpoints)))
@@ -116,7 +114,7 @@ def resolve_schedule(spec: ProcedureSpec, m: int) -> tuple[tuple[int, ...], tupl
 
 def level_grid(spec: ProcedureSpec) -> tuple[float, ...]:
     """The grid levels: radius 0 (level 0) and the run's radii, sorted."""
-    radii = spec.radii or radius_grid(spec.dataset)
+    radii = spec.radii or spec.dataset.radii
     if any(not (math.isfinite(r) and r >= 0) for r in radii):
         raise ConfigError(f"radii must be finite and non-negative, got {list(radii)}")
     return tuple(sorted({0.0, *(float(r) for r in radii)}))
