@@ -14,16 +14,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm
+from scipy.stats import binom, norm
 
 from bench.certify import stats
 from bench.certify.budget import Budget
 from bench.certify.noise import PHASE_ESTIMATE
 from bench.certify.procedures import PROCEDURES, CohenFixedN, ProcedureSpec, Sequential
 from bench.certify.procedures.sequential import (
+    FINE_ALPHA_F,
     default_alphas,
     default_checkpoints,
+    fine_checkpoints,
     last_for_n,
+    power_futility,
     sequential_levels,
 )
 from bench.certify.smoothing import Smooth, StreamCounts
@@ -127,6 +130,55 @@ def test_false_certification_rate_is_at_most_alpha(k):
     assert np.mean(no_futility >= k) <= bound
     broken, _ = sequential_levels(counts, CPS, (ALPHA,) * len(CPS), THRESHOLDS)
     assert np.mean(broken >= k) > 2 * bound
+
+
+# ----- fine-cp: fine looks, conditional-power futility --------------------------------------
+def test_fine_cp_schedule_looks_every_1_1_up_to_n():
+    cps = fine_checkpoints(100_000)
+    assert cps[:6] == (100, 110, 121, 134, 148, 163) and cps[-1] == 100_000
+    pairs = zip(cps[:-2], cps[1:-1], strict=True)
+    assert len(cps) == 74 and all(10 * b >= 11 * a for a, b in pairs)
+    p = Sequential(ConstantClassifier(0, 10), 10,
+                   spec(sigma=0.25, radii=GRID, sequential_rule="fine-cp"))
+    assert p.checkpoints == cps and p.budget == Budget(n0=100, n=100_000)  # never above N
+    assert p.alphas[-1] == pytest.approx(0.0008) and sum(p.alphas) <= 0.001 * (1 + 1e-9)
+    assert len(set(p.alphas[:-1])) == 1
+    card = p.card()
+    assert (card["rule"], card["futility_power"], card["alpha_f"]) == ("fine-cp", 0.05, 0.01)
+    assert Sequential(ConstantClassifier(0, 10), 10, spec(radii=GRID)).card()["rule"] == "gs-cp"
+    with pytest.raises(ConfigError, match="unknown sequential rule"):
+        Sequential(ConstantClassifier(0, 10), 10, spec(sequential_rule="bogus"))
+
+
+FINE_RUNS, FINE_N = 100_000, 20_000
+FINE_CPS = fine_checkpoints(FINE_N)
+
+
+def fine_counts_at(p: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    steps = np.diff((0, *FINE_CPS))
+    return rng.binomial(steps, p, size=(FINE_RUNS, len(FINE_CPS))).astype(np.int32).cumsum(
+        axis=1)
+
+
+@pytest.mark.parametrize("k", [0, 2, 4])
+def test_fine_cp_false_certification_rate_is_at_most_alpha(k):
+    """fine-cp's rule (its looks, its alpha split, conditional-power futility) at p_A exactly
+    on a threshold. Each run errs with probability <= ALPHA and runs are independent, so the
+    false claims X are stochastically below Binomial(runs, ALPHA): a sound rule passes
+    X <= its 1 - 1e-6 quantile except with probability 1e-6 (and the seed is fixed). The same
+    runs convict ALPHA at every look (no union bound)."""
+    counts = fine_counts_at(THRESHOLDS[k], seed=10 + k)
+    limit = binom.ppf(1 - 1e-6, FINE_RUNS, ALPHA)
+    alphas = default_alphas(ALPHA, len(FINE_CPS), 0.8)
+    power = power_futility(FINE_CPS, alphas, THRESHOLDS)
+    level, stopped = sequential_levels(counts, FINE_CPS, alphas, THRESHOLDS, FINE_ALPHA_F, power)
+    assert np.sum(level >= k) <= limit
+    assert np.mean(stopped < len(FINE_CPS) - 1) > 0.5  # futility stops most runs early
+    broken = (ALPHA,) * len(FINE_CPS)
+    level, _ = sequential_levels(counts, FINE_CPS, broken, THRESHOLDS, FINE_ALPHA_F,
+                                 power_futility(FINE_CPS, broken, THRESHOLDS))
+    assert np.sum(level >= k) > limit
 
 
 # ----- the harness: a real network, Cohen's streams ---------------------------------------

@@ -128,3 +128,28 @@ def test_protocols_says_more_samples_when_sequential_used_more(cli, tmp_path):
     code, out, err = cli("protocols", "--dataset", "digits", "--results", tmp_path)
     assert code == 0, err
     assert "x more samples per image" in out and "fewer" not in out
+
+
+def test_fine_cp_rule_has_its_own_identity_and_gs_cp_keeps_its_own(cli, tmp_path):
+    """fine-cp adds its rule to the identity (a run id of its own, last look N); gs-cp's
+    identity has no rule key, so sequential runs made before fine-cp keep their ids."""
+    code, out, err = cli("run", *SMALL, "--certification", "sequential", "--sequential-rule",
+                         "fine-cp", "--results", tmp_path)
+    assert code == 0, err
+    assert "sequential (FINE-CP): looks at 100, 110, 121, 134, ..., 2,000" in out
+    ident = card(tmp_path)["identity"]
+    assert ident["n"] == 2000 and ident["sequential"]["rule"] == "fine-cp"
+    assert ident["sequential"]["futility_power"] == 0.05
+    code, _, err = cli("run", *SMALL, "--certification", "sequential", "--results",
+                       tmp_path / "gs")
+    assert code == 0, err
+    gs = card(tmp_path / "gs")["identity"]["sequential"]
+    assert "rule" not in gs and "futility_power" not in gs
+    code, out, err = cli("run", *SMALL, "--results", tmp_path)
+    assert code == 0, err
+    code, out, err = cli("protocols", "--dataset", "digits", "--results", tmp_path)
+    assert code == 0, err
+    assert "vs sequential (fine-cp: looks at 100, 110, 121, 134, ..., 2,000)" in out
+    code, _, err = cli("run", *SMALL, "--sequential-rule", "fine-cp", "--results", tmp_path)
+    assert code == 2 and "--certification sequential only" in err
+    assert len(err.splitlines()) == 1

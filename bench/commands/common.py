@@ -157,6 +157,10 @@ def certification_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-aware", action="store_true",
                    help="with --certification sequential: stop after selection when the selected "
                         "class is wrong (it cannot add to certified accuracy; recorded)")
+    p.add_argument("--sequential-rule", choices=("gs-cp", "fine-cp"), default="gs-cp",
+                   help="with --certification sequential: gs-cp (default; six looks up to 1.2 N) "
+                        "or fine-cp (looks every x1.1 up to N, futility by the last look's "
+                        "conditional power; docs/sequential.md)")
     p.add_argument("--radii", default=None, metavar="R1,R2,...|auto",
                    help="radii to report certified accuracy at: comma-separated non-negative "
                         "values (at most 50), or 'auto' for 0 up to the run's maximum "
@@ -177,5 +181,6 @@ def certification_fields(args: argparse.Namespace) -> dict[str, Any]:
         "extra_registries": tuple(args.extra_registry), "params": params_dict(args.param),
         "progress": not args.quiet, "procedure": args.procedure,
         "certification": args.certification, "label_aware": args.label_aware,
+        "sequential_rule": args.sequential_rule,
         "radii": None if args.radii is None else parse_radii(args.radii),
     }

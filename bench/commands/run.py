@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from tabulate import tabulate
 
 from bench.commands.common import certification_fields, certification_options, shard
+from bench.reports.fixed_vs_sequential import looks_text
 
 # as bench.running.executors.EXECUTORS (not imported: --help needs no torch)
 EXECUTORS = ("serial", "ray")
@@ -115,9 +116,15 @@ def format_summary(summary: RunSummary, new_images: int, requested: int | None =
             head += (f"\naccepted: {accepted}; abstained: {abstained}; "
                      f"{tally['mean_stages_visited']:.2f} stages per image")
     if proc.get("name") == "sequential":
-        looks = ", ".join(f"{n:,}" for n in proc["checkpoints"])
-        head += (f"\nsequential (GS-CP): looks at {looks} estimation samples, alpha "
-                 f"{proc['alpha_spent']:.3g} split over them, futility {proc['alpha_f']:g}"
+        cps = proc["checkpoints"]
+        looks = looks_text(cps)
+        rule = proc.get("rule", "gs-cp")
+        futility = (f"futility: conditional power < {proc['futility_power']:g} at the "
+                    f"{proc['alpha_f']:g} upper bound" if rule == "fine-cp"
+                    else f"futility {proc['alpha_f']:g}")
+        head += (f"\nsequential ({rule.upper()}): looks at {looks} estimation samples "
+                 f"({len(cps)} looks), alpha {proc['alpha_spent']:.3g} split over them, "
+                 f"{futility}"
                  + (", label-aware" if proc.get("label_aware") else ""))
         tally = summary.stages or {}
         if tally:

@@ -106,6 +106,13 @@ def _mean_samples(certs: Sequence[Certificate]) -> float:
     return sum(c.samples for c in certs) / max(1, len(certs))
 
 
+def looks_text(checkpoints: Sequence[int]) -> str:
+    """The looks, the first four and the last where there are more than eight."""
+    shown = list(checkpoints) if len(checkpoints) <= 8 else [*checkpoints[:4], None,
+                                                              checkpoints[-1]]
+    return ", ".join("..." if n is None else f"{n:,}" for n in shown)
+
+
 def render(found: Sequence[Pair]) -> str:
     """One block per pair: both certifications' rows, the difference row, samples and ratio."""
     if not found:
@@ -115,11 +122,13 @@ def render(found: Sequence[Pair]) -> str:
     blocks = []
     for p in found:
         ident = p.fixed.identity
-        looks = ", ".join(f"{n:,}" for n in p.sequential.identity["sequential"]["checkpoints"])
+        rule = p.sequential.identity["sequential"]
+        looks = looks_text(rule["checkpoints"])
         kind = LABEL_AWARE if p.label_aware else "sequential"
+        named = f"{rule['rule']}: " if rule.get("rule", "gs-cp") != "gs-cp" else ""
         head = (f"{ident['method']} on {ident['dataset']}, sigma {ident['sigma']:g}, alpha "
                 f"{ident['alpha']:g}, {p.images} images: fixed N = {ident['n']:,} vs {kind} "
-                f"(looks at {looks})")
+                f"({named}looks at {looks})")
         radii = [f"{r:g}" for r in p.grid]
         rows = [["fixed N", f"{p.samples_fixed:,.0f}",
                  *(100 * p.accuracy_fixed[r] for r in p.grid)],

@@ -22,6 +22,7 @@ import torch
 from bench.certify import budget, procedures, records
 from bench.certify.noise import noise_identity
 from bench.certify.procedures import Procedure, ProcedureSpec
+from bench.certify.procedures.sequential import RULES as SEQUENTIAL_RULES
 from bench.certify.records import IDENTITY_VERSION, RunCard
 from bench.certify.smoothing import checked_output
 from bench.contract import Context
@@ -37,6 +38,8 @@ from bench.running.roles import ModelChoice, RoleResolver, parse_overrides
 
 CERTIFICATIONS = ("fixed", "sequential")  # --certification (first name: --protocol)
 SEQUENTIAL_IDENTITY = ("checkpoints", "checkpoint_alphas", "alpha_f", "grid", "label_aware")
+# Only a rule other than gs-cp adds these (so gs-cp runs keep the ids they always had)
+SEQUENTIAL_RULE_IDENTITY = ("rule", "futility_power")
 PROBE_BATCH = 2  # the model probe's batch: an answer of one row per batch shows
 
 
@@ -72,6 +75,9 @@ class RunOptions:
     # group-sequential bounds over the radius grid, stopping once the answer is determined
     certification: str = "fixed"
     label_aware: bool = False  # sequential: stop after selection when the class is wrong
+    # sequential: gs-cp (version 1: the spec's six looks) or fine-cp (looks every x1.1 up to N,
+    # conditional-power futility)
+    sequential_rule: str = "gs-cp"
     # The reporting grid: radii, "auto" (0 up to the run's maximum certifiable radius) or None
     # (the dataset's grid). Recorded in the card's extra, never part of the run id.
     radii: tuple[float, ...] | str | None = None
@@ -129,6 +135,11 @@ def check_options(opts: RunOptions) -> None:
                           "--radii R1,R2,... or leave the dataset's grid")
     if opts.label_aware and opts.certification != "sequential":
         raise ConfigError("--label-aware applies to --certification sequential only")
+    if opts.sequential_rule not in SEQUENTIAL_RULES:
+        raise ConfigError(f"unknown --sequential-rule {opts.sequential_rule!r}; valid: "
+                          f"{', '.join(SEQUENTIAL_RULES)}")
+    if opts.sequential_rule != "gs-cp" and opts.certification != "sequential":
+        raise ConfigError("--sequential-rule applies to --certification sequential only")
 
 
 def procedure_name(opts: RunOptions, method) -> str:
@@ -178,7 +189,8 @@ def prepare(opts: RunOptions, data: specs.DatasetSpec | None = None) -> Prepared
                          n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
                          sigma=opts.sigma, seed=opts.seed, batch=opts.batch,
                          radii=_procedure_radii(opts, data, grid_data),
-                         label_aware=opts.label_aware)
+                         label_aware=opts.label_aware,
+                         sequential_rule=opts.sequential_rule)
     procedure = procedures.build(spec, method, ctx)
     models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
     check_model_fits(procedure, ds, indices, device, model_names(models))
@@ -298,6 +310,8 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
     if procedure.name == "sequential":  # its looks, alphas and grid decide when it stops
         rule = procedure.card()
         identity["sequential"] = {k: rule[k] for k in SEQUENTIAL_IDENTITY}
+        if rule["rule"] != "gs-cp":
+            identity["sequential"].update({k: rule[k] for k in SEQUENTIAL_RULE_IDENTITY})
     extra: dict[str, Any] = {
         "budget": b.card(),
         "cost_per_sample": {"classifier_passes": procedure.cost.classifier_passes,

@@ -52,7 +52,7 @@ class ProcedureSpec:
     """What the run fixes for a procedure: sample sizes as requested (N or a
     budget B of N x m predictions, resolved by the procedure once its base classifiers declare
     m), alpha, sigma, seed and the batch size (which never changes a certificate); the last
-    four fields only matter to :class:`bench.certify.procedures.sequential.Sequential`."""
+    five fields only matter to :class:`bench.certify.procedures.sequential.Sequential`."""
 
     name: str
     dataset: DatasetSpec  # resolved once by the run: its default N and radius grid
@@ -69,6 +69,7 @@ class ProcedureSpec:
     label_aware: bool = False  # stop after selection when it picks a class other than the label
     checkpoints: tuple[int, ...] = ()  # cumulative estimation sizes; () = scaled from N
     checkpoint_alphas: tuple[float, ...] = ()  # alpha spent at each checkpoint; () = default
+    sequential_rule: str = "gs-cp"  # gs-cp (version 1) or fine-cp (fine looks, power futility)
 
 
 class Procedure(Protocol):

@@ -1,5 +1,14 @@
 """Group-sequential Clopper-Pearson grid certification ("GS-CP", efficiency.md §1.4-1.6).
 
+Two rules (``ProcedureSpec.sequential_rule``), one bound: a union of one-sided Clopper-Pearson
+bounds over the looks. ``gs-cp`` (version 1) is the spec's six looks (ratio 4, last 1.2 N,
+alpha/2 on the last) with futility at level ``alpha_f`` against the next threshold itself.
+``fine-cp`` looks every x1.1 (from 100, last look N: never more samples than fixed N), spends
+0.8 alpha on the last look and 0.2 alpha evenly over the others, and stops for futility when
+the CONDITIONAL POWER of the last look's test of the next level, at the optimistic p of a CP
+upper bound at ``alpha_f``, is below ``futility_power``: images that the last look will not
+certify stop early even when their p sits right on a threshold (they ran to the end before).
+
 Selection is Cohen's (N0 samples of phase 0, argmax). Estimation counts the selected class on
 ONE cumulative stream (phase 1, Cohen's estimation stream) and looks at it at checkpoints
 n_1 < ... < n_J. At checkpoint j the one-sided Clopper-Pearson bound lb_j is taken at level
@@ -17,7 +26,9 @@ selected class's probability p is fixed. Each lb_j is an ordinary fixed-n bound:
 P(some lb_j > p) <= sum alpha_j <= alpha (no independence needed, so one cumulative stream is
 fine). A false decision "radius >= r_i" needs some visited lb_j >= p_i > p; the stopping rule
 (futility included, whatever alpha_f) only deletes checkpoints from that union, so it cannot
-add an error. Every image keeps Cohen's per-image 1 - alpha guarantee. The stream is
+add an error. fine-cp is the same union (its looks' alphas sum to alpha) and its
+conditional-power futility, like any stopping rule, only stops without claiming. Every image
+keeps Cohen's per-image 1 - alpha guarantee. The stream is
 prefix-stable (:class:`bench.certify.smoothing.StreamCounts`): the first n estimation samples are
 exactly those a fixed-N Cohen run with the same seed and image sees.
 
@@ -39,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import beta, norm
+from scipy.stats import beta, binom, norm
 
 from bench.certify import stats
 from bench.certify.budget import Budget, check_request, n_for_budget
@@ -53,6 +64,9 @@ from bench.errors import ConfigError
 ABSTAIN = stats.ABSTAIN
 GEOMETRIC = (200, 800, 3_200, 12_800, 51_200)  # the spec's looks before the last (N = 100,000)
 ALPHA_FUTILITY = 0.001  # futility level: affects power and cost only, never validity
+RULES = ("gs-cp", "fine-cp")  # sequential_rule: version 1 (the spec's), fine looks + power
+FINE_FIRST, FINE_RATIO_TENTHS, FINE_LAST_SHARE = 100, 11, 0.8  # fine-cp's looks and alpha split
+FINE_ALPHA_F, FUTILITY_POWER = 0.01, 0.05  # fine-cp's futility: cost and power only
 CONTINUE, STOP_DONE, STOP_FUTILITY = 0, 1, 2  # codes of checkpoint_step's ``stop``
 
 
@@ -67,11 +81,22 @@ def last_for_n(n: int) -> int:
     return -(-6 * int(n) // 5)
 
 
-def default_alphas(alpha: float, count: int) -> tuple[float, ...]:
-    """alpha/2 on the last checkpoint, alpha/2 split evenly over the earlier ones."""
+def default_alphas(alpha: float, count: int, last_share: float = 0.5) -> tuple[float, ...]:
+    """``last_share`` of alpha on the last checkpoint (gs-cp: 1/2), the rest split evenly over
+    the earlier ones."""
     if count == 1:
         return (alpha,)
-    return (alpha / (2 * (count - 1)),) * (count - 1) + (alpha / 2,)
+    rest = alpha * (1 - last_share)
+    return (rest / (count - 1),) * (count - 1) + (alpha * last_share,)
+
+
+def fine_checkpoints(last: int) -> tuple[int, ...]:
+    """fine-cp's looks: 100, then each x1.1 rounded up, below ``last``; then ``last``."""
+    out, n = [], FINE_FIRST
+    while n < last:
+        out.append(n)
+        n = max(n + 1, -(-n * FINE_RATIO_TENTHS // 10))  # ceil(1.1 n) in integers
+    return (*out, int(last))
 
 
 def check_schedule(checkpoints: Sequence[int], alphas: Sequence[float], alpha: float) -> None:
@@ -94,20 +119,24 @@ def check_schedule(checkpoints: Sequence[int], alphas: Sequence[float], alpha: f
 
 def resolve_schedule(spec: ProcedureSpec, m: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """(checkpoints, alphas) of a run: spec.checkpoints as given, else scaled from N (--budget
-    B: last = B // m; --n or the dataset default N: last = ceil(1.2 N))."""
+    B: last = B // m; --n or the dataset default N: last = ceil(1.2 N) for gs-cp, N for
+    fine-cp)."""
     check_request(spec.n0, spec.n, spec.budget)
+    fine = spec.sequential_rule == "fine-cp"
+    looks = fine_checkpoints if fine else default_checkpoints
     if spec.checkpoints:
         checkpoints = tuple(spec.checkpoints)
         if spec.budget is not None and checkpoints[-1] * m > spec.budget:
             raise ConfigError(f"the last checkpoint {checkpoints[-1]:,} x m = {m} exceeds "
                               f"--budget {spec.budget:,}; lower it or raise the budget")
     elif spec.budget is not None:
-        checkpoints = default_checkpoints(n_for_budget(spec.budget, m, spec.method))
+        checkpoints = looks(n_for_budget(spec.budget, m, spec.method))
     else:
         n = spec.n if spec.n is not None else spec.dataset.default_n
-        checkpoints = default_checkpoints(last_for_n(n))
+        checkpoints = looks(n if fine else last_for_n(n))
     alphas = (tuple(float(a) for a in spec.checkpoint_alphas) if spec.checkpoint_alphas
-              else default_alphas(spec.alpha, len(checkpoints)))
+              else default_alphas(spec.alpha, len(checkpoints),
+                                  FINE_LAST_SHARE if fine else 0.5))
     check_schedule(checkpoints, alphas, spec.alpha)
     return checkpoints, alphas
 
@@ -139,13 +168,42 @@ def later_tops(reach: Sequence[int]) -> list[int]:
     return [max(reach[j + 1:], default=-1) for j in range(len(reach))]
 
 
+def last_look_counts(n_last: int, alpha_last: float, thresholds: np.ndarray) -> np.ndarray:
+    """Per level, the fewest successes of ``n_last`` whose CP bound at ``alpha_last`` exceeds
+    the level's threshold (n_last + 1 where none does): what the last look needs. The bound
+    increases with k, so bisect."""
+    needs = []
+    for p in thresholds:
+        lo, hi = 0, n_last + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if mid <= n_last and stats.cp_lower(mid, n_last, alpha_last) > p:
+                hi = mid
+            else:
+                lo = mid + 1
+        needs.append(lo)
+    return np.asarray(needs)
+
+
+def conditional_power(k, n: int, p_upper, power: tuple[int, np.ndarray], nxt) -> np.ndarray:
+    """P(the last look certifies level ``nxt``) if the remaining samples agree with
+    probability ``p_upper``: the last look needs ``need`` more successes of n_last - n."""
+    n_last, needs = power
+    need = needs[nxt] - np.asarray(k)
+    remaining = n_last - n
+    return np.where(need <= 0, 1.0, np.where(need > remaining, 0.0,
+                                             binom.sf(need - 1, remaining, p_upper)))
+
+
 def checkpoint_step(level, k, n: int, alpha_j: float, thresholds: np.ndarray, later_top: int,
-                    alpha_f: float):
+                    alpha_f: float, power: tuple[int, np.ndarray, float] | None = None):
     """One look at checkpoint j for runs with ``k`` successes of ``n``: (level, lb, ub, stop).
 
     lb is the one-sided CP bound at alpha_j (0 when k = 0); the level never decreases; stop is
     STOP_DONE when no later checkpoint can certify a higher level, STOP_FUTILITY when the CP
-    upper bound at alpha_f is below the next level's threshold, else CONTINUE."""
+    upper bound ub at alpha_f is below the next level's threshold (gs-cp) or, with ``power``
+    = (n_last, the last look's needed counts per level, futility_power) (fine-cp), when the
+    last look's conditional power at p = ub is below futility_power; else CONTINUE."""
     k = np.asarray(k)
     u, back = np.unique(k, return_inverse=True)  # many runs share few counts: bound each once
     u = u.astype(float)
@@ -157,14 +215,27 @@ def checkpoint_step(level, k, n: int, alpha_j: float, thresholds: np.ndarray, la
     level = np.maximum(level, level_of(thresholds, lb))
     done = level >= later_top
     nxt = level + 1
-    futile = (~done) & (nxt < len(thresholds)) & (
-        ub < thresholds[np.minimum(nxt, len(thresholds) - 1)])
+    capped = np.minimum(nxt, len(thresholds) - 1)
+    if power is None:
+        short = ub < thresholds[capped]
+    else:
+        n_last, needs, floor = power
+        short = (n < n_last) & (conditional_power(k, n, ub, (n_last, needs), capped) < floor)
+    futile = (~done) & (nxt < len(thresholds)) & short
     stop = np.where(done, STOP_DONE, np.where(futile, STOP_FUTILITY, CONTINUE))
     return level, lb, ub, stop
 
 
+def power_futility(checkpoints: Sequence[int], alphas: Sequence[float], thresholds: np.ndarray,
+                   floor: float = FUTILITY_POWER) -> tuple[int, np.ndarray, float]:
+    """fine-cp's ``power`` argument of :func:`checkpoint_step` for a schedule."""
+    return (int(checkpoints[-1]), last_look_counts(int(checkpoints[-1]), alphas[-1], thresholds),
+            float(floor))
+
+
 def sequential_levels(counts: np.ndarray, checkpoints: Sequence[int], alphas: Sequence[float],
-                      thresholds: np.ndarray, alpha_f: float = ALPHA_FUTILITY
+                      thresholds: np.ndarray, alpha_f: float = ALPHA_FUTILITY,
+                      power: tuple[int, np.ndarray, float] | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Final levels and stopping checkpoints of many runs from their cumulative successes
     ``counts`` (runs x checkpoints): the procedure's rule without the sampling."""
@@ -179,7 +250,7 @@ def sequential_levels(counts: np.ndarray, checkpoints: Sequence[int], alphas: Se
         if idx.size == 0:
             break
         new, _, _, stop = checkpoint_step(level[idx], counts[idx, j], n, a, thresholds,
-                                          tops[j], alpha_f)
+                                          tops[j], alpha_f, power)
         level[idx] = new
         ended = idx[stop != CONTINUE]
         stopped[ended] = j
@@ -194,7 +265,14 @@ class Sequential:
     name = "sequential"
 
     def __init__(self, base: BaseClassifier, num_classes: int, spec: ProcedureSpec, *,
-                 alpha_f: float = ALPHA_FUTILITY):
+                 alpha_f: float | None = None):
+        if spec.sequential_rule not in RULES:
+            raise ConfigError(f"unknown sequential rule {spec.sequential_rule!r}; valid: "
+                              f"{', '.join(RULES)}")
+        self.rule = spec.sequential_rule
+        fine = self.rule == "fine-cp"
+        if alpha_f is None:
+            alpha_f = FINE_ALPHA_F if fine else ALPHA_FUTILITY
         if not 0 <= alpha_f < 1:
             raise ConfigError(f"alpha_f must be in [0, 1), got {alpha_f}")
         self.base = base
@@ -211,6 +289,8 @@ class Sequential:
         self.thresholds = norm.cdf(np.asarray(self.grid) / self.sigma)
         self.reach = reachable_levels(self.checkpoints, self.alphas, self.thresholds)
         self.later_top = later_tops(self.reach)
+        self.power = (power_futility(self.checkpoints, self.alphas, self.thresholds)
+                      if fine else None)
 
     @classmethod
     def run_sigma(cls, method, requested: float | None) -> float:
@@ -231,8 +311,10 @@ class Sequential:
         top = self.top_level
         best = max(stats.cp_lower(n, n, a) for n, a in zip(self.checkpoints, self.alphas,
                                                              strict=True))
+        rule = ({"rule": self.rule, "futility_power": FUTILITY_POWER}
+                if self.power is not None else {"rule": self.rule})
         return {
-            "name": self.name, "alpha": self.spec.alpha,
+            "name": self.name, "alpha": self.spec.alpha, **rule,
             "alpha_split": "alpha_j at checkpoint j on one cumulative stream (union bound)",
             "checkpoints": list(self.checkpoints), "checkpoint_alphas": list(self.alphas),
             "alpha_spent": sum(self.alphas), "alpha_f": self.alpha_f,
@@ -274,7 +356,7 @@ class Sequential:
         for j, (n, a) in enumerate(zip(self.checkpoints, self.alphas, strict=True)):
             counts = counter.extend_to(n)
             new, lb, ub, stop = checkpoint_step(level, counts[top], n, a, self.thresholds,
-                                                self.later_top[j], self.alpha_f)
+                                                self.later_top[j], self.alpha_f, self.power)
             level, lb, ub, stop = int(new), float(lb), float(ub), int(stop)
             best = max(best, lb)
             decision = ("last checkpoint" if j == last else
