@@ -143,11 +143,23 @@ def procedure_name(opts: RunOptions, method) -> str:
 
 def prepare(opts: RunOptions) -> Prepared:
     """Validate the request and load everything; no certification yet."""
+    return prepare_budgets(opts, [opts.budget])[0]
+
+
+def prepare_budgets(opts: RunOptions, budgets: Sequence[int | None]) -> list[Prepared]:
+    """:func:`prepare` of ``opts`` at each budget of ``budgets`` (None: ``opts.n`` or the
+    dataset's N), the data and models loaded once: each Prepared is the one ``prepare`` gives
+    with that ``budget`` (same card, same run id), for a budget sweep
+    (:mod:`bench.running.sweep`). The batch is fitted to memory once, on the first budget."""
     registry = load_registry(opts.registry, extra=opts.extra_registries,
                              datasets=loaders.DATASET_NAMES)
     entry = registry.method(opts.method)
     loaders.check_subset(opts.dataset, opts.subset)
     check_options(opts)
+    if not budgets:
+        raise ConfigError("no budget to prepare a run at")
+    for size in budgets:
+        budget.check_request(opts.n0, opts.n, size)
     device = resolve_device(opts.device)
     method = entry.instantiate(opts.dataset, opts.params)
     name = procedure_name(opts, method)
@@ -168,7 +180,7 @@ def prepare(opts: RunOptions) -> Prepared:
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
                   models=models)
     spec = ProcedureSpec(name=opts.procedure, dataset=opts.dataset, method=opts.method,
-                         n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
+                         n0=opts.n0, n=opts.n, budget=budgets[0], alpha=opts.alpha,
                          sigma=opts.sigma, seed=opts.seed, batch=opts.batch,
                          radii=_procedure_radii(opts, grid_dataset),
                          label_aware=opts.label_aware)
@@ -176,13 +188,17 @@ def prepare(opts: RunOptions) -> Prepared:
     models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
     check_model_fits(procedure, ds, indices, device, model_names(models))
     batch = fit_batch(procedure, ds.info.shape, opts.batch, device)
-    if batch != opts.batch:  # the batch never changes a certificate, nor the card
-        opts = replace(opts, batch=batch)
-        procedure = procedures.build(replace(spec, batch=batch), method, ctx)
-    card = run_card(opts, entry, method.params, procedure, models, ds, indices, device,
-                    grid_dataset=grid_dataset)
-    return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
-                    device=device)
+    opts = replace(opts, batch=batch)  # the batch never changes a certificate, nor the card
+    out = []
+    for i, size in enumerate(budgets):
+        if i or batch != spec.batch:  # the models are loaded: only the procedure is rebuilt
+            procedure = procedures.build(replace(spec, budget=size, batch=batch), method, ctx)
+        sized = replace(opts, budget=size)
+        card = run_card(sized, entry, method.params, procedure, models, ds, indices, device,
+                        grid_dataset=grid_dataset)
+        out.append(Prepared(opts=sized, card=card, procedure=procedure, dataset=ds,
+                            indices=indices, device=device))
+    return out
 
 
 def model_names(models: RoleResolver) -> str:
