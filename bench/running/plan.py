@@ -30,6 +30,7 @@ from bench.errors import CertbenchError, ConfigError
 from bench.params import check_sigma
 from bench.registry.download import models_dir
 from bench.registry.entries import MethodEntry, load_registry
+from bench.running import flops
 from bench.running.devices import environment, resolve_device
 from bench.running.memory import fit_batch, is_out_of_memory
 from bench.running.roles import ModelChoice, RoleResolver, parse_overrides
@@ -66,6 +67,9 @@ class RunOptions:
     progress: bool = True
     # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
     budget: int | None = None
+    # Forward FLOPs per image: sets the N with (N0 + N) x FLOPs per prediction <= F
+    # (bench.certify.budget.n_for_flops; every stage of a cascade). Excludes --n and --budget.
+    budget_flops: int | None = None
     procedure: str | None = None  # None: the method's own (Method.PROCEDURE, else cohen)
     # fixed: the method's procedure at a fixed N (what leaderboards rank); sequential:
     # group-sequential bounds over the radius grid, stopping once the answer is determined
@@ -97,6 +101,8 @@ class Prepared:
     dataset: loaders.CertDataset
     indices: list[int]
     device: torch.device
+    # Measured FLOPs not yet written to <results>/flops-cache.json (the runner saves them)
+    flop_cache: flops.FlopCache | None = None
 
 
 def check_options(opts: RunOptions) -> None:
@@ -104,6 +110,7 @@ def check_options(opts: RunOptions) -> None:
     if opts.sigma is not None:
         check_sigma(opts.sigma)
     budget.check_request(opts.n0, opts.n, opts.budget)
+    budget.check_flops_request(opts.n, opts.budget, opts.budget_flops)
     if not 0 < opts.alpha < 1:
         raise ConfigError(f"--alpha must be in (0, 1), got {opts.alpha:g}")
     if opts.batch < 1:
@@ -175,14 +182,43 @@ def prepare(opts: RunOptions) -> Prepared:
     procedure = procedures.build(spec, method, ctx)
     models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
     check_model_fits(procedure, ds, indices, device, model_names(models))
+    cache = flops.FlopCache(Path(opts.results) / flops.CACHE_NAME)
+    key = {"models": models.hashes(), "method": opts.method, "adapter": entry.adapter,
+           "params": _jsonable(method.params), "sigma": opts.sigma}
+    compute = flops.measure(procedure, models.modules(), key, tuple(ds.info.shape),
+                            ds.info.num_classes, device, cache)
+    if opts.budget_flops is not None:  # N sized to the FLOPs: the procedure is built again
+        spec = flops_spec(spec, procedure, compute, opts.budget_flops)
+        procedure = procedures.build(spec, method, ctx)
     batch = fit_batch(procedure, ds.info.shape, opts.batch, device)
     if batch != opts.batch:  # the batch never changes a certificate, nor the card
         opts = replace(opts, batch=batch)
-        procedure = procedures.build(replace(spec, batch=batch), method, ctx)
+        spec = replace(spec, batch=batch)
+        procedure = procedures.build(spec, method, ctx)
+    if opts.budget_flops is not None:  # recorded: N came from F, not from a prediction budget
+        procedure.budget = replace(procedure.budget, requested=None,
+                                   requested_flops=opts.budget_flops)
     card = run_card(opts, entry, method.params, procedure, models, ds, indices, device,
-                    grid_dataset=grid_dataset)
+                    grid_dataset=grid_dataset, compute=compute)
     return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
-                    device=device)
+                    device=device, flop_cache=cache)
+
+
+def flops_spec(spec: ProcedureSpec, procedure: Procedure, compute: Mapping[str, Any],
+               flops_budget: int) -> ProcedureSpec:
+    """``spec`` with the N that spends at most ``flops_budget`` FLOPs per image
+    (:func:`bench.certify.budget.n_for_flops`): N per stage for Cohen's and the cascade; the
+    last checkpoint for the sequential procedure (given as the budget N x m it sizes from)."""
+    b = procedure.budget
+    per_sample = budget.flops_per_sample(compute, b.stages)
+    n = budget.n_for_flops(flops_budget, b.n0, per_sample, spec.method, b.stages)
+    if procedure.name == "sequential":
+        if n * b.m > budget.MAX_N:
+            raise ConfigError(f"--budget-flops {flops_budget:,} buys {n:,} x m = {b.m} "
+                              f"predictions per image, more than {budget.MAX_N:,}; use a "
+                              "smaller budget")
+        return replace(spec, n=None, budget=n * b.m)
+    return replace(spec, n=n, budget=None)
 
 
 def model_names(models: RoleResolver) -> str:
@@ -243,12 +279,15 @@ def _refused_input(models: str, ds: loaders.CertDataset, shape: tuple[int, ...],
 def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
              procedure: Procedure, models: RoleResolver, ds: loaders.CertDataset,
              indices: list[int], device: torch.device, *,
-             grid_dataset: str | None = None) -> RunCard:
+             grid_dataset: str | None = None,
+             compute: Mapping[str, Any] | None = None) -> RunCard:
     """The run card: the identity (hashed into the run id) and what describes the run.
 
     The default procedure is left out of the identity, so run ids of stores written before
     procedures existed stay valid; any other procedure is part of it. Likewise the noise
     generator's device type is recorded only when it is not the CPU (:func:`noise_identity`).
+    ``compute`` (the forward FLOPs per prediction, :mod:`bench.running.flops`) is descriptive:
+    never part of the identity.
     """
     b = procedure.budget
     identity = {
@@ -286,6 +325,8 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "procedure": procedure.card(),
         "model_roles": models.roles(),
     }
+    if compute is not None:
+        extra["compute"] = dict(compute)
     describe_data = getattr(ds, "describe", None)
     if callable(describe_data):  # a class-folder tree: the folder, labels, size fed
         extra["data"] = describe_data()
