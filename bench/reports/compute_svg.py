@@ -96,7 +96,8 @@ def svg_panel(view: compute.View, metric: Any, colors: Mapping[str, str],
         parts.append(f'<g class="compute-curve"><title>{title}</title><polyline fill="none" '
                      f'stroke="{color}" stroke-width="2"{dash_attr} points="{pts}"/>')
         for p in c.points:
-            parts.append(f'<circle cx="{ax.x(p.cost):.2f}" cy="{ax.y(scale * p.metrics[metric]):.2f}" '
+            cy = ax.y(scale * p.metrics[metric])
+            parts.append(f'<circle cx="{ax.x(p.cost):.2f}" cy="{cy:.2f}" '
                          f'r="2.8" fill="{color}"><title>{title}, N={p.n:,}: '
                          f'{_value_text(p.metrics[metric], acr)} at '
                          f'{escape(compute.format_cost(p.cost, view.unit))}</title></circle>')

@@ -30,6 +30,7 @@ from bench.errors import CertbenchError, ConfigError
 from bench.params import check_sigma
 from bench.registry.download import models_dir
 from bench.registry.entries import MethodEntry, load_registry
+from bench.running import flops
 from bench.running.devices import environment, resolve_device
 from bench.running.memory import fit_batch, is_out_of_memory
 from bench.running.roles import ModelChoice, RoleResolver, parse_overrides
@@ -66,6 +67,9 @@ class RunOptions:
     progress: bool = True
     # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
     budget: int | None = None
+    # Forward FLOPs per image: sets the N with (N0 + N) x FLOPs per prediction <= F
+    # (bench.certify.budget.n_for_flops; every stage of a cascade). Excludes --n and --budget.
+    budget_flops: int | None = None
     procedure: str | None = None  # None: the method's own (Method.PROCEDURE, else cohen)
     # fixed: the method's procedure at a fixed N (what leaderboards rank); sequential:
     # group-sequential bounds over the radius grid, stopping once the answer is determined
@@ -97,6 +101,8 @@ class Prepared:
     dataset: loaders.CertDataset
     indices: list[int]
     device: torch.device
+    # Measured FLOPs not yet written to <results>/flops-cache.json (the runner saves them)
+    flop_cache: flops.FlopCache | None = None
 
 
 def check_options(opts: RunOptions) -> None:
@@ -104,6 +110,7 @@ def check_options(opts: RunOptions) -> None:
     if opts.sigma is not None:
         check_sigma(opts.sigma)
     budget.check_request(opts.n0, opts.n, opts.budget)
+    budget.check_flops_request(opts.n, opts.budget, opts.budget_flops)
     if not 0 < opts.alpha < 1:
         raise ConfigError(f"--alpha must be in (0, 1), got {opts.alpha:g}")
     if opts.batch < 1:
@@ -143,14 +150,19 @@ def procedure_name(opts: RunOptions, method) -> str:
 
 def prepare(opts: RunOptions) -> Prepared:
     """Validate the request and load everything; no certification yet."""
+    if opts.budget_flops is not None:
+        return prepare_budgets(opts, [opts.budget_flops], flops_unit=True)[0]
     return prepare_budgets(opts, [opts.budget])[0]
 
 
-def prepare_budgets(opts: RunOptions, budgets: Sequence[int | None]) -> list[Prepared]:
-    """:func:`prepare` of ``opts`` at each budget of ``budgets`` (None: ``opts.n`` or the
-    dataset's N), the data and models loaded once: each Prepared is the one ``prepare`` gives
-    with that ``budget`` (same card, same run id), for a budget sweep
-    (:mod:`bench.running.sweep`). The batch is fitted to memory once, on the first budget."""
+def prepare_budgets(opts: RunOptions, budgets: Sequence[int | None], *,
+                    flops_unit: bool = False) -> list[Prepared]:
+    """:func:`prepare` of ``opts`` at each budget of ``budgets``, ascending: predictions per
+    image (``--budget``; None: ``opts.n`` or the dataset's N) or, with ``flops_unit``, FLOPs
+    per image (``--budget-flops``). The data and models are loaded and the FLOPs measured
+    once; each Prepared is the one ``prepare`` gives at that budget (same card, same run id),
+    for a budget sweep (:mod:`bench.running.sweep`). The batch is fitted to memory once, on
+    the last (largest) budget."""
     registry = load_registry(opts.registry, extra=opts.extra_registries,
                              datasets=loaders.DATASET_NAMES)
     entry = registry.method(opts.method)
@@ -159,7 +171,10 @@ def prepare_budgets(opts: RunOptions, budgets: Sequence[int | None]) -> list[Pre
     if not budgets:
         raise ConfigError("no budget to prepare a run at")
     for size in budgets:
-        budget.check_request(opts.n0, opts.n, size)
+        if flops_unit:
+            budget.check_flops_request(opts.n, opts.budget, size)
+        else:
+            budget.check_request(opts.n0, opts.n, size)
     device = resolve_device(opts.device)
     method = entry.instantiate(opts.dataset, opts.params)
     name = procedure_name(opts, method)
@@ -180,25 +195,73 @@ def prepare_budgets(opts: RunOptions, budgets: Sequence[int | None]) -> list[Pre
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
                   models=models)
     spec = ProcedureSpec(name=opts.procedure, dataset=opts.dataset, method=opts.method,
-                         n0=opts.n0, n=opts.n, budget=budgets[0], alpha=opts.alpha,
+                         n0=opts.n0, n=opts.n, budget=None if flops_unit else budgets[0],
+                         alpha=opts.alpha,
                          sigma=opts.sigma, seed=opts.seed, batch=opts.batch,
                          radii=_procedure_radii(opts, grid_dataset),
                          label_aware=opts.label_aware)
     procedure = procedures.build(spec, method, ctx)
     models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
     check_model_fits(procedure, ds, indices, device, model_names(models))
-    batch = fit_batch(procedure, ds.info.shape, opts.batch, device)
-    opts = replace(opts, batch=batch)  # the batch never changes a certificate, nor the card
-    out = []
-    for i, size in enumerate(budgets):
-        if i or batch != spec.batch:  # the models are loaded: only the procedure is rebuilt
-            procedure = procedures.build(replace(spec, budget=size, batch=batch), method, ctx)
-        sized = replace(opts, budget=size)
-        card = run_card(sized, entry, method.params, procedure, models, ds, indices, device,
-                        grid_dataset=grid_dataset)
-        out.append(Prepared(opts=sized, card=card, procedure=procedure, dataset=ds,
-                            indices=indices, device=device))
-    return out
+    cache = flops.FlopCache(Path(opts.results) / flops.CACHE_NAME)
+    key = {"models": models.hashes(), "method": opts.method, "adapter": entry.adapter,
+           "params": _jsonable(method.params), "sigma": opts.sigma}
+    compute = flops.measure(procedure, models.modules(), key, tuple(ds.info.shape),
+                            ds.info.num_classes, device, cache)
+    out = [_sized(opts, spec, size, flops_unit, procedure if i == 0 else None, method, ctx,
+                  compute) for i, size in enumerate(budgets)]
+    # The batch is fitted once, to the largest N (a sweep certifies with that procedure alone);
+    # it never changes a certificate, nor the card.
+    batch = fit_batch(out[-1][2], ds.info.shape, opts.batch, device)
+    prepared = []
+    for sized_opts, sized_spec, proc in out:
+        if batch != opts.batch:
+            sized_opts = replace(sized_opts, batch=batch)
+            proc = procedures.build(replace(sized_spec, batch=batch), method, ctx)
+        if sized_opts.budget_flops is not None:  # recorded: N came from F, not from a budget
+            proc.budget = replace(proc.budget, requested=None,
+                                  requested_flops=sized_opts.budget_flops)
+        card = run_card(sized_opts, entry, method.params, proc, models, ds, indices, device,
+                        grid_dataset=grid_dataset, compute=compute)
+        prepared.append(Prepared(opts=sized_opts, card=card, procedure=proc, dataset=ds,
+                                 indices=indices, device=device, flop_cache=cache))
+    return prepared
+
+
+def _sized(opts: RunOptions, spec: ProcedureSpec, size: int | None, flops_unit: bool,
+           built: Procedure | None, method, ctx: Context, compute: Mapping[str, Any]
+           ) -> tuple[RunOptions, ProcedureSpec, Procedure]:
+    """The options, spec and procedure of one budget of :func:`prepare_budgets`: ``size``
+    predictions per image (N = size // m), or with ``flops_unit`` FLOPs per image (N sized by
+    :func:`flops_spec`). ``built`` is the procedure already built for ``spec``, if any."""
+    if flops_unit:
+        opts = replace(opts, budget=None, budget_flops=size)
+        spec = replace(spec, budget=None)
+    else:
+        opts = replace(opts, budget=size)
+        spec = replace(spec, budget=size)
+    procedure = built or procedures.build(spec, method, ctx)
+    if opts.budget_flops is not None:  # N sized to the FLOPs: the procedure is built again
+        spec = flops_spec(spec, procedure, compute, opts.budget_flops)
+        procedure = procedures.build(spec, method, ctx)
+    return opts, spec, procedure
+
+
+def flops_spec(spec: ProcedureSpec, procedure: Procedure, compute: Mapping[str, Any],
+               flops_budget: int) -> ProcedureSpec:
+    """``spec`` with the N that spends at most ``flops_budget`` FLOPs per image
+    (:func:`bench.certify.budget.n_for_flops`): N per stage for Cohen's and the cascade; the
+    last checkpoint for the sequential procedure (given as the budget N x m it sizes from)."""
+    b = procedure.budget
+    per_sample = budget.flops_per_sample(compute, b.stages)
+    n = budget.n_for_flops(flops_budget, b.n0, per_sample, spec.method, b.stages)
+    if procedure.name == "sequential":
+        if n * b.m > budget.MAX_N:
+            raise ConfigError(f"--budget-flops {flops_budget:,} buys {n:,} x m = {b.m} "
+                              f"predictions per image, more than {budget.MAX_N:,}; use a "
+                              "smaller budget")
+        return replace(spec, n=None, budget=n * b.m)
+    return replace(spec, n=n, budget=None)
 
 
 def model_names(models: RoleResolver) -> str:
@@ -259,12 +322,15 @@ def _refused_input(models: str, ds: loaders.CertDataset, shape: tuple[int, ...],
 def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
              procedure: Procedure, models: RoleResolver, ds: loaders.CertDataset,
              indices: list[int], device: torch.device, *,
-             grid_dataset: str | None = None) -> RunCard:
+             grid_dataset: str | None = None,
+             compute: Mapping[str, Any] | None = None) -> RunCard:
     """The run card: the identity (hashed into the run id) and what describes the run.
 
     The default procedure is left out of the identity, so run ids of stores written before
     procedures existed stay valid; any other procedure is part of it. Likewise the noise
     generator's device type is recorded only when it is not the CPU (:func:`noise_identity`).
+    ``compute`` (the forward FLOPs per prediction, :mod:`bench.running.flops`) is descriptive:
+    never part of the identity.
     """
     b = procedure.budget
     identity = {
@@ -302,6 +368,8 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "procedure": procedure.card(),
         "model_roles": models.roles(),
     }
+    if compute is not None:
+        extra["compute"] = dict(compute)
     describe_data = getattr(ds, "describe", None)
     if callable(describe_data):  # a class-folder tree: the folder, labels, size fed
         extra["data"] = describe_data()

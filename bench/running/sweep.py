@@ -62,8 +62,9 @@ def check_budgets(budgets: Sequence[int]) -> list[int]:
 def check_sweep_options(opts: RunOptions) -> None:
     """What a sweep cannot take: N or a single budget (the budgets set N), sequential
     certification (it has no fixed N) and another executor than this process."""
-    if opts.n is not None or opts.budget is not None:
-        raise ConfigError("--budgets sets N for each budget; drop --n / --budget")
+    if opts.n is not None or opts.budget is not None or opts.budget_flops is not None:
+        raise ConfigError("--budgets sets N for each budget; drop --n / --budget / "
+                          "--budget-flops")
     if opts.certification != "fixed":
         raise ConfigError("a budget sweep certifies with a fixed N per budget; drop "
                           "--certification sequential")
@@ -71,24 +72,27 @@ def check_sweep_options(opts: RunOptions) -> None:
         raise ConfigError("a budget sweep runs in this process; drop --executor")
 
 
-def prepare_sweep(opts: RunOptions, budgets: Sequence[int]) -> list[Prepared]:
-    """One prepared run per budget (ascending), models loaded once; refused where the
-    procedure is not Cohen's fixed-N CERTIFY or two budgets give one N."""
+def prepare_sweep(opts: RunOptions, budgets: Sequence[int], *,
+                  flops_unit: bool = False) -> list[Prepared]:
+    """One prepared run per budget (ascending; predictions per image, or FLOPs per image with
+    ``flops_unit``), models loaded once; refused where the procedure is not Cohen's fixed-N
+    CERTIFY or two budgets give one N."""
     check_sweep_options(opts)
     budgets = check_budgets(budgets)
     registry = load_registry(opts.registry, extra=opts.extra_registries,
                              datasets=loaders.DATASET_NAMES)
     method = registry.method(opts.method).instantiate(opts.dataset, opts.params)
     _check_procedure(opts, opts.procedure or getattr(method, "PROCEDURE", SWEEP_PROCEDURE))
-    preps = prepare_budgets(opts, budgets)  # models loaded here, once
+    preps = prepare_budgets(opts, budgets, flops_unit=flops_unit)  # models loaded once
     _check_procedure(opts, preps[0].procedure.name, preps[-1].procedure)
     seen: dict[int, int] = {}
     for b, prep in zip(budgets, preps, strict=True):
         n = prep.procedure.budget.n
         if n in seen:
-            raise ConfigError(f"budgets {seen[n]:,} and {b:,} both give N = {n:,} at m = "
-                              f"{prep.procedure.budget.m} (N = budget // m): the same run; drop "
-                              "one")
+            how = ("(N0 + N) x FLOPs per sample <= F" if flops_unit else
+                   f"at m = {prep.procedure.budget.m} (N = budget // m)")
+            raise ConfigError(f"budgets {seen[n]:,} and {b:,} both give N = {n:,} {how}: the "
+                              "same run; drop one")
         seen[n] = b
     return preps
 
@@ -143,15 +147,19 @@ class _Target:
     new: int = 0  # images this process certified into it
 
 
-def sweep(opts: RunOptions, budgets: Sequence[int]) -> list[RunResult]:
-    """Certify ``opts`` at every budget of ``budgets`` (predictions per image) in one pass per
-    image; one :class:`RunResult` per budget, ascending, each the run ``run --budget B`` gives.
-    Raises :class:`bench.running.runner.EmptyShard` for a shard without images."""
-    preps = prepare_sweep(opts, budgets)
+def sweep(opts: RunOptions, budgets: Sequence[int], *,
+          flops_unit: bool = False) -> list[RunResult]:
+    """Certify ``opts`` at every budget of ``budgets`` (predictions per image; FLOPs per image
+    with ``flops_unit``) in one pass per image; one :class:`RunResult` per budget, ascending,
+    each the run ``run --budget B`` (``--budget-flops F``) gives. Raises
+    :class:`bench.running.runner.EmptyShard` for a shard without images."""
+    preps = prepare_sweep(opts, budgets, flops_unit=flops_unit)
     lead = preps[-1]  # the largest N: its stream holds every smaller N's samples
     check_shard_has_images(lead)
     store = Store(lead.opts.results)
     try:
+        if lead.flop_cache is not None:  # the results folder exists now
+            lead.flop_cache.save()
         targets = []
         for prep in preps:
             found = store.find_run(prep.card)
