@@ -134,5 +134,5 @@ def run_compute(args) -> int:
         print(f"\n{view.unit} each method needs (the cheapest of its runs that reaches the "
               "target; budgets in between were not certified):")
         print(tabulate([[r["target"], r["method"], r["cost"], r["how"]] for r in rows],
-                       headers=["target", "method", view.unit, "run"]))
+                       headers=["target", "method", view.unit, "run"], disable_numparse=True))
     return 0

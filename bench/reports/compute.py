@@ -291,11 +291,8 @@ def exact_accuracy(p: Point, radius: float) -> float:
 
 
 def format_cost(value: float, unit: str) -> str:
-    """FLOPs as 1.2e+08 (engineering-free, exact to 2 digits); predictions with separators."""
-    if unit == FLOPS:
-        return f"{value:.2g}" if value < 1e4 else f"{value:.2e}".replace("e+0", "e").replace(
-            "e+", "e")
-    return f"{value:,.0f}"
+    """FLOPs to three significant digits (``1.35e+08``); predictions with separators."""
+    return f"{value:.3g}" if unit == FLOPS else f"{value:,.0f}"
 
 
 def reach_rows(view: View, reaches: Sequence[Reach]) -> list[dict[str, Any]]:
