@@ -15,7 +15,7 @@ from bench.certify.records import RunSummary
 from bench.reports import compute
 from bench.reports.style import DASHES, PALETTE
 
-FRONT_COLOR = "#555"
+FRONT_COLOR = "#000"
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ def decades(costs: Sequence[float]) -> tuple[int, int]:
 
 def svg_panel(view: compute.View, metric: Any, colors: Mapping[str, str],
               dashes: Mapping[str, str]) -> Markup:
-    """One metric against compute: a polyline with dots per curve, the Pareto front as a grey
-    dashed step with rings. Scales with the page (viewBox)."""
+    """One metric against compute: a polyline with dots per curve, the Pareto front as a black
+    dotted step with rings. Scales with the page (viewBox)."""
     lo, hi = decades([p.cost for p in view.points])
     acr = metric == compute.ACR
     scale = 1.0 if acr else 100.0
@@ -113,7 +113,7 @@ def svg_panel(view: compute.View, metric: Any, colors: Mapping[str, str],
         path = "M" + " L".join(f"{x:.2f},{y:.2f}" for x, y in steps)
         parts.append(f'<g class="pareto"><title>Pareto front: no run is cheaper and better'
                      f'</title><path fill="none" stroke="{FRONT_COLOR}" stroke-width="1.2" '
-                     f'stroke-dasharray="4 3" d="{path}"/>')
+                     f'stroke-dasharray="1.5 2.5" d="{path}"/>')
         for p in front:
             parts.append(f'<circle class="front-point" cx="{ax.x(p.cost):.2f}" '
                          f'cy="{ax.y(scale * p.metrics[metric]):.2f}" r="5.5" fill="none" '

@@ -426,8 +426,8 @@ def compute_figure(view, *, title: str | None = None, width: float = WIDTH,
     """Certified accuracy at each radius of ``view`` and ACR against compute per image
     (:class:`bench.reports.compute.View`; log axis), one panel per metric: a curve per method
     and sigma (colour by method as everywhere, line style by sigma), its points the runs at
-    each budget, and the Pareto front over all of them drawn as a grey step with rings on its
-    points. Lines have gids ``compute:<metric>:<label>`` and ``pareto:<metric>``."""
+    each budget, and the Pareto front over all of them drawn as a black dotted step with rings
+    on its points. Lines have gids ``compute:<metric>:<label>`` and ``pareto:<metric>``."""
     from matplotlib.figure import Figure  # lazy: matplotlib is the optional [plot] extra
 
     from bench.reports.compute import ACR, metric_text
@@ -459,7 +459,8 @@ def compute_figure(view, *, title: str | None = None, width: float = WIDTH,
                 handles.append(line)
         front = view.fronts[metric]
         xs, ys = [p.cost for p in front], [scale * p.metrics[metric] for p in front]
-        (line,) = ax.step(xs, ys, where="post", color="0.35", linewidth=0.8, linestyle="--",
+        (line,) = ax.step(xs, ys, where="post", color="black", linewidth=0.9,
+                          linestyle=(0, (1, 1.5)),
                           marker="o", markersize=6.5, markerfacecolor="none",
                           markeredgewidth=0.9, zorder=3, label=FRONT_LABEL,
                           gid=f"pareto:{_metric_id(metric)}")
