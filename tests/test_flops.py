@@ -304,3 +304,21 @@ def test_bench_flops_never_records_a_figure_measured_on_other_models(cli, tmp_pa
     store = Store(results, readonly=True)
     assert "compute" not in store.run_card(run.card.run_id).extra
     store.close()
+
+
+def test_compare_at_equal_flops_gives_each_method_its_own_n(cli, toy_registry, tmp_path):
+    code, out, err = cli("compare", "--dataset", "digits", "--budget-flops",
+                         str(60 * DIGITS_CNN), "--methods", "dds,diffsmooth", "--m", "2,4",
+                         "--n0", "10", "--max-images", "1", "--quiet", "--results", tmp_path,
+                         "--extra-registry", toy_registry, "--param", "denoiser=toy-zero-eps")
+    assert code == 0, err
+    # a zero-cost denoiser: one classifier pass per DDS sample, m per DiffSmooth sample
+    for setting in ("N = 50, m = 1", "N = 20, m = 2", "N = 5, m = 4"):
+        assert setting in out, out
+    assert "budget=8.101e+07 FLOPs/image" in out
+    for path in tmp_path.rglob("summary.json"):
+        card = json.loads(path.read_text())
+        assert card["cost_per_image"]["max_flops_per_image"] <= 60 * DIGITS_CNN
+        assert card["budget"]["requested_flops"] == 60 * DIGITS_CNN
+    code, _, err = cli("compare", "--budget", "100", "--budget-flops", "1e9")
+    assert code == 2 and "not allowed with argument" in err
