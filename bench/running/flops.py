@@ -10,8 +10,10 @@ How: ``torch.utils.flop_counter.FlopCounterMode`` around one call of the base cl
 ``FLOP_BATCH`` constant images of the run's shape (mid-gray 0.5: the counted operations do
 not depend on pixel values). It counts matrix products, convolutions and attention (a
 multiply-add is 2 FLOPs), not elementwise work, normalisation or softmax. Forward hooks on each
-role's module (the models the run loaded by role) split the total by role; counted work
-outside every role's module, if any, is the role ``other``.
+role's module and its submodules (the models the run loaded by role; a method may call a
+wrapped network directly, as NDC calls ``model.net``) split the total by role, the outermost
+role module running taking the count; counted work outside every role's module, if any, is
+the role ``other``.
 
 Noise: the input is constant, never a noisy sample, so no harness noise stream is drawn. A
 base classifier with randomness of its own (NDC's eps, DiffSmooth's fresh local draws) is
@@ -84,11 +86,15 @@ def measure_call(base, roles: Mapping[str, torch.nn.Module], shape: tuple[int, .
                 per_role[role] += counter.get_total_flops() - start.pop(role)
         return hook
 
-    handles = []
+    owner: dict[int, tuple[str, torch.nn.Module]] = {}
     for role, module in roles.items():
-        if isinstance(module, torch.nn.Module):
-            handles += [module.register_forward_pre_hook(before(role)),
-                        module.register_forward_hook(after(role))]
+        if isinstance(module, torch.nn.Module):  # its submodules too: NDC calls model.net
+            for sub in module.modules():
+                owner.setdefault(id(sub), (role, sub))
+    handles = []
+    for role, sub in owner.values():
+        handles += [sub.register_forward_pre_hook(before(role)),
+                    sub.register_forward_hook(after(role))]
     try:
         with torch.inference_mode(), counter:
             base(x)
