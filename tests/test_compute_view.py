@@ -191,12 +191,12 @@ def test_leaderboard_compute_section_svg_table_and_markdown(tmp_path):
     store.close()
     html = (tmp_path / "site" / "digits.html").read_text()
     section = re.search(r'<section class="compute".*?</section>', html, re.S).group(0)
-    assert section.count('class="plot compute-plot"') == 4  # r = 0.25, 0.5, 1 and ACR
+    assert section.count('class="compute-plot"') == 4  # r = 0.25, 0.5, 1 and ACR
     assert section.count('<g class="pareto">') == 4
     assert XSS_NAME not in html and "&lt;script&gt;" in section  # the method name is escaped
     assert "FLOPs per image to reach a certified accuracy" in section
     # the front circles sit on the front's points: at r = 0.25, dds (escaped) at 300 and 3,000
-    first = section.split('class="plot compute-plot"')[1]
+    first = section.split('class="compute-plot"')[1]
     assert first.count('class="front-point"') == 2
     md = (tmp_path / "site" / "digits.md").read_text()
     assert "## FLOPs per image to reach a certified accuracy" in md

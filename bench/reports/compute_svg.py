@@ -59,7 +59,7 @@ def svg_panel(view: compute.View, metric: Any, colors: Mapping[str, str],
     w, h = ax.width, ax.height
     x0, x1, y0, y1 = ax.left, w - ax.right, ax.y(ymax), ax.y(0.0)
     name = escape(compute.metric_text(metric))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot compute-plot" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="compute-plot" '
              f'viewBox="0 0 {w} {h}" width="100%" preserveAspectRatio="xMinYMin meet" '
              f'role="img" aria-label="{name} versus {escape(view.unit)}">']
     for k in range(5 + 1):
