@@ -72,9 +72,9 @@ def test_compare_cli_table(cli, toy_registry, tmp_path):
     rows = {line.split()[0] + line.split("m = ")[1].split()[0]: line.split()
             for line in lines if "m = " in line}
     # diffusion passes = N0 + N per image; classifier passes = (N0 + N) x m
-    assert rows["dds1"][-4:-2] == ["210", "210"]
-    assert rows["diffsmooth2"][-4:-2] == ["110", "220"]
-    assert rows["diffsmooth4"][-4:-2] == ["60", "240"]
+    assert rows["dds1"][-5:-3] == ["210", "210"]
+    assert rows["diffsmooth2"][-5:-3] == ["110", "220"]
+    assert rows["diffsmooth4"][-5:-3] == ["60", "240"]
     assert md.read_text().count("| diffsmooth") == 2
     summaries = list(Path(tmp_path / "res").rglob("summary.json"))
     assert len(summaries) == 3

@@ -65,6 +65,18 @@ def test_merge_rebuilds_the_store_with_the_committed_files(rebuilt):
         load_results(LEADERBOARDS, level="certificates"))
 
 
+def test_the_leaderboard_of_the_rebuilt_store_writes_the_committed_cards(cli, rebuilt, tmp_path):
+    """Every card (its measured FLOPs included, issue 24) survives merge and export byte for
+    byte: the committed runs can be rebuilt from their exports."""
+    code, _, err = cli("leaderboard", "--results", rebuilt, "--out", tmp_path / "board")
+    assert code == 0, err
+    for folder in (LEADERBOARDS / "runs").iterdir():
+        copy = tmp_path / "board" / "runs" / folder.name
+        assert (copy / "card.json").read_bytes() == (folder / "card.json").read_bytes(), \
+            folder.name
+        assert (copy / "certs.tsv").read_bytes() == (folder / "certs.tsv").read_bytes()
+
+
 def test_table_and_plot_read_the_committed_runs_as_the_rebuilt_store(cli, rebuilt, tmp_path):
     tables, figures = [], []
     for source in (LEADERBOARDS, rebuilt):

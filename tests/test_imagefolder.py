@@ -134,7 +134,8 @@ def test_image_size_and_content_are_the_run_identity(cli, tmp_path):
         code, _, err = run_tree(cli, tmp_path / "tree", tmp_path / "res", "--max-images", 2,
                                 *extra)
         assert code == 0, err
-        return {p.parent.name.rsplit("-", 1)[-1] for p in (tmp_path / "res").rglob("*.json")}
+        runs = tmp_path / "res" / "runs"  # the results root also holds flops-cache.json
+        return {p.parent.name.rsplit("-", 1)[-1] for p in runs.rglob("*.json")}
 
     first = run_ids()
     assert len(first) == 1

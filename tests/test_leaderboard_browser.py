@@ -71,6 +71,10 @@ def test_page_renders_sorts_plots_without_errors_or_script_injection(driver, boa
     assert len(plots) == len(tables)
     assert plots[0].find_elements("css selector", "path.curve")
     assert plots[0].size["width"] > 100
+    # the accuracy-vs-compute panels (gaussian at two budgets on one image set) render too
+    panels = driver.find_elements("css selector", "section.compute svg.compute-plot")
+    assert len(panels) == 4 and all(p.size["width"] > 100 for p in panels)
+    assert panels[0].find_elements("css selector", "g.pareto circle.front-point")
 
     # Sorting: the N=1,000 group's table: two reproduced sigmas and the claimed row.
     table = next(t for t in tables

@@ -5,6 +5,9 @@
 * :class:`RunSummary`: metrics over a run's certificates (certified accuracy with intervals
   over the image sample, ACR, abstain rate, cost), built by :meth:`RunSummary.from_certs`;
   it also keeps each image's (radius, correct) by index for paired tests (not serialized).
+* :func:`certificate_flops`: the forward FLOPs one certificate spent, derived from its noisy
+  samples and the card's ``compute`` block (FLOPs per prediction, measured once per run by
+  :mod:`bench.running.flops`), so certs.tsv keeps its columns and committed files their bytes.
 
 Runner, table, leaderboard, importer and compare all read these; nothing else recomputes a
 metric or a run id (index lists are hashed by :func:`bench.data.specs.subset_hash` only).
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.certify import metrics
+from bench.certify.budget import flops_per_sample
 from bench.data.specs import grid_for, subset_hash
 
 IDENTITY_VERSION = 1  # the run identity's version, under its first key "protocol"
@@ -195,6 +199,8 @@ class RunSummary:
     stages: dict[str, Any] | None = None
     # Mean noisy samples drawn per image (Certificate.samples), None without certificates.
     mean_samples: float | None = None
+    # Mean forward FLOPs per image (certificate_flops), None without a card's compute block.
+    mean_flops: float | None = None
 
     @classmethod
     def from_certs(cls, card: RunCard, certs: Sequence[Certificate]) -> RunSummary:
@@ -218,6 +224,8 @@ class RunSummary:
             per_image={c.idx: (c.radius, c.correct) for c in certs},
             stages=stage_tally(certs),
             mean_samples=_mean(c.samples for c in certs),
+            mean_flops=_mean(f for f in (certificate_flops(c, card.extra.get("compute"))
+                                         for c in certs) if f is not None),
         )
 
     @property
@@ -238,6 +246,24 @@ class RunSummary:
         ident = self.card.identity
         stages = int((self.card.extra.get("budget") or {}).get("stages") or 1)
         return stages * (int(ident["n0"]) + int(ident["n"]))
+
+    @property
+    def flops_per_image(self) -> float | None:
+        """Forward FLOPs actually spent per image, the mean over its certificates (samples
+        drawn x FLOPs per prediction); the worst case when there are none; None when the card
+        has no ``compute`` block (a claimed run, a store written before FLOPs were measured)."""
+        return self.mean_flops if self.mean_flops is not None else self.max_flops_per_image
+
+    @property
+    def max_flops_per_image(self) -> int | float | None:
+        """Forward FLOPs per image at worst: (N0 + N) x FLOPs per noisy sample at every stage
+        of the procedure (:func:`bench.certify.budget.flops_per_sample`)."""
+        compute = self.card.extra.get("compute")
+        if not compute:
+            return None
+        ident = self.card.identity
+        stages = int((self.card.extra.get("budget") or {}).get("stages") or 1)
+        return (int(ident["n0"]) + int(ident["n"])) * flops_per_sample(compute, stages)
 
     @property
     def max_certifiable_radius(self) -> float:
@@ -266,11 +292,26 @@ class RunSummary:
             "cost_per_image": {
                 "samples": self.samples, "max_samples": self.max_samples,
                 "classifier_passes": self.classifier_passes,
-                "diffusion_passes": self.diffusion_passes, "seconds": self.seconds,
+                "diffusion_passes": self.diffusion_passes,
+                "flops_per_image": self.flops_per_image,
+                "max_flops_per_image": self.max_flops_per_image, "seconds": self.seconds,
                 "samples_per_second": self.samples_per_second, "devices": self.devices,
             },
             **({"stages": self.stages} if self.stages else {}),
         }
+
+
+def certificate_flops(cert: Certificate, compute: Mapping[str, Any] | None) -> float | None:
+    """Forward FLOPs certifying ``cert`` spent: its noisy samples (:attr:`Certificate.samples`)
+    x FLOPs per prediction of the card's ``compute`` block; a cascade whose stages differ
+    counts each visited stage's N0 + N at that stage's figure. None without a block."""
+    if not compute:
+        return None
+    per_stage = {float(s["sigma"]): s["flops_per_prediction"] for s in compute.get("stages") or []}
+    visited = [s for s in cert.stages if "level" not in s]
+    if per_stage and visited:
+        return sum((int(s["n0"]) + int(s["n"])) * per_stage[float(s["sigma"])] for s in visited)
+    return cert.samples * compute["flops_per_prediction"]
 
 
 def stage_tally(certs: Sequence[Certificate]) -> dict[str, Any] | None:

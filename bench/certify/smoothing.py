@@ -173,6 +173,41 @@ class Smooth:
             seconds=time.perf_counter() - start, idx=image,
         )
 
+    def certify_prefixes(self, x, n0: int, ns, alpha=0.001, batch_size=1000, *, seed=0,
+                         index: int) -> list[Certificate]:
+        """CERTIFY at each N of ``ns`` from one pass over the estimation stream: the stream is
+        prefix-stable (:class:`StreamCounts`), so the record at N is the one
+        :meth:`certify_record` gives with ``n=N`` (same selection counts, the first N estimation
+        samples), counted once up to the largest N. ``seconds`` of each is the time to reach its
+        N (selection included). Records in the order of ``ns``."""
+        ns = [int(v) for v in ns]
+        if not ns:
+            return []
+        for n in ns:
+            _check_sizes(n0, n, alpha, batch_size)
+        seed, index = _resolve_stream(seed, None, index)
+        start = time.perf_counter()
+        x = self._prepare(self._as_tensor(x))
+        counts_select = self._checked(self.sample_counts(
+            x, n0, batch_size, seed=seed, index=index, phase=PHASE_SELECT).cpu().tolist(), index)
+        top = int(np.argmax(counts_select))
+        stream = StreamCounts(self, x, batch_size, seed=seed, index=index, phase=PHASE_ESTIMATE)
+        out: dict[int, Certificate] = {}
+        for n in sorted(set(ns)):
+            counts_estimate = stream.extend_to(n)
+            count = counts_estimate[top]
+            prediction, radius, p_lower = stats.certify_decision(top, count, n, alpha,
+                                                                 self.sigma)
+            samples = n0 + n
+            out[n] = Certificate(
+                prediction=prediction, radius=radius, p_lower=p_lower, top_class=top,
+                count=count, n0=n0, n=n, counts_select=list(counts_select),
+                counts_estimate=counts_estimate,
+                classifier_passes=samples * self.cost.classifier_passes,
+                diffusion_passes=samples * self.cost.diffusion_passes,
+                seconds=time.perf_counter() - start, idx=index)
+        return [out[n] for n in ns]
+
     def select_and_estimate(self, x: torch.Tensor, n0: int, n: int, batch_size: int, *,
                             seed: int, index: int,
                             phases: tuple[int, int] = (PHASE_SELECT, PHASE_ESTIMATE)

@@ -6,4 +6,4 @@ stay fast. Adding a subcommand = adding a module here and its name to ``COMMANDS
 """
 
 COMMANDS = ("run", "train", "list", "table", "leaderboard", "validate", "import", "compare",
-            "merge", "plot", "protocols", "claims", "download")
+            "merge", "flops", "plot", "protocols", "claims", "download", "sweep")

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from bench.certify.budget import parse_flops
 from bench.data.specs import parse_radii
 from bench.errors import ConfigError
 
@@ -72,6 +73,14 @@ def slurm_shard(env: Mapping[str, str] | None = None) -> tuple[int, int]:
             f"array's ids {low}..{last}" + (f" (step {step})" if step != 1 else "")
             + "; check SLURM_ARRAY_TASK_* or pass --shard I/K")
     return index, count
+
+
+def flops_amount(text: str) -> int:
+    """A FLOPs budget (``4.5e11``) as a whole number of FLOPs; a bad one is one line."""
+    try:
+        return parse_flops(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--budget-flops ")) from None
 
 
 def param(text: str) -> tuple[str, Any]:

@@ -1,13 +1,15 @@
-"""``python -m bench compare``: certify methods at one budget of N x m predictions per image."""
+"""``python -m bench compare``: certify methods at one budget of N x m predictions per image,
+or of forward FLOPs per image (``--budget-flops``)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from bench.commands.common import certification_fields, certification_options
+from bench.commands.common import certification_fields, certification_options, flops_amount
 
-HELP = "same-compute comparison of methods at a fixed budget of N x m predictions per image"
+HELP = ("same-compute comparison of methods at a fixed budget of N x m predictions, or of "
+        "FLOPs, per image")
 
 
 def int_list(text: str) -> list[int]:
@@ -27,8 +29,12 @@ def name_list(text: str) -> list[str]:
 
 def add_arguments(p) -> None:
     p.add_argument("--dataset", default="digits", help="dataset to certify (see 'list')")
-    p.add_argument("--budget", type=int, required=True,
-                   help="predictions per image, N x m (N = budget // m for each method)")
+    budgets = p.add_mutually_exclusive_group(required=True)
+    budgets.add_argument("--budget", type=int, default=None,
+                         help="predictions per image, N x m (N = budget // m for each method)")
+    budgets.add_argument("--budget-flops", type=flops_amount, default=None, metavar="F",
+                         help="forward FLOPs per image, e.g. 3.5e11: each method gets the "
+                              "largest N with (N0 + N) x its FLOPs per prediction <= F")
     p.add_argument("--methods", type=name_list, default=["dds", "diffsmooth"],
                    help="comma-separated methods (default dds,diffsmooth)")
     p.add_argument("--m", type=int_list, default=[5, 10, 20],
@@ -45,7 +51,8 @@ def run(args) -> int:
     from bench.running.plan import RunOptions
 
     base = RunOptions(**certification_fields(args))
-    opts = CompareOptions(dataset=args.dataset, budget=args.budget, methods=args.methods,
+    opts = CompareOptions(dataset=args.dataset, budget=args.budget,
+                          budget_flops=args.budget_flops, methods=args.methods,
                           ms=args.m, baseline=args.baseline, base=base)
     rows = compare(opts)
     print(describe(opts, rows))

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
-from bench.commands.common import certification_fields, certification_options, shard
+from bench.certify import budget
+from bench.commands.common import (
+    certification_fields,
+    certification_options,
+    flops_amount,
+    shard,
+)
 from bench.reports.fixed_vs_sequential import looks_text
 
 # as bench.running.executors.EXECUTORS (not imported: --help needs no torch)
@@ -27,6 +33,10 @@ def add_arguments(p) -> None:
     p.add_argument("--budget", type=int, default=None,
                    help="predictions per image N x m: sets N = budget // m (the method's m); "
                         "N0 comes on top")
+    p.add_argument("--budget-flops", type=flops_amount, default=None, metavar="F",
+                   help="forward FLOPs per image, e.g. 4.5e11: sets the largest N with (N0 + N) "
+                        "x FLOPs per prediction <= F (measured on the run's models; at every "
+                        "stage of a cascade); excludes --n and --budget")
     p.add_argument("--shard", type=shard, default=(0, 1),
                    help="I/K: certify every K-th image of the subset from position I (e.g. "
                         "0/4 .. 3/4 on four machines, then 'merge'), or auto for a SLURM job "
@@ -73,6 +83,7 @@ def run(args) -> int:
 
     opts = RunOptions(
         **certification_fields(args), method=args.method, n=args.n, budget=args.budget,
+        budget_flops=args.budget_flops,
         shard=args.shard, model=args.model, arch=args.arch, image_size=args.image_size,
         executor=args.executor, address=args.address, workers=args.workers,
         allow_resize=args.allow_resize,
@@ -82,12 +93,13 @@ def run(args) -> int:
     except EmptyShard as empty:  # a job array larger than the subset: not a failure
         print(f"certbench: {empty}")
         return 0
-    print(format_summary(result.summary, result.new_images, args.budget))
+    print(format_summary(result.summary, result.new_images, args.budget, args.budget_flops))
     print(f"results: {result.folder / 'certs.tsv'}  {result.folder / 'summary.json'}")
     return 0
 
 
-def format_summary(summary: RunSummary, new_images: int, requested: int | None = None) -> str:
+def format_summary(summary: RunSummary, new_images: int, requested: int | None = None,
+                   requested_flops: int | None = None) -> str:
     """The certified-accuracy table on the radius grid, ACR, abstain rate and cost."""
     ident = summary.card.identity
     head = (f"{ident['method']} on {ident['dataset']} ({ident['subset']}: {summary.images}/"
@@ -100,6 +112,12 @@ def format_summary(summary: RunSummary, new_images: int, requested: int | None =
         per = f"({stages} stages x m)" if stages > 1 else "m"
         head += (f"\nbudget {requested:,} predictions/image: N = {requested:,} // {per} = "
                  f"{ident['n']:,} (+ N0 = {ident['n0']:,} selection samples)")
+    compute = summary.card.extra.get("compute") or {}
+    if requested_flops and compute:  # this invocation's FLOPs budget
+        per = budget.flops_per_sample(compute, stages)
+        head += (f"\nbudget {requested_flops:.4g} FLOPs/image: N = floor({requested_flops:.4g} / "
+                 f"{per:.4g} FLOPs per noisy sample{' over the stages' if stages > 1 else ''})"
+                 f" - N0 = {ident['n']:,}")
     if proc.get("name") == "cascade":
         split = ", ".join(f"{s['sigma']:g}: {s['lower']:.2g}" + (
             f" + {s['upper_each_class']:.2g}/class" if s["upper_each_class"] else "")
@@ -137,11 +155,20 @@ def format_summary(summary: RunSummary, new_images: int, requested: int | None =
     tail = (f"ACR {summary.acr:.3f}   abstain {100 * summary.abstain:.1f}%   max certifiable "
             f"radius {summary.max_certifiable_radius:.3f}\nper image: "
             f"{summary.classifier_passes:,.0f} classifier + {summary.diffusion_passes:,.0f} "
-            f"diffusion passes, {summary.seconds:.3f} s ({summary.samples_per_second:,.0f} "
-            f"samples/s on {', '.join(summary.devices)})")
+            f"diffusion passes, {_flops_text(summary)}{summary.seconds:.3f} s "
+            f"({summary.samples_per_second:,.0f} samples/s on {', '.join(summary.devices)})")
     den = (summary.card.extra.get("base_classifier") or {}).get("denoiser")
     if den:  # the timestep matched to sigma (the factor 2 of the [-1, 1] range included)
         tail += (f"\ndenoiser: t* = {den['t_star']} of {den['timesteps']}, s_t/2 = "
                  f"{den['s_t_over_2']:.4f} (sigma {den['sigma']:g}), sqrt(abar) = "
                  f"{den['sqrt_alpha_bar']:.4f}")
     return "\n".join([head, table, tail])
+
+
+def _flops_text(summary: RunSummary) -> str:
+    """``X FLOPs (Y per prediction), `` when the card has a compute block, else nothing."""
+    compute = summary.card.extra.get("compute")
+    if not compute or summary.flops_per_image is None:
+        return ""
+    return (f"{summary.flops_per_image:.4g} FLOPs ({compute['flops_per_prediction']:.4g} per "
+            "prediction), ")

@@ -35,10 +35,12 @@ from markupsafe import Markup, escape
 from bench.certify import metrics, records
 from bench.errors import ConfigError
 from bench.reports import table
+from bench.reports.compute import key_radii
+from bench.reports.compute_svg import compute_sections, reach_markdown
 from bench.reports.curves import step_curve
 from bench.reports.escape import markdown as md
 from bench.reports.rows import Row
-from bench.reports.style import PALETTE, method_colors
+from bench.reports.style import DASHES, PALETTE, method_colors
 from bench.store import database as store_mod
 from bench.version import __version__
 
@@ -47,8 +49,6 @@ KIND_NOTES = {
     "claimed": "per-image TSV submitted by the authors and imported; not re-certified here",
     "reported": "numbers printed in the paper (source given); no per-image data",
 }
-# One dash pattern per sigma (and m) within a plot, in sorted order.
-DASHES = ("", "8 4", "2 3", "10 3 2 3", "4 2", "1 2", "12 3 2 3 2 3", "6 2 1 2")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 HEADLINE_ROWS = 3  # top rows per comparison group on the index page
 STEP_NOTE = ("Runs (reproduced, claimed): exact step curves from the per-image radii (certified "
@@ -593,23 +593,6 @@ def merge_duplicates(rows: Sequence[Row]) -> list[Row]:
 
 
 # ----- pages -------------------------------------------------------------------------------------
-def key_radii(grid: Sequence[float], count: int = 3) -> list[float]:
-    """Radii for a headline: the smallest positive grid radius r, then 2r, 4r where on the
-    grid (else the next grid radii)."""
-    positive = [r for r in grid if r > 0]
-    if not positive:
-        return list(grid)[:count]
-    first = positive[0]
-    picks = [r for r in (first, 2 * first, 4 * first)
-             if any(abs(r - g) < 1e-9 for g in positive)]
-    for r in positive:
-        if len(picks) >= count:
-            break
-        if r not in picks:
-            picks.append(r)
-    return sorted(picks[:count])
-
-
 def headline(page: Mapping[str, Any], top: int = HEADLINE_ROWS) -> dict[str, Any]:
     """The index page's summary of a dataset: the top rows (by rank) of each comparison group, with
     certified accuracy at a few key radii and ACR."""
@@ -646,8 +629,11 @@ def methods_section(rows: Sequence[Row], registry) -> list[dict[str, Any]]:
 
 def dataset_page(rows: Sequence[Row], dataset: str, *,
                  colors: Mapping[str, str] | None = None,
-                 max_radii: Mapping[str, float] | None = None, registry=None) -> dict[str, Any]:
-    """The view model of one dataset: budgets -> comparison groups, plus envelopes."""
+                 max_radii: Mapping[str, float] | None = None, registry=None,
+                 summaries: Sequence[records.RunSummary] = ()) -> dict[str, Any]:
+    """The view model of one dataset: budgets -> comparison groups, plus envelopes, plus
+    accuracy against compute where ``summaries`` (the stored runs) hold a configuration at
+    several budgets (:mod:`bench.reports.compute_svg`)."""
     rows = merge_duplicates(rows)
     grid = table.grid_of(rows, dataset)
     if colors is None:
@@ -670,7 +656,8 @@ def dataset_page(rows: Sequence[Row], dataset: str, *,
     merged = sum(len(r.sources) - 1 for r in rows if isinstance(r, MergedRow))
     page = {"dataset": dataset, "grid": grid, "budgets": ordered, "envelopes": env_groups,
             "envelope_notes": env_notes, "counts": counts, "level": metrics.SIGNIFICANCE,
-            "methods": methods, "merged": merged, "step_note": STEP_NOTE}
+            "methods": methods, "merged": merged, "step_note": STEP_NOTE,
+            "compute": compute_sections(summaries, grid, colors)}
     page["headline"] = headline(page)
     return page
 
@@ -718,19 +705,25 @@ def build(store: store_mod.Store | None, registry, out: str | Path) -> list[Path
     pages = []
     for ds in datasets:
         ds_rows = merge_duplicates([r for r in rows if r.dataset == ds])
-        page = dataset_page(ds_rows, ds, colors=colors, max_radii=max_radii, registry=registry)
+        summaries = [store.summary(r.run_id) for r in ds_rows
+                     if store is not None and r.run_id and r.kind == "reproduced"]
+        page = dataset_page(ds_rows, ds, colors=colors, max_radii=max_radii, registry=registry,
+                            summaries=summaries)
         pages.append(page)
         html = env.get_template("dataset.html").render(page=page, kinds=KIND_NOTES, info=info)
         written.append(_write(out / f"{ds}.html", html))
-        written.append(_write(out / f"{ds}.md", markdown_page(ds_rows, ds)))
+        written.append(_write(out / f"{ds}.md", markdown_page(ds_rows, ds, page["compute"])))
     index = env.get_template("index.html").render(pages=pages, kinds=KIND_NOTES, info=info)
     written.append(_write(out / "index.html", index))
     written.append(_write(out / "README.md", markdown_index(pages, info)))
     return written
 
 
-def markdown_page(rows: Sequence[Row], dataset: str) -> str:
-    """The dataset's leaderboard as Markdown: kinds explained, tables, links to run files."""
+def markdown_page(rows: Sequence[Row], dataset: str,
+                  compute: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The dataset's leaderboard as Markdown: kinds explained, tables, the compute each method
+    needs to reach a certified accuracy (where runs at several budgets exist), links to run
+    files."""
     lines = [f"# Certified L2 robustness leaderboard: {md(dataset)}", "",
              "Generated by `python -m bench leaderboard` from the results store and the "
              "registry. Rows are compared only within one comparison group (dataset, subset, "
@@ -742,6 +735,12 @@ def markdown_page(rows: Sequence[Row], dataset: str) -> str:
              "have no per-image data, are ranked by point estimate only.", ""]
     lines += [f"- **{k}**: {note}" for k, note in KIND_NOTES.items()]
     lines += ["", table.render(rows, "markdown", table.grid_of(rows, dataset)).rstrip(), ""]
+    for section in compute:
+        lines += [f"## {md(section['unit'])} to reach a certified accuracy", "",
+                  f"The cheapest run of each method (any sigma, N) that reaches the target, on "
+                  f"{section['images']:,} images at alpha {section['alpha']:g}; budgets between "
+                  "two certified ones were not tried. The HTML page plots accuracy against "
+                  "compute.", "", *reach_markdown(section), ""]
     runs = [r for r in rows if r.folder]
     if runs:
         lines += ["## Run files", ""]

@@ -415,3 +415,79 @@ def _inventory(runs) -> str:
         tiers = ", ".join(f"{b:,}" for b in sorted({tier(r.card) or 0 for r in mine}))
         out.append(f"{name} (sigma {sig}; budget {tiers})")
     return "; ".join(out)
+
+
+# ----- accuracy against compute -----------------------------------------------------------------
+FRONT_LABEL = "Pareto front (no run cheaper and better)"
+
+
+def compute_figure(view, *, title: str | None = None, width: float = WIDTH,
+                   height: float = HEIGHT, known_methods: Sequence[str] | None = None):
+    """Certified accuracy at each radius of ``view`` and ACR against compute per image
+    (:class:`bench.reports.compute.View`; log axis), one panel per metric: a curve per method
+    and sigma (colour by method as everywhere, line style by sigma), its points the runs at
+    each budget, and the Pareto front over all of them drawn as a black dotted step with rings
+    on its points. Lines have gids ``compute:<metric>:<label>`` and ``pareto:<metric>``."""
+    from matplotlib.figure import Figure  # lazy: matplotlib is the optional [plot] extra
+
+    from bench.reports.compute import ACR, metric_text
+
+    check_size(width, height)
+    if known_methods is None:
+        known_methods = registry_methods()
+    colors = method_colors([c.method for c in view.curves], known_methods)
+    sigmas = sorted({_sigma_key(c.sigma) for c in view.curves})
+    panels = view.metrics
+    ncol = min(2, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    labels = [c.label for c in view.curves] + [FRONT_LABEL]
+    shown, lcol, lines = _legend_layout(labels, width * ncol)
+    legend_h = lines * SMALL_PT * 1.4 / 72 + 0.15
+    fig = Figure(figsize=(width * ncol, height * nrow + legend_h), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    handles = []
+    for k, metric in enumerate(panels):
+        ax = axes[k]
+        scale = 1.0 if metric == ACR else 100.0
+        for c in view.curves:
+            style = LINESTYLES[sigmas.index(_sigma_key(c.sigma)) % len(LINESTYLES)]
+            (line,) = ax.plot([p.cost for p in c.points],
+                              [scale * p.metrics[metric] for p in c.points], color=colors[c.method],
+                              linestyle=style, marker="o", markersize=3, linewidth=1.1,
+                              label=c.label, gid=f"compute:{_metric_id(metric)}:{c.label}")
+            if k == 0:
+                handles.append(line)
+        front = view.fronts[metric]
+        xs, ys = [p.cost for p in front], [scale * p.metrics[metric] for p in front]
+        (line,) = ax.step(xs, ys, where="post", color="black", linewidth=0.9,
+                          linestyle=(0, (1, 1.5)),
+                          marker="o", markersize=6.5, markerfacecolor="none",
+                          markeredgewidth=0.9, zorder=3, label=FRONT_LABEL,
+                          gid=f"pareto:{_metric_id(metric)}")
+        if k == 0:
+            handles.append(line)
+        ax.set_xscale("log")
+        ax.set_xlabel(view.unit, fontsize=FONT_PT)
+        ax.set_ylabel(metric_text(metric), fontsize=FONT_PT)
+        if metric != ACR:
+            ax.set_ylim(0, 102)
+        else:
+            ax.set_ylim(bottom=0)
+        ax.tick_params(labelsize=SMALL_PT, width=0.6, length=2.5)
+        ax.grid(True, which="major", linewidth=0.4, alpha=0.35)
+        for spine in ax.spines.values():
+            spine.set_linewidth(0.6)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    note = (f"{view.images:,} images, alpha={view.alpha:g}; each point is one run "
+            "(one budget)")
+    fig.legend(handles=handles, labels=shown, loc="outside lower center", ncols=lcol,
+               fontsize=SMALL_PT, frameon=False, handlelength=2.6, columnspacing=1.0,
+               borderaxespad=0.2, title=note, title_fontsize=SMALL_PT, alignment="left")
+    if title:
+        fig.suptitle(title, fontsize=FONT_PT)
+    return fig
+
+
+def _metric_id(metric) -> str:
+    return metric if isinstance(metric, str) else f"r={float(metric):g}"

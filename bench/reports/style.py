@@ -14,6 +14,9 @@ PALETTE = (
     "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
 )
 
+# The leaderboard's SVG dash patterns: one per sigma (and m) within a plot, in sorted order.
+DASHES = ("", "8 4", "2 3", "10 3 2 3", "4 2", "1 2", "12 3 2 3 2 3", "6 2 1 2")
+
 
 def color_order(methods: Iterable[str], known: Sequence[str] = ()) -> list[str]:
     """The fixed order colours are taken in: ``known`` names (the registry's) sorted, then the

@@ -32,6 +32,7 @@ from bench.errors import CertbenchError, ConfigError
 from bench.params import check_sigma
 from bench.registry.download import models_dir
 from bench.registry.entries import MethodEntry, load_registry
+from bench.running import flops
 from bench.running.devices import environment, resolve_device
 from bench.running.memory import fit_batch, is_out_of_memory
 from bench.running.roles import ModelChoice, RoleResolver, parse_overrides
@@ -70,6 +71,9 @@ class RunOptions:
     progress: bool = True
     # Predictions per image (N x m); sets N = budget // m for the method's m. Excludes --n.
     budget: int | None = None
+    # Forward FLOPs per image: sets the N with (N0 + N) x FLOPs per prediction <= F
+    # (bench.certify.budget.n_for_flops; every stage of a cascade). Excludes --n and --budget.
+    budget_flops: int | None = None
     procedure: str | None = None  # None: the method's own (Method.PROCEDURE, else cohen)
     # fixed: the method's procedure at a fixed N (what leaderboards rank); sequential:
     # group-sequential bounds over the radius grid, stopping once the answer is determined
@@ -105,6 +109,8 @@ class Prepared:
     indices: list[int]
     device: torch.device
     data: specs.DatasetSpec  # the spec of opts.dataset, resolved once (Ray ships it to workers)
+    # Measured FLOPs not yet written to <results>/flops-cache.json (the runner saves them)
+    flop_cache: flops.FlopCache | None = None
 
 
 def check_options(opts: RunOptions) -> None:
@@ -112,6 +118,7 @@ def check_options(opts: RunOptions) -> None:
     if opts.sigma is not None:
         check_sigma(opts.sigma)
     budget.check_request(opts.n0, opts.n, opts.budget)
+    budget.check_flops_request(opts.n, opts.budget, opts.budget_flops)
     if not 0 < opts.alpha < 1:
         raise ConfigError(f"--alpha must be in (0, 1), got {opts.alpha:g}")
     if opts.batch < 1:
@@ -160,12 +167,33 @@ def prepare(opts: RunOptions, data: specs.DatasetSpec | None = None) -> Prepared
     ``data`` is the spec of ``opts.dataset`` when the caller has resolved it (a Ray worker gets
     the driver's, so a dataset registered only in the driver resolves); else it is looked up
     here, once, and passed down as an object."""
+    if opts.budget_flops is not None:
+        return prepare_budgets(opts, [opts.budget_flops], flops_unit=True, data=data)[0]
+    return prepare_budgets(opts, [opts.budget], data=data)[0]
+
+
+def prepare_budgets(opts: RunOptions, budgets: Sequence[int | None], *,
+                    flops_unit: bool = False,
+                    data: specs.DatasetSpec | None = None) -> list[Prepared]:
+    """:func:`prepare` of ``opts`` at each budget of ``budgets``, ascending: predictions per
+    image (``--budget``; None: ``opts.n`` or the dataset's N) or, with ``flops_unit``, FLOPs
+    per image (``--budget-flops``). The data and models are loaded and the FLOPs measured
+    once; each Prepared is the one ``prepare`` gives at that budget (same card, same run id),
+    for a budget sweep (:mod:`bench.running.sweep`). The batch is fitted to memory once, on
+    the last (largest) budget."""
     registry = load_registry(opts.registry, extra=opts.extra_registries,
                              datasets=_known_datasets(data))
     entry = registry.method(opts.method)
     data = dataset_spec(opts.dataset, data)
     data.check_subset(opts.subset)
     check_options(opts)
+    if not budgets:
+        raise ConfigError("no budget to prepare a run at")
+    for size in budgets:
+        if flops_unit:
+            budget.check_flops_request(opts.n, opts.budget, size)
+        else:
+            budget.check_request(opts.n0, opts.n, size)
     device = resolve_device(opts.device)
     method = entry.instantiate(opts.dataset, opts.params)
     name = procedure_name(opts, method)
@@ -186,7 +214,8 @@ def prepare(opts: RunOptions, data: specs.DatasetSpec | None = None) -> Prepared
     ctx = Context(dataset=ds.info, sigma=opts.sigma, device=device, seed=opts.seed,
                   models=models)
     spec = ProcedureSpec(name=opts.procedure, dataset=data, method=opts.method,
-                         n0=opts.n0, n=opts.n, budget=opts.budget, alpha=opts.alpha,
+                         n0=opts.n0, n=opts.n, budget=None if flops_unit else budgets[0],
+                         alpha=opts.alpha,
                          sigma=opts.sigma, seed=opts.seed, batch=opts.batch,
                          radii=_procedure_radii(opts, data, grid_data),
                          label_aware=opts.label_aware,
@@ -194,14 +223,66 @@ def prepare(opts: RunOptions, data: specs.DatasetSpec | None = None) -> Prepared
     procedure = procedures.build(spec, method, ctx)
     models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
     check_model_fits(procedure, ds, indices, device, model_names(models))
-    batch = fit_batch(procedure, ds.info.shape, opts.batch, device)
-    if batch != opts.batch:  # the batch never changes a certificate, nor the card
-        opts = replace(opts, batch=batch)
-        procedure = procedures.build(replace(spec, batch=batch), method, ctx)
-    card = run_card(opts, entry, method.params, procedure, models, ds, indices, device,
-                    grid_data=grid_data)
-    return Prepared(opts=opts, card=card, procedure=procedure, dataset=ds, indices=indices,
-                    device=device, data=data)
+    cache = flops.FlopCache(Path(opts.results) / flops.CACHE_NAME)
+    key = {"models": models.hashes(), "method": opts.method, "adapter": entry.adapter,
+           "params": _jsonable(method.params), "sigma": opts.sigma}
+    compute = flops.measure(procedure, models.modules(), key, tuple(ds.info.shape),
+                            ds.info.num_classes, device, cache)
+    out = [_sized(opts, spec, size, flops_unit, procedure if i == 0 else None, method, ctx,
+                  compute) for i, size in enumerate(budgets)]
+    # The batch is fitted once, to the largest N (a sweep certifies with that procedure alone);
+    # it never changes a certificate, nor the card.
+    batch = fit_batch(out[-1][2], ds.info.shape, opts.batch, device)
+    prepared = []
+    for sized_opts, sized_spec, proc in out:
+        if batch != opts.batch:
+            sized_opts = replace(sized_opts, batch=batch)
+            proc = procedures.build(replace(sized_spec, batch=batch), method, ctx)
+        if sized_opts.budget_flops is not None:  # recorded: N came from F, not from a budget
+            proc.budget = replace(proc.budget, requested=None,
+                                  requested_flops=sized_opts.budget_flops)
+        card = run_card(sized_opts, entry, method.params, proc, models, ds, indices, device,
+                        grid_data=grid_data, compute=compute)
+        prepared.append(Prepared(opts=sized_opts, card=card, procedure=proc, dataset=ds,
+                                 indices=indices, device=device, data=data,
+                                 flop_cache=cache))
+    return prepared
+
+
+def _sized(opts: RunOptions, spec: ProcedureSpec, size: int | None, flops_unit: bool,
+           built: Procedure | None, method, ctx: Context, compute: Mapping[str, Any]
+           ) -> tuple[RunOptions, ProcedureSpec, Procedure]:
+    """The options, spec and procedure of one budget of :func:`prepare_budgets`: ``size``
+    predictions per image (N = size // m), or with ``flops_unit`` FLOPs per image (N sized by
+    :func:`flops_spec`). ``built`` is the procedure already built for ``spec``, if any."""
+    if flops_unit:
+        opts = replace(opts, budget=None, budget_flops=size)
+        spec = replace(spec, budget=None)
+    else:
+        opts = replace(opts, budget=size)
+        spec = replace(spec, budget=size)
+    procedure = built or procedures.build(spec, method, ctx)
+    if opts.budget_flops is not None:  # N sized to the FLOPs: the procedure is built again
+        spec = flops_spec(spec, procedure, compute, opts.budget_flops)
+        procedure = procedures.build(spec, method, ctx)
+    return opts, spec, procedure
+
+
+def flops_spec(spec: ProcedureSpec, procedure: Procedure, compute: Mapping[str, Any],
+               flops_budget: int) -> ProcedureSpec:
+    """``spec`` with the N that spends at most ``flops_budget`` FLOPs per image
+    (:func:`bench.certify.budget.n_for_flops`): N per stage for Cohen's and the cascade; the
+    last checkpoint for the sequential procedure (given as the budget N x m it sizes from)."""
+    b = procedure.budget
+    per_sample = budget.flops_per_sample(compute, b.stages)
+    n = budget.n_for_flops(flops_budget, b.n0, per_sample, spec.method, b.stages)
+    if procedure.name == "sequential":
+        if n * b.m > budget.MAX_N:
+            raise ConfigError(f"--budget-flops {flops_budget:,} buys {n:,} x m = {b.m} "
+                              f"predictions per image, more than {budget.MAX_N:,}; use a "
+                              "smaller budget")
+        return replace(spec, n=None, budget=n * b.m)
+    return replace(spec, n=n, budget=None)
 
 
 def dataset_spec(name: str, data: specs.DatasetSpec | None = None) -> specs.DatasetSpec:
@@ -278,12 +359,15 @@ def _refused_input(models: str, ds: loaders.CertDataset, shape: tuple[int, ...],
 def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
              procedure: Procedure, models: RoleResolver, ds: loaders.CertDataset,
              indices: list[int], device: torch.device, *,
-             grid_data: specs.DatasetSpec) -> RunCard:
+             grid_data: specs.DatasetSpec,
+             compute: Mapping[str, Any] | None = None) -> RunCard:
     """The run card: the identity (hashed into the run id) and what describes the run.
 
     The default procedure is left out of the identity, so run ids of stores written before
     procedures existed stay valid; any other procedure is part of it. Likewise the noise
     generator's device type is recorded only when it is not the CPU (:func:`noise_identity`).
+    ``compute`` (the forward FLOPs per prediction, :mod:`bench.running.flops`) is descriptive:
+    never part of the identity.
     """
     b = procedure.budget
     identity = {
@@ -323,6 +407,8 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
         "procedure": procedure.card(),
         "model_roles": models.roles(),
     }
+    if compute is not None:
+        extra["compute"] = dict(compute)
     describe_data = getattr(ds, "describe", None)
     if callable(describe_data):  # a class-folder tree: the folder, labels, size fed
         extra["data"] = describe_data()

@@ -207,6 +207,10 @@ class RoleResolver(ModelChoice):
             raise ConfigError(f"--model {given}: method {self.method!r} uses no {role!r} "
                               f"model{hint}; its roles: {', '.join(roles) or 'none'}{path}")
 
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """role -> the module loaded for it (what :mod:`bench.running.flops` counts by role)."""
+        return dict(self._nets)
+
     def ref(self, role: str) -> ModelRef:
         if role not in self.loaded:
             raise ConfigError(f"no {role} model has been loaded for this run")

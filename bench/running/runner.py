@@ -72,6 +72,16 @@ def _regrid(store: Store, run_id: str, card: RunCard) -> None:
     store.update_card(run_id, RunCard(identity=stored.identity, extra=extra))
 
 
+def _add_compute(store: Store, run_id: str, card: RunCard) -> None:
+    """A run stored before FLOPs were measured gains this run's ``compute`` block (descriptive:
+    the identity, the run id and the certificates are unchanged); a recorded one is kept."""
+    stored = store.run_card(run_id)
+    if "compute" in stored.extra or "compute" not in card.extra:
+        return
+    store.update_card(run_id, RunCard(identity=stored.identity,
+                                      extra={**stored.extra, "compute": card.extra["compute"]}))
+
+
 class EmptyShard(Exception):
     """This shard holds none of the subset's images (more shards than images, e.g. a job array
     larger than the subset): a normal outcome, not an error. Nothing is certified and no run,
@@ -92,6 +102,8 @@ def run_prepared(prep: Prepared) -> RunResult:
     check_shard_has_images(prep)
     store = Store(opts.results)
     try:
+        if prep.flop_cache is not None:  # the results folder exists now
+            prep.flop_cache.save()
         found = store.find_run(prep.card)
         run_id = found or prep.card.run_id
         # A new run's row is written with its first certificate: a run whose first image
@@ -110,6 +122,8 @@ def run_prepared(prep: Prepared) -> RunResult:
             run_id = store.open_run(prep.card)
         if opts.radii is not None:
             _regrid(store, run_id, prep.card)
+        if found:
+            _add_compute(store, run_id, prep.card)
         folder, summary = store.export(run_id, prep.indices)
         return RunResult(run_id=run_id, folder=folder, summary=summary, new_images=new)
     finally:

@@ -402,6 +402,30 @@ class Store:
                 self._insert_run(card)
             return self._insert_certs(run_id, certs)
 
+    def add_to_runs(self, items: Sequence[tuple[str, Certificate, RunCard | None]], *,
+                    claim: tuple[str, int] | None = None) -> int:
+        """One image's certificates in several runs (a budget sweep: one per budget), in one
+        transaction: all of them or none. Each item is (run id, certificate, card to create
+        the run with or None); ``claim`` (claim key, image) is dropped in the same
+        transaction."""
+        with self._write():
+            for run_id, cert, card in items:
+                if card is not None:
+                    if card.run_id != run_id:
+                        raise ValueError(f"card of run {card.run_id} given for run {run_id}")
+                    self._insert_run(card)
+                self._insert_certs(run_id, [cert])
+            if claim is not None:
+                self.db.execute("DELETE FROM claims WHERE run_id = ? AND idx = ?", claim)
+        return len(items)
+
+    def runs_with(self, run_ids: Sequence[str], idx: int) -> set[str]:
+        """Which of ``run_ids`` have a certificate of image ``idx``."""
+        marks = ", ".join("?" * len(run_ids))
+        rows = self.db.execute(f"SELECT run_id FROM certs WHERE idx = ? AND run_id IN ({marks})",
+                               (idx, *run_ids))
+        return {r[0] for r in rows}
+
     def add_runs(self, runs: Iterable[tuple[RunCard, Sequence[Certificate]]]) -> int:
         """Store runs (each created if missing) and their certificates in one transaction:
         all of them or, on any error, none (a merge)."""

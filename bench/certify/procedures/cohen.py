@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -58,3 +59,13 @@ class CohenFixedN:
         cert = self.smooth.certify_record(x, b.n0, b.n, s.alpha, s.batch, seed=s.seed,
                                           index=idx)
         return replace(cert, idx=idx, label=label)
+
+    def certify_prefixes(self, x: torch.Tensor, idx: int, label: int | None,
+                         ns: Sequence[int]) -> list[Certificate]:
+        """:meth:`certify` at each N of ``ns`` (this run's N0, alpha, sigma and seed) from one
+        pass over the prefix-stable estimation stream: each record equals the one a run at
+        that N certifies (a budget sweep, :mod:`bench.running.sweep`)."""
+        s = self.spec
+        certs = self.smooth.certify_prefixes(x, self.budget.n0, ns, s.alpha, s.batch,
+                                             seed=s.seed, index=idx)
+        return [replace(c, idx=idx, label=label) for c in certs]
