@@ -146,7 +146,7 @@ def estimate_run(opts: RunOptions) -> Feasibility:
     todo = select_todo(prep, done)
     x, _ = prep.dataset[(todo or shard_images(prep))[0]]
     est = feasibility.estimate(prep.procedure, x.to(prep.device), len(todo),
-                               samples=min(64, prep.opts.batch), min_seconds=2.0,
+                               samples=min(4, prep.opts.batch), min_seconds=2.0,
                                max_samples=prep.opts.batch)
     return Feasibility(run_id=run_id, images_left=len(todo), estimate=est,
                        worst_case=prep.procedure.name == "sequential")
