@@ -14,6 +14,9 @@ from bench.certify.budget import parse_flops
 from bench.data.specs import parse_radii
 from bench.errors import ConfigError
 
+# as bench.nets.memory_format.MEMORY_FORMATS (not imported: --help needs no torch)
+MEMORY_FORMATS = ("contiguous", "channels_last", "auto")
+
 
 def shard(text: str) -> tuple[int, int]:
     """``I/K``, or ``auto``: this task's shard of a SLURM job array (:func:`slurm_shard`)."""
@@ -175,6 +178,12 @@ def certification_options(p: argparse.ArgumentParser) -> None:
                         "values (at most 50), or 'auto' for 0 up to the run's maximum "
                         "certifiable radius in nice steps (default: the dataset's grid; the "
                         "grid is recorded in the card, not part of the run id)")
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="contiguous",
+                   help="the networks' memory format: contiguous (NCHW, the default), "
+                        "channels_last (faster convolutions on a CPU; only certbench's own "
+                        "architectures, recorded in the run id as float results may differ in "
+                        "the last bit) or auto (channels-last where every network of the run "
+                        "accepts it)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress (bar or lines) and only errors on stderr")
     common_registry(p)
@@ -192,4 +201,5 @@ def certification_fields(args: argparse.Namespace) -> dict[str, Any]:
         "certification": args.certification, "label_aware": args.label_aware,
         "sequential_rule": args.sequential_rule,
         "radii": None if args.radii is None else parse_radii(args.radii),
+        "memory_format": args.memory_format,
     }

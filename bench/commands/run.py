@@ -60,6 +60,10 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=positive, default=None, metavar="K",
                    help="with --executor ray: K worker actors (default: one per GPU when the "
                         "run's device is CUDA, else 2)")
+    p.add_argument("--estimate", action="store_true",
+                   help="certify nothing: time one --batch of noisy samples through the base "
+                        "classifier and print the run's predicted time for the images it has "
+                        "left (a sequential run: its worst case, every image to the last look)")
     certification_options(p)
 
 
@@ -76,7 +80,7 @@ def positive(text: str) -> int:
 def run(args) -> int:
     # lazy: cli imports every command to build its parser; only the command run loads its code
     from bench.running.plan import RunOptions
-    from bench.running.runner import EmptyShard, check_executor_options, run
+    from bench.running.runner import EmptyShard, check_executor_options, estimate_run, run
 
     # Before anything is loaded: Ray missing, or --workers without it, is one line at once.
     check_executor_options(args.executor, args.address, args.workers)
@@ -89,6 +93,9 @@ def run(args) -> int:
         allow_resize=args.allow_resize,
     )
     try:
+        if args.estimate:
+            print(format_estimate(estimate_run(opts)))
+            return 0
         result = run(opts)
     except EmptyShard as empty:  # a job array larger than the subset: not a failure
         print(f"certbench: {empty}")
@@ -96,6 +103,17 @@ def run(args) -> int:
     print(format_summary(result.summary, result.new_images, args.budget, args.budget_flops))
     print(f"results: {result.folder / 'certs.tsv'}  {result.folder / 'summary.json'}")
     return 0
+
+
+def format_estimate(feas) -> str:
+    """``bench run --estimate``: one line a script can log and parse (``seconds=``)."""
+    est = feas.estimate
+    worst = " (worst case: every image to the last look)" if feas.worst_case else ""
+    return (f"estimate: run {feas.run_id}: {est.line()}{worst}; "
+            f"{est.seconds_per_sample * 1e6:.0f} us per sample ("
+            f"{1 / max(est.seconds_per_sample, 1e-12):,.0f} samples/s), "
+            f"{est.samples_per_image:,} samples per image, {feas.images_left} images left; "
+            f"seconds={est.seconds_total:.0f}")
 
 
 def format_summary(summary: RunSummary, new_images: int, requested: int | None = None,

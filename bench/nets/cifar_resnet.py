@@ -21,6 +21,8 @@ def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN stages plus an identity (or 1x1 projection) shortcut."""
 
+    ACCEPTS_CHANNELS_LAST = True  # elementwise only (bench.nets.memory_format)
+
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
@@ -44,6 +46,8 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs: 16/32/64-channel stages of (depth - 2) / 6 basic blocks."""
+
+    ACCEPTS_CHANNELS_LAST = True  # flattens with torch.flatten (bench.nets.memory_format)
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3):
         super().__init__()

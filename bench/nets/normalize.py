@@ -25,6 +25,8 @@ def _channel_stats(values: Sequence[float], what: str) -> torch.Tensor:
 class NormalizeLayer(nn.Module):
     """Subtracts the per-channel mean and divides by the per-channel std."""
 
+    ACCEPTS_CHANNELS_LAST = True  # broadcasting keeps the layout (bench.nets.memory_format)
+
     mean: torch.Tensor
     std: torch.Tensor
 
@@ -48,6 +50,8 @@ class NormalizeLayer(nn.Module):
 
 class InputCenterLayer(nn.Module):
     """Subtracts the per-channel mean only, as SmoothAdv's released models expect."""
+
+    ACCEPTS_CHANNELS_LAST = True  # broadcasting keeps the layout (bench.nets.memory_format)
 
     mean: torch.Tensor
 

@@ -18,6 +18,8 @@ class SmallCNN(nn.Module):
     follows the first conv, which keeps the hidden layer small on 28x28 inputs.
     """
 
+    ACCEPTS_CHANNELS_LAST = True  # flattens with torch.flatten (bench.nets.memory_format)
+
     def __init__(
         self,
         in_channels: int = 1,

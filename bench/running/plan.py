@@ -29,6 +29,7 @@ from bench.contract import Context
 from bench.data import loaders, specs
 from bench.data.layout import standard_layout
 from bench.errors import CertbenchError, ConfigError
+from bench.nets.memory_format import CHANNELS_LAST, CONTIGUOUS, MEMORY_FORMATS
 from bench.params import check_sigma
 from bench.registry.download import models_dir
 from bench.registry.entries import MethodEntry, load_registry
@@ -96,6 +97,10 @@ class RunOptions:
     # labels; bench.evaluate): used before --model and the registry, recorded in the card as
     # python:<Name> with the sha256 of its parameters and buffers (part of the run id)
     python_models: Mapping[str, Any] = field(default_factory=dict)
+    # The networks' memory format (bench.nets.memory_format): contiguous (NCHW, the default),
+    # channels_last (only networks known to accept it; part of the run id) or auto (channels-
+    # last where every network of the run accepts it); prepare() resolves auto
+    memory_format: str = CONTIGUOUS
 
 
 @dataclass
@@ -147,6 +152,9 @@ def check_options(opts: RunOptions) -> None:
                           f"{', '.join(SEQUENTIAL_RULES)}")
     if opts.sequential_rule != "gs-cp" and opts.certification != "sequential":
         raise ConfigError("--sequential-rule applies to --certification sequential only")
+    if opts.memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"unknown --memory-format {opts.memory_format!r}; use "
+                          f"{', '.join(MEMORY_FORMATS)}")
 
 
 def procedure_name(opts: RunOptions, method) -> str:
@@ -222,6 +230,8 @@ def prepare_budgets(opts: RunOptions, budgets: Sequence[int | None], *,
                          sequential_rule=opts.sequential_rule)
     procedure = procedures.build(spec, method, ctx)
     models.check_overrides_used()  # the method has asked for its models: a mistyped role shows
+    # every network loaded: the layout they run in (auto resolved), before the probe runs them
+    opts = replace(opts, memory_format=models.apply_memory_format(opts.memory_format))
     check_model_fits(procedure, ds, indices, device, model_names(models))
     cache = flops.FlopCache(Path(opts.results) / flops.CACHE_NAME)
     key = {"models": models.hashes(), "method": opts.method, "adapter": entry.adapter,
@@ -365,9 +375,11 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
 
     The default procedure is left out of the identity, so run ids of stores written before
     procedures existed stay valid; any other procedure is part of it. Likewise the noise
-    generator's device type is recorded only when it is not the CPU (:func:`noise_identity`).
-    ``compute`` (the forward FLOPs per prediction, :mod:`bench.running.flops`) is descriptive:
-    never part of the identity.
+    generator's device type is recorded only when it is not the CPU (:func:`noise_identity`),
+    and the networks' memory format only when it is channels-last (the last bit of a logit may
+    differ between layouts, so an exact near-tie could flip a label). ``compute`` (the forward
+    FLOPs per prediction, :mod:`bench.running.flops`) is descriptive: never part of the
+    identity.
     """
     b = procedure.budget
     identity = {
@@ -391,6 +403,8 @@ def run_card(opts: RunOptions, entry: MethodEntry, params: Mapping[str, Any],
     }
     if procedure.name != procedures.DEFAULT:
         identity["procedure"] = procedure.name
+    if opts.memory_format == CHANNELS_LAST:
+        identity["memory_format"] = CHANNELS_LAST
     if procedure.name == "sequential":  # its looks, alphas and grid decide when it stops
         rule = procedure.card()
         identity["sequential"] = {k: rule[k] for k in SEQUENTIAL_IDENTITY}

@@ -27,6 +27,14 @@ from bench.data import loaders
 from bench.data.class_folders import ModelFacts
 from bench.errors import ConfigError, ModelError
 from bench.nets import load_network
+from bench.nets.memory_format import (
+    AUTO,
+    CHANNELS_LAST,
+    CONTIGUOUS,
+    MEMORY_FORMATS,
+    accepts_channels_last,
+    to_channels_last,
+)
 from bench.registry.entries import Registry
 
 PRIMARY_ROLE = "classifier"  # what a bare --model NAME replaces
@@ -210,6 +218,32 @@ class RoleResolver(ModelChoice):
     def modules(self) -> dict[str, torch.nn.Module]:
         """role -> the module loaded for it (what :mod:`bench.running.flops` counts by role)."""
         return dict(self._nets)
+
+    def apply_memory_format(self, requested: str) -> str:
+        """Put the run's networks in ``requested`` memory format, after the method has loaded
+        them; return the format used. ``channels_last`` requires every network of the run to
+        be one known to accept it (:mod:`bench.nets.memory_format`): a user's network is
+        refused in one line, never converted. ``auto`` uses channels-last where it can (every
+        network known to accept it), else the default layout."""
+        if requested not in MEMORY_FORMATS:
+            raise ConfigError(f"unknown --memory-format {requested!r}; use "
+                              f"{', '.join(MEMORY_FORMATS)}")
+        if requested == CONTIGUOUS:
+            return CONTIGUOUS
+        refused = [role for role, net in self._nets.items() if not accepts_channels_last(net)]
+        if not self._nets or refused:
+            if requested == AUTO:
+                return CONTIGUOUS
+            who = (f"{refused[0]} model {self.loaded[refused[0]].name!r}" if refused
+                   else f"method {self.method!r}'s base classifier (no network loaded)")
+            raise ConfigError(
+                f"--memory-format channels_last: {who} is not one of certbench's own networks "
+                "known to accept channels-last inputs (a network that flattens with view() "
+                "breaks on them); use --memory-format auto (channels-last only where every "
+                "network of the run accepts it) or leave the default")
+        for net in self._nets.values():
+            to_channels_last(net)
+        return CHANNELS_LAST
 
     def ref(self, role: str) -> ModelRef:
         if role not in self.loaded:

@@ -36,7 +36,7 @@ from bench.running.executors import EXECUTORS, Executor, SerialExecutor, polled_
 from bench.running.memory import is_out_of_memory
 from bench.running.plan import Prepared, RunOptions, prepare
 from bench.running.ray_executor import RayExecutor, import_ray, probe_address
-from bench.store.database import ClaimSession, Store
+from bench.store.database import DB_NAME, ClaimSession, Store
 
 WARN_TOTAL_S, WARN_IMAGE_S = 3600.0, 300.0  # warn before a run estimated to take longer
 CLAIM_SECONDS = 2.0  # claim about this much work at a time (at least one image, at most 64)
@@ -128,6 +128,42 @@ def run_prepared(prep: Prepared) -> RunResult:
         return RunResult(run_id=run_id, folder=folder, summary=summary, new_images=new)
     finally:
         store.close()
+
+
+@dataclass
+class Feasibility:
+    """What :func:`estimate_run` predicts for a run, without certifying anything."""
+
+    run_id: str
+    images_left: int  # this shard's images not yet in the store (capped by --max-images)
+    estimate: feasibility.Estimate
+    worst_case: bool  # sequential: every image runs to the last look (most stop earlier)
+
+
+def estimate_run(opts: RunOptions) -> Feasibility:
+    """The run's predicted cost (``bench run --estimate``): prepared as for certifying (so the
+    run id and memory format are the real ones), the images still to do counted in an existing
+    store (read only, never created), then one full ``--batch`` of noisy copies of the first
+    such image timed through the base classifier and extrapolated
+    (:func:`bench.running.feasibility.estimate`). Nothing is certified or written."""
+    prep = prepare(opts)
+    check_shard_has_images(prep)
+    done: set[int] = set()
+    run_id = prep.card.run_id
+    if (Path(opts.results) / DB_NAME).is_file():
+        store = Store(opts.results, readonly=True)
+        try:
+            run_id = store.find_run(prep.card) or run_id
+            done = store.done_indices(run_id)
+        finally:
+            store.close()
+    todo = select_todo(prep, done)
+    x, _ = prep.dataset[(todo or shard_images(prep))[0]]
+    est = feasibility.estimate(prep.procedure, x.to(prep.device), len(todo),
+                               samples=min(4, prep.opts.batch), min_seconds=2.0,
+                               max_samples=prep.opts.batch)
+    return Feasibility(run_id=run_id, images_left=len(todo), estimate=est,
+                       worst_case=prep.procedure.name == "sequential")
 
 
 def check_executor_options(executor: str, address: str | None = None,
