@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ def check(store, dataset: str | None, claims: Sequence[Claim]) -> list[Checked]:
         b = select(store, dataset, claim.than, f"claim {claim.id!r}, field 'than'")
         out.append(compare_runs(claim, a, store.certs(a), b, store.certs(b)))
     adjusted = holm([c.test.p_value for c in out])
-    return [Checked(**{**c.__dict__, "p_holm": p}) for c, p in zip(out, adjusted, strict=True)]
+    return [replace(c, p_holm=p) for c, p in zip(out, adjusted, strict=True)]
 
 
 def compare_runs(claim: Claim, run_a: str, certs_a: Sequence[Certificate], run_b: str,
@@ -202,12 +202,12 @@ def compare_runs(claim: Claim, run_a: str, certs_a: Sequence[Certificate], run_b
                           "certify the same subset")
     a = [by_a[i] for i in common]
     b = [by_b[i] for i in common]
+    va, vb = [_certified_radius(c) for c in a], [_certified_radius(c) for c in b]
     if claim.radius is None:
-        va, vb = [_certified_radius(c) for c in a], [_certified_radius(c) for c in b]
         test = sign_flip_test(va, vb)
-    else:
-        va = [float(_certified_radius(c) >= claim.radius and c.correct == 1) for c in a]
-        vb = [float(_certified_radius(c) >= claim.radius and c.correct == 1) for c in b]
+    else:  # certified at R: correct with radius >= R (a wrong class counts with radius 0)
+        va = [float(r >= claim.radius and c.correct == 1) for r, c in zip(va, a, strict=True)]
+        vb = [float(r >= claim.radius and c.correct == 1) for r, c in zip(vb, b, strict=True)]
         test = mcnemar([v > 0 for v in va], [v > 0 for v in vb])
     return Checked(claim, run_a, run_b, len(common), sum(va) / len(va), sum(vb) / len(vb), test)
 

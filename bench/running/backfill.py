@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.certify.records import RunCard
 from bench.errors import CertbenchError, ConfigError
 from bench.running.plan import RunOptions, prepare
+from bench.running.runner import add_compute
 from bench.store.database import DB_NAME, Store
 
 # The identity keys that decide the base classifier (and so its FLOPs): a prepared run must
@@ -87,8 +88,7 @@ def backfill(results: Path, *, device: str = "cpu",
                                  "nothing recorded")
                 else:
                     compute = prep.card.extra["compute"]
-                    store.update_card(card.run_id, RunCard(
-                        identity=card.identity, extra={**card.extra, "compute": compute}))
+                    add_compute(store, card.run_id, prep.card)
                     store.export(card.run_id)
                     if prep.flop_cache is not None:
                         prep.flop_cache.save()

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.certify.procedures.base import PROBE_PHASE
 from bench.certify.records import canonical_json
+from bench.store.database import atomic_write
 
 FLOP_BATCH = 1  # images per measured call: FLOPs per prediction need no division
 CACHE_NAME = "flops-cache.json"
@@ -181,10 +180,7 @@ class FlopCache:
         if not self._new or not self.path.parent.is_dir():
             return
         entries = {**self._read(), **self._new}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".flops-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(entries, indent=1, sort_keys=True))
         self._entries, self._new = entries, {}
 
 

@@ -72,7 +72,7 @@ def _regrid(store: Store, run_id: str, card: RunCard) -> None:
     store.update_card(run_id, RunCard(identity=stored.identity, extra=extra))
 
 
-def _add_compute(store: Store, run_id: str, card: RunCard) -> None:
+def add_compute(store: Store, run_id: str, card: RunCard) -> None:
     """A run stored before FLOPs were measured gains this run's ``compute`` block (descriptive:
     the identity, the run id and the certificates are unchanged); a recorded one is kept."""
     stored = store.run_card(run_id)
@@ -123,7 +123,7 @@ def run_prepared(prep: Prepared) -> RunResult:
         if opts.radii is not None:
             _regrid(store, run_id, prep.card)
         if found:
-            _add_compute(store, run_id, prep.card)
+            add_compute(store, run_id, prep.card)
         folder, summary = store.export(run_id, prep.indices)
         return RunResult(run_id=run_id, folder=folder, summary=summary, new_images=new)
     finally:

@@ -229,11 +229,8 @@ def _certify_image(lead: Prepared, idx: int, ns: Sequence[int]) -> list[Certific
     path_of = getattr(lead.dataset, "path_of", None)
     path = path_of(idx) if callable(path_of) else None
     check_image(lead.dataset, idx, x, path)
-    device = _device_name(lead)
+    device = describe_device(lead.device)
     certs = lead.procedure.certify_prefixes(x.to(lead.device), idx, int(label), ns)
     return [replace(c, device=device, path=path or c.path) for c in certs]
 
-
-def _device_name(prep: Prepared) -> str:
-    return describe_device(prep.device)
 

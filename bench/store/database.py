@@ -664,7 +664,7 @@ def write_tsv(path: Path, certs: Iterable[Certificate]) -> None:
         row["stages"] = json.dumps(row["stages"], separators=(",", ":"))
         lines.append("\t".join(tsv_escape(row[col]) if col in TSV_TEXT else _fmt(row[col])
                                for col in columns))
-    _atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def tsv_escape(text: str) -> str:
@@ -717,7 +717,7 @@ def _add_detail_column(db: sqlite3.Connection) -> None:
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Strict JSON: a NaN or infinity (e.g. samples/s of a claim without times) is null."""
-    _atomic_write(path, json.dumps(json_safe(data), indent=2, sort_keys=False,
+    atomic_write(path, json.dumps(json_safe(data), indent=2, sort_keys=False,
                                    allow_nan=False) + "\n")
 
 
@@ -727,7 +727,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file of this writer alone (name, pid and a random
     token), then replace ``path`` with it: concurrent writers never share a temporary file,
     and a reader sees the old file or the new one, never a part."""
